@@ -1,0 +1,1 @@
+//! Simulated node (owned by the lab work).

@@ -1,0 +1,1 @@
+//! QEMU igb lab (owned by the VM work).

@@ -1,0 +1,1 @@
+//! kubelet APIs (owned by the proto work).

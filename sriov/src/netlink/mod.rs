@@ -1,0 +1,1 @@
+//! Synchronous rtnetlink (owned by the dataplane work).
