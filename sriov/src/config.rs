@@ -1,1 +1,574 @@
-//! TODO
+//! The device plugin configuration: the upstream sriov-network-device-plugin `config.json`,
+//! read unchanged, plus two extensions in the same file.
+//!
+//! ```json
+//! {
+//!   "resourceList": [{
+//!     "resourceName": "intel_sriov_netdevice",
+//!     "resourcePrefix": "intel.com",
+//!     "selectors": {"vendors": ["8086"], "devices": ["154c"], "pfNames": ["ens1f0#0-3,7"]}
+//!   }],
+//!   "provisioning": [{"pfNames": ["ens1f0"], "numVfs": 8, "mtu": 9000}]
+//! }
+//! ```
+//!
+//! - Without `resourceList`, every SR-IOV-enabled PF becomes a pool of its own (zero config).
+//! - `provisioning` (ours) sets the VF count and MTU of the PFs it selects.
+//! - `allocationPolicy` (ours, per resource): `pack` (default) or `spread` across PFs.
+//!
+//! The file is walked key by key rather than derived, so that every mistake is reported with the
+//! exact place (`resourceList[1] (dpdk).selectors[0].vendor`), unknown keys are never silently
+//! ignored (a typo would otherwise widen a pool), and keys of upstream features we do not
+//! implement yet are named.
+
+use crate::names::{self, PciAddress};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config is not valid JSON: {0}")]
+    Json(String),
+    #[error("{at}: {msg}")]
+    Invalid { at: String, msg: String },
+}
+
+fn invalid(at: &str, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        at: at.to_string(),
+        msg: msg.into(),
+    }
+}
+
+/// How GetPreferredAllocation chooses among a pool's VFs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllocationPolicy {
+    /// Fill the fewest PFs (default).
+    #[default]
+    Pack,
+    /// Spread VFs across PFs.
+    Spread,
+}
+
+/// A set of VF indexes written like `0-3,7` after a `#`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VfRanges(pub Vec<(u32, u32)>);
+
+impl VfRanges {
+    pub fn contains(&self, index: u32) -> bool {
+        self.0.iter().any(|&(a, b)| a <= index && index <= b)
+    }
+
+    fn parse(s: &str, at: &str) -> Result<VfRanges, ConfigError> {
+        let mut out = Vec::new();
+        for part in s.split(',') {
+            let part = part.trim();
+            let num = |p: &str| {
+                p.trim().parse::<u32>().map_err(|_| {
+                    invalid(at, format!("bad VF range {s:?}: expected e.g. 0-3,7"))
+                })
+            };
+            let (a, b) = match part.split_once('-') {
+                Some((a, b)) => (num(a)?, num(b)?),
+                None => {
+                    let n = num(part)?;
+                    (n, n)
+                }
+            };
+            if a > b {
+                return Err(invalid(at, format!("bad VF range {s:?}: {a} is above {b}")));
+            }
+            out.push((a, b));
+        }
+        Ok(VfRanges(out))
+    }
+}
+
+/// A PF named by netdev (`pfNames`) or PCI address (`rootDevices`), optionally with VF ranges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PfRef<T> {
+    pub pf: T,
+    pub vfs: Option<VfRanges>,
+}
+
+/// One selector object of a `netDevice` pool; its keys intersect.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NetDeviceSelector {
+    pub vendors: Vec<u16>,
+    pub devices: Vec<u16>,
+    pub drivers: Vec<String>,
+    pub pci_addresses: Vec<PciAddress>,
+    pub acpi_indexes: Vec<u32>,
+    pub pf_names: Vec<PfRef<String>>,
+    pub root_devices: Vec<PfRef<PciAddress>>,
+    pub link_types: Vec<String>,
+    pub is_rdma: bool,
+    pub need_vhost_net: bool,
+}
+
+/// One entry of `resourceList`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResourceConfig {
+    pub resource_name: String,
+    /// The entry's `resourcePrefix`, or the default prefix.
+    pub resource_prefix: String,
+    pub exclude_topology: bool,
+    /// `additionalInfo`: `*` or a PCI address → extra key/values for the `_INFO` env.
+    pub additional_info: BTreeMap<String, BTreeMap<String, String>>,
+    /// A device goes to the first selector object that matches it.
+    pub selectors: Vec<NetDeviceSelector>,
+    pub allocation_policy: AllocationPolicy,
+}
+
+impl ResourceConfig {
+    /// `intel.com/intel_sriov_netdevice`
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.resource_prefix, self.resource_name)
+    }
+
+    pub fn need_vhost_net(&self) -> bool {
+        self.selectors.iter().any(|s| s.need_vhost_net)
+    }
+
+    pub fn is_rdma(&self) -> bool {
+        self.selectors.iter().any(|s| s.is_rdma)
+    }
+}
+
+/// One entry of `provisioning` (our extension): which PFs, and what to set on them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PfProvisioning {
+    pub pf_names: Vec<String>,
+    pub pci_addresses: Vec<PciAddress>,
+    pub vendors: Vec<u16>,
+    pub devices: Vec<u16>,
+    pub drivers: Vec<String>,
+    pub num_vfs: Option<u32>,
+    pub mtu: Option<u32>,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Config {
+    /// `None` when the file has no `resourceList`: zero-config mode.
+    pub resources: Option<Vec<ResourceConfig>>,
+    pub provisioning: Vec<PfProvisioning>,
+    /// Things we accepted but do not act on (e.g. pools of another device type), each named.
+    pub warnings: Vec<String>,
+}
+
+/// Upstream selector keys for features sriov-rs does not implement yet. Ignoring them would
+/// select more devices than the operator meant, so they are refused.
+const UNSUPPORTED_SELECTOR_KEYS: &[&str] = &["ddpProfiles", "vdpaType", "pKeys", "auxTypes"];
+const NET_SELECTOR_KEYS: &[&str] = &[
+    "vendors",
+    "devices",
+    "drivers",
+    "pciAddresses",
+    "acpiIndexes",
+    "pfNames",
+    "rootDevices",
+    "linkTypes",
+    "isRdma",
+    "needVhostNet",
+];
+const RESOURCE_KEYS: &[&str] = &[
+    "isRdma",
+    "needVhostNet",
+    "resourceName",
+    "resourcePrefix",
+    "deviceType",
+    "excludeTopology",
+    "additionalInfo",
+    "selectors",
+    "allocationPolicy",
+];
+const PROVISIONING_KEYS: &[&str] = &[
+    "pfNames",
+    "pciAddresses",
+    "vendors",
+    "devices",
+    "drivers",
+    "numVfs",
+    "mtu",
+];
+
+/// The upstream device plugin's default resource prefix.
+pub const DEFAULT_RESOURCE_PREFIX: &str = "intel.com";
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path, default_prefix: &str) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, default_prefix)
+    }
+
+    /// Parses and validates a config; `default_prefix` applies to entries without
+    /// `resourcePrefix`.
+    pub fn parse(text: &str, default_prefix: &str) -> Result<Config, ConfigError> {
+        names::validate_resource_prefix(default_prefix)
+            .map_err(|e| invalid("--resource-prefix", e.to_string()))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
+        let top = value
+            .as_object()
+            .ok_or_else(|| invalid("config", "must be a JSON object"))?;
+        let top = canonical_keys(top, &["resourceList", "provisioning"], &[], &[], "config")?;
+        let mut config = Config::default();
+        if let Some(list) = top.get("resourceList") {
+            let list = list
+                .as_array()
+                .ok_or_else(|| invalid("resourceList", "must be a list"))?;
+            let mut resources = Vec::new();
+            let mut seen = BTreeSet::new();
+            for (i, entry) in list.iter().enumerate() {
+                let at = format!("resourceList[{i}]");
+                if let Some(res) = parse_resource(entry, &at, default_prefix, &mut config.warnings)? {
+                    if !seen.insert(res.full_name()) {
+                        return Err(invalid(
+                            &at,
+                            format!("resource {} is defined twice", res.full_name()),
+                        ));
+                    }
+                    resources.push(res);
+                }
+            }
+            config.resources = Some(resources);
+        }
+        if let Some(list) = top.get("provisioning") {
+            let list = list
+                .as_array()
+                .ok_or_else(|| invalid("provisioning", "must be a list"))?;
+            for (i, entry) in list.iter().enumerate() {
+                config
+                    .provisioning
+                    .push(parse_provisioning(entry, &format!("provisioning[{i}]"))?);
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// Returns the object with its keys renamed to their canonical spelling.
+///
+/// Keys match case-insensitively, as Go's encoding/json does for the upstream plugin: configs in
+/// the wild say `"IsRdma"` as often as `"isRdma"`. `ignored` keys are dropped without a word
+/// (Go-internal fields that upstream tooling writes, such as `"SelectorObj": null`).
+fn canonical_keys(
+    obj: &Map<String, Value>,
+    known: &[&str],
+    unsupported: &[&str],
+    ignored: &[&str],
+    at: &str,
+) -> Result<Map<String, Value>, ConfigError> {
+    let mut out = Map::new();
+    for (key, value) in obj {
+        if ignored.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+            continue;
+        }
+        if let Some(k) = known.iter().find(|k| k.eq_ignore_ascii_case(key)) {
+            if out.insert(k.to_string(), value.clone()).is_some() {
+                return Err(invalid(&format!("{at}.{key}"), format!("{k:?} is given twice")));
+            }
+            continue;
+        }
+        if unsupported.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+            return Err(invalid(
+                &format!("{at}.{key}"),
+                "this upstream selector is not supported by sriov-rs yet; remove it \
+                 (ignoring it would select more devices than intended)",
+            ));
+        }
+        let hint = known
+            .iter()
+            .find(|k| k.trim_end_matches('s').eq_ignore_ascii_case(key.trim_end_matches('s')))
+            .map(|k| format!(" (did you mean {k:?}?)"))
+            .unwrap_or_default();
+        return Err(invalid(&format!("{at}.{key}"), format!("unknown key{hint}")));
+    }
+    Ok(out)
+}
+
+fn parse_resource(
+    entry: &Value,
+    at: &str,
+    default_prefix: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<ResourceConfig>, ConfigError> {
+    let obj = entry
+        .as_object()
+        .ok_or_else(|| invalid(at, "must be an object"))?;
+    let obj = &canonical_keys(obj, RESOURCE_KEYS, &[], &["SelectorObj", "SelectorObjs"], at)?;
+    let name = get_str(obj, "resourceName", at)?
+        .ok_or_else(|| invalid(at, "resourceName is required"))?;
+    names::validate_resource_name(&name).map_err(|e| invalid(at, e.to_string()))?;
+    let at = format!("{at} ({name})");
+    let device_type = get_str(obj, "deviceType", &at)?.unwrap_or_else(|| "netDevice".into());
+    match device_type.as_str() {
+        "netDevice" => {}
+        "accelerator" | "auxNetDevice" => {
+            warnings.push(format!(
+                "{at}: deviceType {device_type:?} is not supported by sriov-rs yet; \
+                 this resource is not served"
+            ));
+            return Ok(None);
+        }
+        other => {
+            return Err(invalid(
+                &format!("{at}.deviceType"),
+                format!("unknown device type {other:?} (expected netDevice)"),
+            ))
+        }
+    }
+    for key in ["isRdma", "needVhostNet"] {
+        if obj.contains_key(key) {
+            warnings.push(format!(
+                "{at}.{key}: belongs inside \"selectors\"; at this level it is ignored \
+                 (as by the upstream plugin)"
+            ));
+        }
+    }
+    let prefix = get_str(obj, "resourcePrefix", &at)?.unwrap_or_else(|| default_prefix.into());
+    names::validate_resource_prefix(&prefix)
+        .map_err(|e| invalid(&format!("{at}.resourcePrefix"), e.to_string()))?;
+    let selectors = match obj.get("selectors") {
+        None => vec![NetDeviceSelector::default()],
+        Some(Value::Object(o)) => vec![parse_selector(o, &format!("{at}.selectors"))?],
+        Some(Value::Array(list)) => {
+            let mut out = Vec::new();
+            for (i, s) in list.iter().enumerate() {
+                let sat = format!("{at}.selectors[{i}]");
+                let o = s
+                    .as_object()
+                    .ok_or_else(|| invalid(&sat, "must be an object"))?;
+                out.push(parse_selector(o, &sat)?);
+            }
+            if out.is_empty() {
+                return Err(invalid(&format!("{at}.selectors"), "empty list"));
+            }
+            out
+        }
+        Some(_) => {
+            return Err(invalid(
+                &format!("{at}.selectors"),
+                "must be an object or a list of objects",
+            ))
+        }
+    };
+    let additional_info = parse_additional_info(obj.get("additionalInfo"), &at)?;
+    let allocation_policy = match get_str(obj, "allocationPolicy", &at)?.as_deref() {
+        None | Some("pack") => AllocationPolicy::Pack,
+        Some("spread") => AllocationPolicy::Spread,
+        Some(other) => {
+            return Err(invalid(
+                &format!("{at}.allocationPolicy"),
+                format!("{other:?} is not one of pack, spread"),
+            ))
+        }
+    };
+    Ok(Some(ResourceConfig {
+        resource_name: name,
+        resource_prefix: prefix,
+        exclude_topology: get_bool(obj, "excludeTopology", &at)?.unwrap_or(false),
+        additional_info,
+        selectors,
+        allocation_policy,
+    }))
+}
+
+fn parse_selector(obj: &Map<String, Value>, at: &str) -> Result<NetDeviceSelector, ConfigError> {
+    let obj = &canonical_keys(obj, NET_SELECTOR_KEYS, UNSUPPORTED_SELECTOR_KEYS, &[], at)?;
+    let mut s = NetDeviceSelector {
+        vendors: parse_ids(obj, "vendors", at)?,
+        devices: parse_ids(obj, "devices", at)?,
+        drivers: get_list(obj, "drivers", at)?,
+        link_types: get_list(obj, "linkTypes", at)?
+            .into_iter()
+            .map(|l| l.to_ascii_lowercase())
+            .collect(),
+        is_rdma: get_bool(obj, "isRdma", at)?.unwrap_or(false),
+        need_vhost_net: get_bool(obj, "needVhostNet", at)?.unwrap_or(false),
+        ..Default::default()
+    };
+    for a in get_list(obj, "pciAddresses", at)? {
+        s.pci_addresses.push(
+            PciAddress::parse(&a).map_err(|e| invalid(&format!("{at}.pciAddresses"), e.to_string()))?,
+        );
+    }
+    for a in get_list(obj, "acpiIndexes", at)? {
+        s.acpi_indexes.push(a.parse().map_err(|_| {
+            invalid(&format!("{at}.acpiIndexes"), format!("{a:?} is not a number"))
+        })?);
+    }
+    for p in get_list(obj, "pfNames", at)? {
+        let sat = format!("{at}.pfNames");
+        let (name, ranges) = split_ranges(&p, &sat)?;
+        names::validate_ifname(name).map_err(|e| invalid(&sat, e.to_string()))?;
+        s.pf_names.push(PfRef {
+            pf: name.to_string(),
+            vfs: ranges,
+        });
+    }
+    for p in get_list(obj, "rootDevices", at)? {
+        let sat = format!("{at}.rootDevices");
+        let (addr, ranges) = split_ranges(&p, &sat)?;
+        s.root_devices.push(PfRef {
+            pf: PciAddress::parse(addr).map_err(|e| invalid(&sat, e.to_string()))?,
+            vfs: ranges,
+        });
+    }
+    Ok(s)
+}
+
+fn split_ranges<'a>(s: &'a str, at: &str) -> Result<(&'a str, Option<VfRanges>), ConfigError> {
+    match s.split_once('#') {
+        None => Ok((s, None)),
+        Some((name, ranges)) => Ok((name, Some(VfRanges::parse(ranges, at)?))),
+    }
+}
+
+fn parse_provisioning(entry: &Value, at: &str) -> Result<PfProvisioning, ConfigError> {
+    let obj = entry
+        .as_object()
+        .ok_or_else(|| invalid(at, "must be an object"))?;
+    let obj = &canonical_keys(obj, PROVISIONING_KEYS, &[], &[], at)?;
+    let mut p = PfProvisioning {
+        pf_names: get_list(obj, "pfNames", at)?,
+        vendors: parse_ids(obj, "vendors", at)?,
+        devices: parse_ids(obj, "devices", at)?,
+        drivers: get_list(obj, "drivers", at)?,
+        num_vfs: get_u32(obj, "numVfs", at)?,
+        mtu: get_u32(obj, "mtu", at)?,
+        ..Default::default()
+    };
+    for n in &p.pf_names {
+        names::validate_ifname(n).map_err(|e| invalid(&format!("{at}.pfNames"), e.to_string()))?;
+    }
+    for a in get_list(obj, "pciAddresses", at)? {
+        p.pci_addresses.push(
+            PciAddress::parse(&a).map_err(|e| invalid(&format!("{at}.pciAddresses"), e.to_string()))?,
+        );
+    }
+    if p.pf_names.is_empty() && p.pci_addresses.is_empty() && p.vendors.is_empty()
+        && p.devices.is_empty() && p.drivers.is_empty()
+    {
+        return Err(invalid(
+            at,
+            "names no PF: give pfNames, pciAddresses, vendors, devices or drivers",
+        ));
+    }
+    if p.num_vfs.is_none() && p.mtu.is_none() {
+        return Err(invalid(at, "sets nothing: give numVfs and/or mtu"));
+    }
+    if let Some(mtu) = p.mtu {
+        if !(68..=65535).contains(&mtu) {
+            return Err(invalid(&format!("{at}.mtu"), "valid MTUs are 68-65535"));
+        }
+    }
+    Ok(p)
+}
+
+fn parse_additional_info(
+    v: Option<&Value>,
+    at: &str,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, ConfigError> {
+    let mut out = BTreeMap::new();
+    let Some(v) = v else { return Ok(out) };
+    let at = format!("{at}.additionalInfo");
+    let obj = v
+        .as_object()
+        .ok_or_else(|| invalid(&at, "must be an object"))?;
+    for (key, inner) in obj {
+        if key != "*" {
+            PciAddress::parse(key).map_err(|e| invalid(&at, format!("key: {e} (or \"*\")")))?;
+        }
+        let inner = inner
+            .as_object()
+            .ok_or_else(|| invalid(&format!("{at}.{key}"), "must be an object of strings"))?;
+        let mut m = BTreeMap::new();
+        for (k, v) in inner {
+            let s = v.as_str().ok_or_else(|| {
+                invalid(&format!("{at}.{key}.{k}"), "must be a string")
+            })?;
+            m.insert(k.clone(), s.to_string());
+        }
+        out.insert(key.clone(), m);
+    }
+    Ok(out)
+}
+
+fn get_str(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Option<String>, ConfigError> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(invalid(&format!("{at}.{key}"), "must be a string")),
+    }
+}
+
+fn get_bool(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Option<bool>, ConfigError> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(invalid(&format!("{at}.{key}"), "must be true or false")),
+    }
+}
+
+fn get_u32(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Option<u32>, ConfigError> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| invalid(&format!("{at}.{key}"), "must be a non-negative integer")),
+    }
+}
+
+fn get_list(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Vec<String>, ConfigError> {
+    match obj.get(key) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| invalid(&format!("{at}.{key}"), "must be a list of strings"))
+            })
+            .collect(),
+        Some(_) => Err(invalid(&format!("{at}.{key}"), "must be a list of strings")),
+    }
+}
+
+/// Vendor and device IDs are hex strings (`"8086"`, `"0x154c"`).
+fn parse_ids(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Vec<u16>, ConfigError> {
+    get_list(obj, key, at)?
+        .into_iter()
+        .map(|s| {
+            let digits = s.trim_start_matches("0x");
+            if digits.is_empty() || digits.len() > 4 {
+                return Err(invalid(
+                    &format!("{at}.{key}"),
+                    format!("{s:?} is not a hex PCI ID such as \"8086\""),
+                ));
+            }
+            u16::from_str_radix(digits, 16).map_err(|_| {
+                invalid(
+                    &format!("{at}.{key}"),
+                    format!("{s:?} is not a hex PCI ID such as \"8086\""),
+                )
+            })
+        })
+        .collect()
+}

@@ -1,1 +1,508 @@
-//! TODO
+//! Discovery of the node's PCI network devices, their SR-IOV state and their VFs, from sysfs.
+//!
+//! The result is a plain value ([`Node`]) built from a [`Sysfs`] root, so it can be tested on
+//! simulated trees. Only what is needed is read: a VF costs one link (`physfn`), two attributes
+//! (`vendor`, `device`), its `driver` link and its `net/` folder; optional attributes (RDMA,
+//! ACPI index, VF netdev details) are read only when [`DiscoveryOptions`] asks for them.
+//!
+//! A malformed device (garbage in an attribute, a dangling link) never aborts discovery: it is
+//! skipped or degraded and reported in [`Node::warnings`], naming the path.
+
+use crate::names::PciAddress;
+use crate::sysfs::{Sysfs, SysfsError};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// Discovery failed as a whole (the tree itself is unusable).
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("no PCI devices folder at {0} (is the sysfs root right?)")]
+    NoPciBus(String),
+    #[error(transparent)]
+    Sysfs(#[from] SysfsError),
+}
+
+/// PCI class code 0x02xxxx: network controller.
+const PCI_CLASS_NETWORK: u32 = 0x02;
+
+/// Drivers that take a VF away from the kernel network stack (DPDK / passthrough).
+pub const USERSPACE_DRIVERS: &[&str] = &["vfio-pci", "uio_pci_generic", "igb_uio"];
+
+/// What to read beyond the essentials.
+#[derive(Debug, Clone, Default)]
+pub struct DiscoveryOptions {
+    /// Read each VF's netdev attributes (MAC, MTU, link state); PFs always get them.
+    pub vf_netdev_details: bool,
+    /// Look for an RDMA device (`infiniband/`) under each device.
+    pub rdma: bool,
+    /// Read `acpi_index` of each device.
+    pub acpi_index: bool,
+}
+
+/// The node as discovered.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Node {
+    /// Physical network devices (PFs and plain NICs), sorted by PCI address; VFs are inside.
+    pub devices: Vec<PciNetDevice>,
+    /// What could not be read, each naming the path.
+    pub warnings: Vec<String>,
+}
+
+/// The SR-IOV state of a physical device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SriovStatus {
+    /// No SR-IOV capability (no `sriov_totalvfs`).
+    NotSupported,
+    /// Capable, 0 VFs enabled.
+    Disabled { total: u32 },
+    /// `enabled` of `total` VFs enabled.
+    Enabled { enabled: u32, total: u32 },
+}
+
+impl std::fmt::Display for SriovStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SriovStatus::NotSupported => write!(f, "not supported"),
+            SriovStatus::Disabled { total } => write!(f, "disabled (0 of {total})"),
+            SriovStatus::Enabled { enabled, total } => write!(f, "enabled {enabled} of {total}"),
+        }
+    }
+}
+
+/// A kernel network interface as sysfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Netdev {
+    pub name: String,
+    pub mac: Option<String>,
+    pub mtu: Option<u32>,
+    /// `operstate`: up, down, lowerlayerdown, unknown, ...
+    pub operstate: Option<String>,
+    /// `carrier`: None when the kernel does not report it (interface down).
+    pub carrier: Option<bool>,
+    /// Link type name from `type` (ARPHRD): `ether`, `infiniband`, ...
+    pub link_type: Option<String>,
+}
+
+impl Netdev {
+    /// Up with carrier, as far as sysfs tells.
+    pub fn is_link_up(&self) -> bool {
+        self.operstate.as_deref() == Some("up") && self.carrier != Some(false)
+    }
+}
+
+/// A physical network device: a PF or a plain NIC.
+#[derive(Debug, Clone, Serialize)]
+pub struct PciNetDevice {
+    pub pci: PciAddress,
+    pub vendor: u16,
+    pub device: u16,
+    pub class: u32,
+    pub driver: Option<String>,
+    /// None when the kernel reports -1 (no NUMA affinity).
+    pub numa_node: Option<u32>,
+    pub netdevs: Vec<Netdev>,
+    pub sriov: SriovStatus,
+    pub vfs: Vec<Vf>,
+    pub rdma: bool,
+    pub acpi_index: Option<u32>,
+}
+
+impl PciNetDevice {
+    /// The first netdev's name, which is how operators name a PF.
+    pub fn name(&self) -> Option<&str> {
+        self.netdevs.first().map(|n| n.name.as_str())
+    }
+
+    /// "ens1f0" or, without a netdev, the PCI address.
+    pub fn display_name(&self) -> String {
+        self.name()
+            .map(str::to_string)
+            .unwrap_or_else(|| self.pci.to_string())
+    }
+
+    pub fn link_type(&self) -> Option<&str> {
+        self.netdevs.first().and_then(|n| n.link_type.as_deref())
+    }
+}
+
+/// A virtual function.
+#[derive(Debug, Clone, Serialize)]
+pub struct Vf {
+    pub pci: PciAddress,
+    /// N of the PF's `virtfnN` link.
+    pub index: u32,
+    pub pf: PciAddress,
+    pub vendor: u16,
+    pub device: u16,
+    pub driver: Option<String>,
+    /// The kernel netdev, when bound to a network driver and visible in this netns.
+    pub netdev: Option<String>,
+    /// Details of the netdev, with [`DiscoveryOptions::vf_netdev_details`].
+    pub netdev_details: Option<Netdev>,
+    /// IOMMU group, for VFs bound to vfio-pci or uio.
+    pub iommu_group: Option<u32>,
+    pub numa_node: Option<u32>,
+    pub rdma: bool,
+}
+
+impl Vf {
+    /// Bound to vfio-pci or a uio driver (a DPDK / passthrough VF).
+    pub fn is_userspace(&self) -> bool {
+        self.driver
+            .as_deref()
+            .is_some_and(|d| USERSPACE_DRIVERS.contains(&d))
+    }
+}
+
+/// Names the kernel's ARPHRD_* link types the way the upstream device plugin's `linkTypes` does.
+pub fn link_type_name(arphrd: u32) -> String {
+    match arphrd {
+        1 => "ether".into(),
+        32 => "infiniband".into(),
+        772 => "loopback".into(),
+        776 => "sit".into(),
+        65534 => "none".into(),
+        other => other.to_string(),
+    }
+}
+
+impl Node {
+    /// Discovers the node under `sysfs`.
+    pub fn discover(sysfs: &Sysfs, opts: &DiscoveryOptions) -> Result<Node, DiscoveryError> {
+        let dir = sysfs.pci_devices_dir();
+        let names = sysfs
+            .list(&dir)?
+            .ok_or_else(|| DiscoveryError::NoPciBus(dir.display().to_string()))?;
+        let mut node = Node::default();
+        for name in names {
+            let Ok(pci) = PciAddress::parse(&name) else {
+                node.warnings
+                    .push(format!("{}: not a PCI address, ignored", dir.join(&name).display()));
+                continue;
+            };
+            let path = dir.join(&name);
+            // VFs are discovered through their PF's virtfnN links.
+            if sysfs.link_name(&path.join("physfn")).ok().flatten().is_some() {
+                continue;
+            }
+            match Self::read_physical(sysfs, opts, pci, &path, &mut node.warnings) {
+                Ok(Some(dev)) => node.devices.push(dev),
+                Ok(None) => {}
+                Err(e) => node.warnings.push(format!("{pci}: skipped: {e}")),
+            }
+        }
+        Ok(node)
+    }
+
+    /// Every VF of every PF, in PCI order of the PFs and VF index order.
+    pub fn vfs(&self) -> impl Iterator<Item = (&PciNetDevice, &Vf)> {
+        self.devices
+            .iter()
+            .flat_map(|pf| pf.vfs.iter().map(move |vf| (pf, vf)))
+    }
+
+    pub fn device(&self, pci: &PciAddress) -> Option<&PciNetDevice> {
+        self.devices.iter().find(|d| &d.pci == pci)
+    }
+
+    pub fn device_by_name(&self, name: &str) -> Option<&PciNetDevice> {
+        self.devices
+            .iter()
+            .find(|d| d.netdevs.iter().any(|n| n.name == name))
+    }
+
+    /// The VF with that PCI address, with its PF.
+    pub fn vf(&self, pci: &PciAddress) -> Option<(&PciNetDevice, &Vf)> {
+        self.vfs().find(|(_, vf)| &vf.pci == pci)
+    }
+
+    fn read_physical(
+        sysfs: &Sysfs,
+        opts: &DiscoveryOptions,
+        pci: PciAddress,
+        path: &Path,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<PciNetDevice>, SysfsError> {
+        let class = sysfs.read_hex(&path.join("class"))?;
+        if class >> 16 != PCI_CLASS_NETWORK {
+            return Ok(None);
+        }
+        let vendor = read_id(sysfs, &path.join("vendor"))?;
+        let device = read_id(sysfs, &path.join("device"))?;
+        let driver = sysfs.link_name(&path.join("driver"))?;
+        let numa_node = read_numa(sysfs, path, warnings);
+        let netdevs = read_netdevs(sysfs, path, true)?;
+        let sriov = match sysfs.read_opt(&path.join("sriov_totalvfs"))? {
+            None => SriovStatus::NotSupported,
+            Some(t) => {
+                let total = parse_count(&t, &path.join("sriov_totalvfs"))?;
+                let enabled: u32 = sysfs.read_int(&path.join("sriov_numvfs"))?;
+                if enabled == 0 {
+                    SriovStatus::Disabled { total }
+                } else {
+                    SriovStatus::Enabled { enabled, total }
+                }
+            }
+        };
+        let mut dev = PciNetDevice {
+            pci,
+            vendor,
+            device,
+            class,
+            driver,
+            numa_node,
+            netdevs,
+            sriov,
+            vfs: Vec::new(),
+            rdma: opts.rdma && sysfs.exists(&path.join("infiniband")),
+            acpi_index: None,
+        };
+        if opts.acpi_index {
+            dev.acpi_index = sysfs.read_int(&path.join("acpi_index")).ok();
+        }
+        if let SriovStatus::Enabled { .. } = sriov {
+            dev.vfs = read_vfs(sysfs, opts, &dev, path, warnings)?;
+        }
+        Ok(Some(dev))
+    }
+}
+
+fn parse_count(s: &str, path: &Path) -> Result<u32, SysfsError> {
+    s.trim().parse().map_err(|_| SysfsError::Malformed {
+        path: path.to_path_buf(),
+        content: s.to_string(),
+        expected: "a decimal number",
+    })
+}
+
+fn read_id(sysfs: &Sysfs, path: &Path) -> Result<u16, SysfsError> {
+    let v = sysfs.read_hex(path)?;
+    u16::try_from(v).map_err(|_| SysfsError::Malformed {
+        path: path.to_path_buf(),
+        content: format!("{v:#x}"),
+        expected: "a 16-bit PCI ID",
+    })
+}
+
+fn read_numa(sysfs: &Sysfs, path: &Path, warnings: &mut Vec<String>) -> Option<u32> {
+    match sysfs.read_int::<i64>(&path.join("numa_node")) {
+        Ok(n) if n >= 0 => u32::try_from(n).ok(),
+        Ok(_) => None,
+        Err(e) if e.is_not_found() => None,
+        Err(e) => {
+            warnings.push(format!("{e}; NUMA node taken as none"));
+            None
+        }
+    }
+}
+
+/// Reads the device's `net/` folder. An entry that cannot be followed (the netdev moved to
+/// another network namespace) is not a netdev of this namespace.
+fn read_netdevs(sysfs: &Sysfs, path: &Path, details: bool) -> Result<Vec<Netdev>, SysfsError> {
+    let net = path.join("net");
+    let Some(names) = sysfs.list(&net)? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        if crate::names::validate_ifname(&name).is_err() {
+            continue;
+        }
+        let dir = net.join(&name);
+        if details {
+            match read_netdev(sysfs, &dir, name) {
+                Ok(Some(n)) => out.push(n),
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+        } else if sysfs.exists(&dir) {
+            out.push(Netdev {
+                name,
+                mac: None,
+                mtu: None,
+                operstate: None,
+                carrier: None,
+                link_type: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn read_netdev(sysfs: &Sysfs, dir: &Path, name: String) -> Result<Option<Netdev>, SysfsError> {
+    let operstate = match sysfs.read(&dir.join("operstate")) {
+        Ok(s) => Some(s),
+        // A dangling link: the netdev lives in another network namespace now.
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mtu = sysfs.read_int(&dir.join("mtu")).ok();
+    let mac = sysfs.read_opt(&dir.join("address")).ok().flatten();
+    // Reading `carrier` of a down interface fails with EINVAL: that means "unknown".
+    let carrier = sysfs
+        .read(&dir.join("carrier"))
+        .ok()
+        .and_then(|c| match c.as_str() {
+            "1" => Some(true),
+            "0" => Some(false),
+            _ => None,
+        });
+    let link_type = sysfs
+        .read_int::<u32>(&dir.join("type"))
+        .ok()
+        .map(link_type_name);
+    Ok(Some(Netdev {
+        name,
+        mac,
+        mtu,
+        operstate,
+        carrier,
+        link_type,
+    }))
+}
+
+fn read_vfs(
+    sysfs: &Sysfs,
+    opts: &DiscoveryOptions,
+    pf: &PciNetDevice,
+    pf_path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Vf>, SysfsError> {
+    let entries = sysfs.list(pf_path)?.unwrap_or_default();
+    let mut indexes: BTreeSet<u32> = BTreeSet::new();
+    for e in entries {
+        if let Some(n) = e.strip_prefix("virtfn") {
+            match n.parse() {
+                Ok(i) => {
+                    indexes.insert(i);
+                }
+                Err(_) => warnings.push(format!("{}: not a VF link, ignored", pf_path.join(&e).display())),
+            }
+        }
+    }
+    let devices = sysfs.pci_devices_dir();
+    let mut vfs = Vec::with_capacity(indexes.len());
+    for index in indexes {
+        let link = pf_path.join(format!("virtfn{index}"));
+        let target = match sysfs.link_name(&link) {
+            Ok(Some(t)) => t,
+            Ok(None) => continue,
+            Err(e) => {
+                warnings.push(format!("{e}; VF {index} of {} skipped", pf.pci));
+                continue;
+            }
+        };
+        let Ok(pci) = PciAddress::parse(&target) else {
+            warnings.push(format!(
+                "{}: points to {target:?}, not a PCI address; VF skipped",
+                link.display()
+            ));
+            continue;
+        };
+        match read_vf(sysfs, opts, pf, &devices.join(&target), pci, index) {
+            Ok(vf) => vfs.push(vf),
+            Err(e) => warnings.push(format!("VF {index} ({pci}) of {} skipped: {e}", pf.pci)),
+        }
+    }
+    Ok(vfs)
+}
+
+fn read_vf(
+    sysfs: &Sysfs,
+    opts: &DiscoveryOptions,
+    pf: &PciNetDevice,
+    path: &Path,
+    pci: PciAddress,
+    index: u32,
+) -> Result<Vf, SysfsError> {
+    let vendor = read_id(sysfs, &path.join("vendor"))?;
+    let device = read_id(sysfs, &path.join("device"))?;
+    let driver = sysfs.link_name(&path.join("driver"))?;
+    let mut vf = Vf {
+        pci,
+        index,
+        pf: pf.pci,
+        vendor,
+        device,
+        driver,
+        netdev: None,
+        netdev_details: None,
+        iommu_group: None,
+        // A VF sits on its PF's NUMA node; no need to read it again.
+        numa_node: pf.numa_node,
+        rdma: opts.rdma && sysfs.exists(&path.join("infiniband")),
+    };
+    if vf.is_userspace() {
+        if let Some(group) = sysfs.link_name(&path.join("iommu_group"))? {
+            vf.iommu_group = Some(group.parse().map_err(|_| SysfsError::Malformed {
+                path: path.join("iommu_group"),
+                content: group,
+                expected: "a link to an IOMMU group number",
+            })?);
+        }
+    } else {
+        let mut netdevs = read_netdevs(sysfs, path, opts.vf_netdev_details)?;
+        if !netdevs.is_empty() {
+            let first = netdevs.swap_remove(0);
+            vf.netdev = Some(first.name.clone());
+            if opts.vf_netdev_details {
+                vf.netdev_details = Some(first);
+            }
+        }
+    }
+    Ok(vf)
+}
+
+/// Interfaces that carry an IPv4 default route, from `/proc/net/route` (of the caller's network
+/// namespace). The upstream device plugin never hands those out; neither do we.
+pub fn default_route_interfaces(proc_net_route: &Path) -> std::io::Result<Vec<String>> {
+    let text = std::fs::read_to_string(proc_net_route)?;
+    Ok(parse_default_routes(&text))
+}
+
+fn parse_default_routes(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+        if cols.len() >= 8 && cols[1] == "00000000" && cols[7] == "00000000" {
+            let iface = cols[0].to_string();
+            if !out.contains(&iface) {
+                out.push(iface);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_routes() {
+        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                    eno1\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+                    eno1\t0001A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n\
+                    ens1f0\t0002A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n";
+        assert_eq!(parse_default_routes(text), vec!["eno1".to_string()]);
+        assert!(parse_default_routes("garbage\n\n1 2 3").is_empty());
+    }
+
+    #[test]
+    fn status_display() {
+        assert_eq!(SriovStatus::NotSupported.to_string(), "not supported");
+        assert_eq!(
+            SriovStatus::Enabled {
+                enabled: 4,
+                total: 7
+            }
+            .to_string(),
+            "enabled 4 of 7"
+        );
+        assert_eq!(link_type_name(1), "ether");
+        assert_eq!(link_type_name(32), "infiniband");
+    }
+}

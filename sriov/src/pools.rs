@@ -1,1 +1,283 @@
-//! TODO
+//! Assigning discovered devices to resource pools.
+//!
+//! Candidates are every VF, plus PFs without VFs enabled (as the upstream device plugin offers
+//! them), never a netdev that carries the default route. Devices are visited in PCI order and
+//! each goes to the first pool whose selectors match it: the assignment is deterministic and a
+//! device lands in at most one pool.
+
+use crate::config::{Config, NetDeviceSelector, PfProvisioning, PfRef, ResourceConfig};
+use crate::discovery::{DiscoveryOptions, Node, PciNetDevice, SriovStatus, Vf};
+use crate::names::{self, PciAddress};
+use serde::Serialize;
+use std::collections::BTreeSet;
+
+/// A device as the selectors see it: a VF, or a whole PF without VFs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolDevice {
+    pub pci: PciAddress,
+    pub vendor: u16,
+    pub device: u16,
+    pub driver: Option<String>,
+    /// The PF this VF belongs to; for a PF, itself.
+    pub pf_pci: PciAddress,
+    pub pf_name: Option<String>,
+    /// None for a PF.
+    pub vf_index: Option<u32>,
+    pub netdev: Option<String>,
+    pub numa_node: Option<u32>,
+    pub iommu_group: Option<u32>,
+    pub link_type: Option<String>,
+    pub rdma: bool,
+    pub acpi_index: Option<u32>,
+}
+
+impl PoolDevice {
+    fn from_vf(pf: &PciNetDevice, vf: &Vf) -> Self {
+        PoolDevice {
+            pci: vf.pci,
+            vendor: vf.vendor,
+            device: vf.device,
+            driver: vf.driver.clone(),
+            pf_pci: pf.pci,
+            pf_name: pf.name().map(str::to_string),
+            vf_index: Some(vf.index),
+            netdev: vf.netdev.clone(),
+            numa_node: vf.numa_node,
+            iommu_group: vf.iommu_group,
+            // A VF shares its PF port's link layer.
+            link_type: vf
+                .netdev_details
+                .as_ref()
+                .and_then(|n| n.link_type.clone())
+                .or_else(|| pf.link_type().map(str::to_string)),
+            rdma: vf.rdma,
+            acpi_index: None,
+        }
+    }
+
+    fn from_pf(pf: &PciNetDevice) -> Self {
+        PoolDevice {
+            pci: pf.pci,
+            vendor: pf.vendor,
+            device: pf.device,
+            driver: pf.driver.clone(),
+            pf_pci: pf.pci,
+            pf_name: pf.name().map(str::to_string),
+            vf_index: None,
+            netdev: pf.name().map(str::to_string),
+            numa_node: pf.numa_node,
+            iommu_group: None,
+            link_type: pf.link_type().map(str::to_string),
+            rdma: pf.rdma,
+            acpi_index: pf.acpi_index,
+        }
+    }
+}
+
+fn pf_ref_matches<T: PartialEq>(refs: &[PfRef<T>], pf: &T, vf_index: Option<u32>) -> bool {
+    refs.iter().any(|r| {
+        &r.pf == pf
+            && match (&r.vfs, vf_index) {
+                (None, _) => true,
+                (Some(ranges), Some(i)) => ranges.contains(i),
+                // A range names VFs; it never selects the PF itself.
+                (Some(_), None) => false,
+            }
+    })
+}
+
+impl NetDeviceSelector {
+    /// All keys present must match (they intersect); absent keys match everything.
+    pub fn matches(&self, d: &PoolDevice) -> bool {
+        (self.vendors.is_empty() || self.vendors.contains(&d.vendor))
+            && (self.devices.is_empty() || self.devices.contains(&d.device))
+            && (self.drivers.is_empty()
+                || d.driver.as_ref().is_some_and(|x| self.drivers.contains(x)))
+            && (self.pci_addresses.is_empty() || self.pci_addresses.contains(&d.pci))
+            && (self.acpi_indexes.is_empty()
+                || d.acpi_index.is_some_and(|i| self.acpi_indexes.contains(&i)))
+            && (self.pf_names.is_empty()
+                || d.pf_name
+                    .as_ref()
+                    .is_some_and(|n| pf_ref_matches(&self.pf_names, n, d.vf_index)))
+            && (self.root_devices.is_empty()
+                || pf_ref_matches(&self.root_devices, &d.pf_pci, d.vf_index))
+            && (self.link_types.is_empty()
+                || d.link_type
+                    .as_ref()
+                    .is_some_and(|l| self.link_types.contains(&l.to_ascii_lowercase())))
+            && (!self.is_rdma || d.rdma)
+    }
+}
+
+impl ResourceConfig {
+    /// Index of the first selector object that matches, if any.
+    pub fn matching_selector(&self, d: &PoolDevice) -> Option<usize> {
+        self.selectors.iter().position(|s| s.matches(d))
+    }
+}
+
+/// A resource pool and the devices it holds, in PCI order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pool {
+    pub config: ResourceConfig,
+    pub devices: Vec<PoolDevice>,
+}
+
+impl Pool {
+    pub fn full_name(&self) -> String {
+        self.config.full_name()
+    }
+}
+
+/// The pools of a node.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Pools {
+    pub pools: Vec<Pool>,
+    /// True when the pools come from the zero-config default (no `resourceList`).
+    pub zero_config: bool,
+}
+
+impl Pools {
+    pub fn pool(&self, full_name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.full_name() == full_name)
+    }
+
+    /// The pool holding this device.
+    pub fn pool_of(&self, pci: &PciAddress) -> Option<&Pool> {
+        self.pools
+            .iter()
+            .find(|p| p.devices.iter().any(|d| &d.pci == pci))
+    }
+}
+
+/// What discovery must read for this config's selectors to work.
+pub fn discovery_options(config: &Config) -> DiscoveryOptions {
+    let selectors = || {
+        config
+            .resources
+            .iter()
+            .flatten()
+            .flat_map(|r| r.selectors.iter())
+    };
+    DiscoveryOptions {
+        vf_netdev_details: false,
+        rdma: selectors().any(|s| s.is_rdma),
+        acpi_index: selectors().any(|s| !s.acpi_indexes.is_empty()),
+    }
+}
+
+/// The zero-config default: one pool per SR-IOV-enabled PF, named after its netdev.
+pub fn zero_config_resources(node: &Node, prefix: &str) -> Vec<ResourceConfig> {
+    let mut used = BTreeSet::new();
+    let mut out = Vec::new();
+    for pf in &node.devices {
+        if !matches!(pf.sriov, SriovStatus::Enabled { .. }) {
+            continue;
+        }
+        let base = names::sanitize_resource_name(&pf.display_name());
+        let mut name = base.clone();
+        let mut n = 2;
+        while !used.insert(name.clone()) {
+            name = format!("{base}_{n}");
+            n += 1;
+        }
+        out.push(ResourceConfig {
+            resource_name: name,
+            resource_prefix: prefix.to_string(),
+            exclude_topology: false,
+            additional_info: Default::default(),
+            selectors: vec![NetDeviceSelector {
+                root_devices: vec![PfRef {
+                    pf: pf.pci,
+                    vfs: None,
+                }],
+                ..Default::default()
+            }],
+            allocation_policy: Default::default(),
+        });
+    }
+    out
+}
+
+/// Every device a pool may hold, in PCI order: VFs, and PFs that have no VFs enabled; never a
+/// device whose netdev carries the default route.
+pub fn candidates(node: &Node, default_route_ifaces: &[String]) -> Vec<PoolDevice> {
+    let carries_default = |n: &Option<String>| {
+        n.as_ref()
+            .is_some_and(|n| default_route_ifaces.iter().any(|d| d == n))
+    };
+    let mut out = Vec::new();
+    for pf in &node.devices {
+        if pf.vfs.is_empty() {
+            let d = PoolDevice::from_pf(pf);
+            if !carries_default(&d.netdev) {
+                out.push(d);
+            }
+        }
+        for vf in &pf.vfs {
+            let d = PoolDevice::from_vf(pf, vf);
+            if !carries_default(&d.netdev) {
+                out.push(d);
+            }
+        }
+    }
+    out.sort_by_key(|d| d.pci);
+    out
+}
+
+/// Assigns devices to pools: explicit `resourceList`, or the zero-config default.
+pub fn assign(config: &Config, node: &Node, default_prefix: &str, default_route_ifaces: &[String]) -> Pools {
+    let (resources, zero_config) = match &config.resources {
+        Some(r) => (r.clone(), false),
+        None => (zero_config_resources(node, default_prefix), true),
+    };
+    let mut pools: Vec<Pool> = resources
+        .into_iter()
+        .map(|config| Pool {
+            config,
+            devices: Vec::new(),
+        })
+        .collect();
+    for dev in candidates(node, default_route_ifaces) {
+        // Zero config serves VFs only: a PF without VFs is nobody's pool.
+        if zero_config && dev.vf_index.is_none() {
+            continue;
+        }
+        if let Some(pool) = pools
+            .iter_mut()
+            .find(|p| p.config.matching_selector(&dev).is_some())
+        {
+            pool.devices.push(dev);
+        }
+    }
+    Pools { pools, zero_config }
+}
+
+impl PfProvisioning {
+    /// Whether this entry names the PF (its keys intersect).
+    pub fn matches(&self, pf: &PciNetDevice) -> bool {
+        (self.pf_names.is_empty()
+            || pf.netdevs.iter().any(|n| self.pf_names.contains(&n.name)))
+            && (self.pci_addresses.is_empty() || self.pci_addresses.contains(&pf.pci))
+            && (self.vendors.is_empty() || self.vendors.contains(&pf.vendor))
+            && (self.devices.is_empty() || self.devices.contains(&pf.device))
+            && (self.drivers.is_empty()
+                || pf.driver.as_ref().is_some_and(|d| self.drivers.contains(d)))
+    }
+}
+
+/// For each SR-IOV-capable PF, the first `provisioning` entry that names it.
+pub fn provisioning_plan<'a>(config: &'a Config, node: &'a Node) -> Vec<(&'a PciNetDevice, &'a PfProvisioning)> {
+    node.devices
+        .iter()
+        .filter(|pf| pf.sriov != SriovStatus::NotSupported)
+        .filter_map(|pf| {
+            config
+                .provisioning
+                .iter()
+                .find(|p| p.matches(pf))
+                .map(|p| (pf, p))
+        })
+        .collect()
+}

@@ -1,1 +1,236 @@
-//! TODO
+//! A rooted view of sysfs that counts what it reads.
+//!
+//! Every sysfs access of the project goes through [`Sysfs`], so the root can be a simulated tree
+//! (tests, the lab, the demo) and benchmarks can report how many files a discovery touched.
+
+use crate::names::PciAddress;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A failed sysfs access, with the path that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SysfsError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {value:?} to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unexpected content in {path}: {content:?} (expected {expected})")]
+    Malformed {
+        path: PathBuf,
+        content: String,
+        expected: &'static str,
+    },
+}
+
+impl SysfsError {
+    /// True when the file simply does not exist (an optional attribute).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, SysfsError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+pub type Result<T, E = SysfsError> = std::result::Result<T, E>;
+
+/// Longest attribute we read; real sysfs attributes are at most a page.
+const MAX_ATTR_LEN: u64 = 4096;
+
+/// A sysfs tree rooted at `root` (normally `/sys`).
+#[derive(Debug)]
+pub struct Sysfs {
+    root: PathBuf,
+    reads: AtomicU64,
+}
+
+impl Clone for Sysfs {
+    fn clone(&self) -> Self {
+        Sysfs::new(self.root.clone())
+    }
+}
+
+impl Default for Sysfs {
+    fn default() -> Self {
+        Sysfs::new("/sys")
+    }
+}
+
+impl Sysfs {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Sysfs {
+            root: root.into(),
+            reads: AtomicU64::new(0),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// How many files, links and folders were read so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `<root>/bus/pci/devices`
+    pub fn pci_devices_dir(&self) -> PathBuf {
+        self.root.join("bus/pci/devices")
+    }
+
+    /// `<root>/bus/pci/devices/<addr>`: the address is a validated [`PciAddress`], so the path
+    /// cannot leave the tree.
+    pub fn pci_device(&self, addr: &PciAddress) -> PathBuf {
+        self.pci_devices_dir().join(addr.to_string())
+    }
+
+    /// Reads an attribute, trimmed of its trailing newline.
+    pub fn read(&self, path: &Path) -> Result<String> {
+        use io::Read;
+        self.count();
+        let io_err = |source| SysfsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = fs::File::open(path).map_err(io_err)?;
+        let mut buf = String::new();
+        file.take(MAX_ATTR_LEN)
+            .read_to_string(&mut buf)
+            .map_err(io_err)?;
+        Ok(buf.trim_end_matches(['\n', '\0', ' ']).to_string())
+    }
+
+    /// Reads an optional attribute: `None` when it does not exist.
+    pub fn read_opt(&self, path: &Path) -> Result<Option<String>> {
+        match self.read(path) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a decimal integer attribute.
+    pub fn read_int<T: std::str::FromStr>(&self, path: &Path) -> Result<T> {
+        let s = self.read(path)?;
+        s.trim().parse().map_err(|_| SysfsError::Malformed {
+            path: path.to_path_buf(),
+            content: s,
+            expected: "a decimal number",
+        })
+    }
+
+    /// Reads a hexadecimal attribute such as `0x8086`.
+    pub fn read_hex(&self, path: &Path) -> Result<u32> {
+        let s = self.read(path)?;
+        let digits = s.trim().trim_start_matches("0x");
+        if digits.is_empty() || digits.len() > 8 {
+            return Err(SysfsError::Malformed {
+                path: path.to_path_buf(),
+                content: s,
+                expected: "a hexadecimal number such as 0x8086",
+            });
+        }
+        u32::from_str_radix(digits, 16).map_err(|_| SysfsError::Malformed {
+            path: path.to_path_buf(),
+            content: s.clone(),
+            expected: "a hexadecimal number such as 0x8086",
+        })
+    }
+
+    /// The file name a symlink points to (`driver` -> `.../drivers/iavf` gives `iavf`);
+    /// `None` when the link does not exist.
+    pub fn link_name(&self, path: &Path) -> Result<Option<String>> {
+        self.count();
+        match fs::read_link(path) {
+            Ok(target) => Ok(target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(SysfsError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Entry names of a folder, sorted; `None` when it does not exist.
+    pub fn list(&self, path: &Path) -> Result<Option<Vec<String>>> {
+        self.count();
+        let rd = match fs::read_dir(path) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(SysfsError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let mut names = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|source| SysfsError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(Some(names))
+    }
+
+    /// Whether a path exists (following links; a dangling link does not exist).
+    pub fn exists(&self, path: &Path) -> bool {
+        self.count();
+        path.exists()
+    }
+
+    /// Writes an attribute (as `echo VALUE > path`).
+    pub fn write(&self, path: &Path, value: &str) -> Result<()> {
+        use io::Write;
+        let err = |source| SysfsError::Write {
+            path: path.to_path_buf(),
+            value: value.to_string(),
+            source,
+        };
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .map_err(err)?;
+        f.write_all(value.as_bytes()).map_err(err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = Sysfs::new(dir.path());
+        fs::write(dir.path().join("vendor"), "0x8086\n").unwrap();
+        fs::write(dir.path().join("numa"), "-1\n").unwrap();
+        fs::write(dir.path().join("garbage"), "0xzz\n").unwrap();
+        assert_eq!(sys.read_hex(&dir.path().join("vendor")).unwrap(), 0x8086);
+        assert_eq!(sys.read_int::<i32>(&dir.path().join("numa")).unwrap(), -1);
+        let e = sys.read_hex(&dir.path().join("garbage")).unwrap_err();
+        assert!(e.to_string().contains("garbage"), "{e}");
+        assert!(sys.read_opt(&dir.path().join("missing")).unwrap().is_none());
+        assert!(sys.link_name(&dir.path().join("missing")).unwrap().is_none());
+        assert_eq!(sys.reads(), 5);
+    }
+}
