@@ -197,3 +197,52 @@ pub fn set_pf_mtu(sysfs: &Sysfs, pf: &PciAddress, mtu: u32) -> Result<bool, Prov
         .map_err(|e| err(e.to_string()))?;
     Ok(true)
 }
+
+/// Binds a device to `driver` the way the kernel documents it: set `driver_override`, unbind
+/// from the current driver, ask the PCI core to probe again; then wait (bounded) until it is
+/// bound to `driver`. Used to hand VFs to vfio-pci (DPDK) and back.
+pub fn bind_driver(
+    sysfs: &Sysfs,
+    dev: &PciAddress,
+    driver: &str,
+    wait: WaitPolicy,
+) -> Result<(), ProvisionError> {
+    let label = dev.to_string();
+    let wrap = |source| ProvisionError::Sysfs {
+        pf: label.clone(),
+        source,
+    };
+    if !crate::names::is_plain_file_name(driver) {
+        return Err(wrap(SysfsError::Malformed {
+            path: "driver_override".into(),
+            content: driver.to_string(),
+            expected: "a driver name",
+        }));
+    }
+    let dir = sysfs.pci_device(dev);
+    if sysfs.link_name(&dir.join("driver")).map_err(wrap)?.as_deref() == Some(driver) {
+        return Ok(());
+    }
+    sysfs.write(&dir.join("driver_override"), driver).map_err(wrap)?;
+    if sysfs.link_name(&dir.join("driver")).map_err(wrap)?.is_some() {
+        sysfs.write(&dir.join("driver/unbind"), &label).map_err(wrap)?;
+    }
+    sysfs
+        .write(&sysfs.root().join("bus/pci/drivers_probe"), &label)
+        .map_err(wrap)?;
+    let start = Instant::now();
+    loop {
+        let now = sysfs.link_name(&dir.join("driver")).map_err(wrap)?;
+        if now.as_deref() == Some(driver) {
+            return Ok(());
+        }
+        if start.elapsed() >= wait.timeout {
+            return Err(ProvisionError::Timeout {
+                pf: label.clone(),
+                waited: wait.timeout,
+                detail: format!("bound to {now:?}, not {driver}"),
+            });
+        }
+        std::thread::sleep(wait.interval);
+    }
+}

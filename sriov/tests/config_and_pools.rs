@@ -162,7 +162,7 @@ fn vf_ranges_and_root_devices() {
     // First match wins: 1 and 3 went to "a" already.
     assert_eq!(names(&pools, "intel.com/b"), ["0000:3b:02.0", "0000:3b:02.2"]);
     assert_eq!(names(&pools, "intel.com/c").len(), 4);
-    assert_eq!(VfRanges(vec![(5, 6)]).contains(6), true);
+    assert!(VfRanges(vec![(5, 6)]).contains(6));
 }
 
 #[test]

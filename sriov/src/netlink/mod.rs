@@ -1,1 +1,36 @@
-//! Synchronous rtnetlink (owned by the dataplane work).
+//! A small synchronous rtnetlink dataplane: links, network namespaces, VF
+//! settings through the PF, addresses and routes.
+//!
+//! - [`NetlinkSocket`]: one socket bound to one network namespace; every
+//!   operation is one request answered by one ACK or reply (or a dump).
+//! - [`Netns`]: an opened namespace; [`NetlinkSocket::new_in`] and
+//!   [`Netns::run_in`] work inside it without moving the calling thread.
+//! - Values: [`LinkInfo`], [`VfInfo`], [`AddressInfo`], [`RouteInfo`].
+//! - Errors: [`NetlinkError`] keeps the kernel's errno and names the
+//!   operation and object; VF knobs fail with a [`VfSettingError`].
+//!
+//! Requests are built as plain values and replies parsed from plain bytes
+//! (see [`parse_vfinfo_list`]); only the socket does IO, so everything but
+//! the kernel round trip is tested without root.
+
+mod addr;
+mod attrs;
+mod error;
+mod link;
+mod link_ops;
+mod netns;
+mod route;
+mod socket;
+mod vf;
+mod vf_ops;
+
+pub use addr::AddressInfo;
+pub use error::{NetlinkError, Result, VfSetting, VfSettingError};
+pub use link::{LinkInfo, MacAddr, OperState};
+pub use netns::Netns;
+pub use route::{RouteInfo, MAIN_TABLE};
+pub use socket::NetlinkSocket;
+pub use vf::{parse_vfinfo_list, VfInfo, VfLinkState, VlanProto};
+
+/// Errno values callers match on, re-exported for convenience.
+pub use nix::errno::Errno;

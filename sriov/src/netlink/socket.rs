@@ -1,0 +1,493 @@
+//! A small synchronous rtnetlink socket.
+//!
+//! One request at a time: send, then read until the kernel's ACK (plain
+//! requests) or `NLMSG_DONE` (dumps). Replies are matched by sequence
+//! number, so a reply left over from an abandoned request is skipped, not
+//! mistaken for the current one. Kernel errors come back as errnos plus the
+//! extended-ACK text when the kernel gives one.
+
+use std::io;
+
+use netlink_packet_core::{
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR,
+    NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use nix::errno::Errno;
+
+use super::attrs::{align4, i32_at, nlas, string, u32_at};
+use super::error::{NetlinkError, RawError, Result};
+use super::netns::Netns;
+
+/// How often a dump that the kernel flags as interrupted (the table changed
+/// while it was being read) is restarted before giving up with `EINTR`.
+const DUMP_ATTEMPTS: usize = 5;
+
+/// `NLMSGERR_ATTR_MSG`: the extended ACK's human-readable message.
+const NLMSGERR_ATTR_MSG: u16 = 1;
+
+/// `sizeof(struct nlmsghdr)`.
+const NLMSG_HDRLEN: usize = 16;
+
+/// Receives each reply message (type, payload) of an exchange.
+type Handler<'a> = dyn FnMut(u16, &[u8]) -> Result<(), RawError> + 'a;
+
+/// The outcome of the terminating message (ACK, error or DONE), or `None`
+/// while the reply goes on.
+type Terminated = Option<Result<(), RawError>>;
+
+/// A request as a plain value: the message and its flags beyond
+/// `NLM_F_REQUEST` (added always) and `NLM_F_ACK` (added for non-dumps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Request {
+    pub(crate) message: RouteNetlinkMessage,
+    pub(crate) flags: u16,
+}
+
+impl Request {
+    /// A get, set or delete of one object.
+    pub(crate) fn new(message: RouteNetlinkMessage) -> Self {
+        Self { message, flags: 0 }
+    }
+
+    /// Create an object; fail with `EEXIST` if it already exists.
+    pub(crate) fn create(message: RouteNetlinkMessage) -> Self {
+        Self {
+            message,
+            flags: NLM_F_CREATE | NLM_F_EXCL,
+        }
+    }
+
+    /// Dump every object of a kind.
+    pub(crate) fn dump(message: RouteNetlinkMessage) -> Self {
+        Self {
+            message,
+            flags: NLM_F_DUMP,
+        }
+    }
+
+    pub(crate) fn is_dump(&self) -> bool {
+        self.flags & NLM_F_DUMP == NLM_F_DUMP
+    }
+
+    /// The bytes sent to the kernel.
+    pub(crate) fn to_bytes(&self, seq: u32) -> Vec<u8> {
+        let mut header = NetlinkHeader::default();
+        // Dumps are not ACKed by the kernel even when asked (they end with
+        // NLMSG_DONE), so only plain requests ask for one.
+        header.flags = NLM_F_REQUEST | self.flags | if self.is_dump() { 0 } else { NLM_F_ACK };
+        header.sequence_number = seq;
+        let mut msg =
+            NetlinkMessage::new(header, NetlinkPayload::InnerMessage(self.message.clone()));
+        msg.finalize();
+        let mut buf = vec![0; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        buf
+    }
+}
+
+/// A synchronous rtnetlink socket bound to the network namespace it was
+/// created in (for its whole life, whatever the thread does later).
+#[derive(Debug)]
+pub struct NetlinkSocket {
+    socket: Socket,
+    seq: u32,
+    /// Receive buffer, reused between datagrams.
+    buf: Vec<u8>,
+}
+
+impl NetlinkSocket {
+    /// A socket in the calling thread's network namespace.
+    pub fn new() -> Result<Self> {
+        let socket_err = |op| move |source| NetlinkError::Socket { op, source };
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(socket_err("open"))?;
+        socket.bind_auto().map_err(socket_err("bind"))?;
+        // CAP_ACK: error replies carry only our request's header, not the
+        // whole request back. EXT_ACK: the kernel explains refusals
+        // ("Invalid MTU", "Name already in use"...). STRICT_CHK: the kernel
+        // filters dumps by the header fields we set (addresses by ifindex).
+        // All exist since 4.20; without them we only lose comfort.
+        for (name, result) in [
+            ("NETLINK_CAP_ACK", socket.set_cap_ack(true)),
+            ("NETLINK_EXT_ACK", socket.set_ext_ack(true)),
+            (
+                "NETLINK_GET_STRICT_CHK",
+                socket.set_netlink_get_strict_chk(true),
+            ),
+        ] {
+            if let Err(e) = result {
+                tracing::debug!("netlink: cannot set {name}: {e}");
+            }
+        }
+        Ok(Self {
+            socket,
+            seq: 0,
+            buf: Vec::with_capacity(32 * 1024),
+        })
+    }
+
+    /// A socket inside `netns`, created on a short-lived thread that enters
+    /// the namespace; the calling thread's namespace never changes.
+    pub fn new_in(netns: &Netns) -> Result<Self> {
+        netns.run_in(Self::new)?
+    }
+
+    /// Send a plain request and wait for its ACK.
+    pub(crate) fn ack(&mut self, req: &Request) -> Result<(), RawError> {
+        self.exchange(req, &mut |_, _| Ok(())).map(|_| ())
+    }
+
+    /// Send a get request and return the one reply `parse` accepts
+    /// (`Ok(None)` skips a message).
+    pub(crate) fn get_one<T>(
+        &mut self,
+        req: &Request,
+        mut parse: impl FnMut(u16, &[u8]) -> Result<Option<T>, RawError>,
+    ) -> Result<T, RawError> {
+        let mut found = None;
+        self.exchange(req, &mut |kind, payload| {
+            if found.is_none() {
+                found = parse(kind, payload)?;
+            }
+            Ok(())
+        })?;
+        found.ok_or_else(|| RawError::protocol("the kernel acknowledged but sent no reply"))
+    }
+
+    /// Run a dump, restarting it when the kernel says it was interrupted.
+    pub(crate) fn dump<T>(
+        &mut self,
+        req: &Request,
+        mut parse: impl FnMut(u16, &[u8]) -> Result<Option<T>, RawError>,
+    ) -> Result<Vec<T>, RawError> {
+        for attempt in 1..=DUMP_ATTEMPTS {
+            let mut items = Vec::new();
+            let interrupted = self.exchange(req, &mut |kind, payload| {
+                items.extend(parse(kind, payload)?);
+                Ok(())
+            })?;
+            if !interrupted {
+                return Ok(items);
+            }
+            tracing::debug!("netlink: dump interrupted (attempt {attempt}), restarting");
+        }
+        Err(RawError::Kernel {
+            errno: Errno::EINTR,
+            ext_ack: Some("dump kept changing while being read".into()),
+        })
+    }
+
+    /// Send `req`, feed each reply message to `on_message` until the
+    /// terminating ACK/error/DONE. Returns whether the kernel flagged the
+    /// dump as interrupted.
+    fn exchange(&mut self, req: &Request, on_message: &mut Handler<'_>) -> Result<bool, RawError> {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        let seq = self.seq;
+        let bytes = req.to_bytes(seq);
+        self.send(&bytes)?;
+
+        let mut interrupted = false;
+        // A parse error does not stop reading: the rest of the reply must be
+        // drained, or the kernel keeps the dump open and refuses the next one.
+        let mut first_err: Option<RawError> = None;
+        loop {
+            let datagram = self.recv_datagram()?;
+            let outcome =
+                process_datagram(&datagram, seq, &mut interrupted, &mut |kind, payload| {
+                    if first_err.is_none() {
+                        if let Err(e) = on_message(kind, payload) {
+                            first_err = Some(e);
+                        }
+                    }
+                });
+            self.buf = datagram;
+            if let Some(result) = outcome? {
+                result?;
+                return match first_err {
+                    Some(e) => Err(e),
+                    None => Ok(interrupted),
+                };
+            }
+        }
+    }
+
+    fn send(&self, bytes: &[u8]) -> Result<(), RawError> {
+        let kernel = SocketAddr::new(0, 0);
+        loop {
+            match self.socket.send_to(bytes, &kernel, 0) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(NetlinkError::Socket { op: "send", source }.into()),
+            }
+        }
+    }
+
+    /// One whole datagram, however large: a GETLINK reply for a PF with
+    /// many VFs outgrows any fixed buffer, so peek at the size first.
+    fn recv_datagram(&mut self) -> Result<Vec<u8>, RawError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        loop {
+            buf.clear();
+            let size = match self.socket.recv(&mut buf, libc::MSG_PEEK | libc::MSG_TRUNC) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(NetlinkError::Socket { op: "recv", source }.into()),
+            };
+            buf.clear();
+            buf.reserve(size);
+            match self.socket.recv(&mut buf, 0) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(buf);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(NetlinkError::Socket { op: "recv", source }.into()),
+            }
+        }
+    }
+}
+
+/// Walk the messages of one datagram. Returns `Some(result)` once the
+/// terminating message for `seq` is seen.
+fn process_datagram(
+    datagram: &[u8],
+    seq: u32,
+    interrupted: &mut bool,
+    on_message: &mut dyn FnMut(u16, &[u8]),
+) -> Result<Terminated, RawError> {
+    let mut offset = 0;
+    while offset < datagram.len() {
+        let msg = NetlinkBuffer::new_checked(&datagram[offset..])
+            .map_err(|e| RawError::decode("netlink message", e))?;
+        offset += align4(msg.length() as usize);
+        if msg.sequence_number() != seq {
+            tracing::debug!(
+                "netlink: skipping message with sequence {} (expecting {seq})",
+                msg.sequence_number()
+            );
+            continue;
+        }
+        let payload = msg.payload();
+        match msg.message_type() {
+            NLMSG_NOOP => {}
+            NLMSG_OVERRUN => {
+                return Ok(Some(Err(RawError::protocol(
+                    "the kernel reported an overrun",
+                ))))
+            }
+            NLMSG_ERROR => return Ok(Some(parse_error(msg.flags(), payload))),
+            NLMSG_DONE => return Ok(Some(parse_done(msg.flags(), payload))),
+            kind => {
+                if msg.flags() & NLM_F_DUMP_INTR != 0 {
+                    *interrupted = true;
+                }
+                on_message(kind, payload);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// `NLMSG_ERROR`: an `int` error (0 = ACK), the request's header (or the
+/// whole request without CAP_ACK), then extended-ACK attributes.
+fn parse_error(flags: u16, payload: &[u8]) -> Result<(), RawError> {
+    let code = i32_at(payload, 0)
+        .ok_or_else(|| RawError::decode("netlink error message", "shorter than 4 bytes"))?;
+    if code == 0 {
+        return Ok(());
+    }
+    let ext_ack = if flags & NLM_F_ACK_TLVS == 0 {
+        None
+    } else if flags & NLM_F_CAPPED != 0 {
+        ext_ack_message(payload.get(4 + NLMSG_HDRLEN..))
+    } else {
+        u32_at(payload, 4)
+            .and_then(|orig_len| ext_ack_message(payload.get(4 + align4(orig_len as usize)..)))
+    };
+    Err(RawError::Kernel {
+        errno: Errno::from_raw(code.checked_abs().unwrap_or(i32::MAX)),
+        ext_ack,
+    })
+}
+
+/// `NLMSG_DONE` carries the dump's final status (an `int`) on recent kernels.
+fn parse_done(flags: u16, payload: &[u8]) -> Result<(), RawError> {
+    match i32_at(payload, 0) {
+        Some(code) if code < 0 => Err(RawError::Kernel {
+            errno: Errno::from_raw(code.checked_abs().unwrap_or(i32::MAX)),
+            ext_ack: if flags & NLM_F_ACK_TLVS != 0 {
+                ext_ack_message(payload.get(4..))
+            } else {
+                None
+            },
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn ext_ack_message(tlvs: Option<&[u8]>) -> Option<String> {
+    let attrs = nlas(tlvs?, "extended ACK").ok()?;
+    attrs
+        .into_iter()
+        .find(|(kind, _)| *kind == NLMSGERR_ATTR_MSG)
+        .map(|(_, value)| string(value).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::link::LinkMessage;
+
+    /// A netlink message: header + payload, padded.
+    fn message(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let len = NLMSG_HDRLEN + payload.len();
+        let mut out = Vec::new();
+        out.extend_from_slice(&(len as u32).to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(&flags.to_ne_bytes());
+        out.extend_from_slice(&seq.to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes());
+        out.extend_from_slice(payload);
+        out.resize(align4(out.len()), 0);
+        out
+    }
+
+    fn error_payload(code: i32, ext_ack: Option<&str>) -> Vec<u8> {
+        let mut p = code.to_ne_bytes().to_vec();
+        p.extend_from_slice(&[0u8; NLMSG_HDRLEN]); // the capped request header
+        if let Some(msg) = ext_ack {
+            let value_len = msg.len() + 1;
+            p.extend_from_slice(&((4 + value_len) as u16).to_ne_bytes());
+            p.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
+            p.extend_from_slice(msg.as_bytes());
+            p.push(0);
+            p.resize(align4(p.len()), 0);
+        }
+        p
+    }
+
+    fn run(datagram: &[u8], seq: u32) -> (Vec<u16>, bool, Terminated) {
+        let mut seen = Vec::new();
+        let mut interrupted = false;
+        let outcome = process_datagram(datagram, seq, &mut interrupted, &mut |kind, _| {
+            seen.push(kind)
+        })
+        .unwrap();
+        (seen, interrupted, outcome)
+    }
+
+    #[test]
+    fn request_flags() {
+        let get = Request::new(RouteNetlinkMessage::GetLink(LinkMessage::default()));
+        let bytes = get.to_bytes(7);
+        let buf = NetlinkBuffer::new_checked(&bytes[..]).unwrap();
+        assert_eq!(buf.flags(), NLM_F_REQUEST | NLM_F_ACK);
+        assert_eq!(buf.sequence_number(), 7);
+        assert_eq!(buf.length() as usize, bytes.len());
+
+        let dump = Request::dump(RouteNetlinkMessage::GetLink(LinkMessage::default()));
+        let bytes = dump.to_bytes(8);
+        let buf = NetlinkBuffer::new_checked(&bytes[..]).unwrap();
+        assert_eq!(buf.flags(), NLM_F_REQUEST | NLM_F_DUMP);
+
+        let create = Request::create(RouteNetlinkMessage::NewLink(LinkMessage::default()));
+        let bytes = create.to_bytes(9);
+        let buf = NetlinkBuffer::new_checked(&bytes[..]).unwrap();
+        assert_eq!(
+            buf.flags(),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+        );
+    }
+
+    #[test]
+    fn ack_ends_the_exchange() {
+        let d = message(NLMSG_ERROR, NLM_F_CAPPED, 3, &error_payload(0, None));
+        let (seen, _, outcome) = run(&d, 3);
+        assert!(seen.is_empty());
+        assert!(matches!(outcome, Some(Ok(()))));
+    }
+
+    #[test]
+    fn error_with_ext_ack() {
+        let d = message(
+            NLMSG_ERROR,
+            NLM_F_CAPPED | NLM_F_ACK_TLVS,
+            3,
+            &error_payload(-(Errno::EEXIST as i32), Some("Name already in use")),
+        );
+        let (_, _, outcome) = run(&d, 3);
+        match outcome {
+            Some(Err(RawError::Kernel { errno, ext_ack })) => {
+                assert_eq!(errno, Errno::EEXIST);
+                assert_eq!(ext_ack.as_deref(), Some("Name already in use"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn stale_sequence_numbers_are_skipped() {
+        let mut d = message(16, 0, 2, &[0; 16]); // RTM_NEWLINK of an older request
+        d.extend(message(16, NLM_F_DUMP_INTR, 5, &[0; 16]));
+        d.extend(message(NLMSG_DONE, 0, 5, &0i32.to_ne_bytes()));
+        let (seen, interrupted, outcome) = run(&d, 5);
+        assert_eq!(seen, vec![16]);
+        assert!(interrupted);
+        assert!(matches!(outcome, Some(Ok(()))));
+    }
+
+    #[test]
+    fn done_with_error_code() {
+        let d = message(NLMSG_DONE, 0, 1, &(-(Errno::EMSGSIZE as i32)).to_ne_bytes());
+        let (_, _, outcome) = run(&d, 1);
+        assert!(matches!(
+            outcome,
+            Some(Err(RawError::Kernel {
+                errno: Errno::EMSGSIZE,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn multipart_without_terminator_wants_more() {
+        let d = message(16, 2, 1, &[0; 16]);
+        let (seen, _, outcome) = run(&d, 1);
+        assert_eq!(seen, vec![16]);
+        assert!(outcome.is_none());
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut interrupted = false;
+        for bad in [
+            &[1u8, 2, 3][..],
+            &[200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[4, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ] {
+            assert!(process_datagram(bad, 0, &mut interrupted, &mut |_, _| {}).is_err());
+        }
+        // a truncated error payload
+        let d = message(NLMSG_ERROR, 0, 1, &[1, 2]);
+        let (_, _, outcome) = run(&d, 1);
+        assert!(matches!(
+            outcome,
+            Some(Err(RawError::Other(NetlinkError::Decode { .. })))
+        ));
+        // ext-ack flags with nonsense after the code
+        let d = message(
+            NLMSG_ERROR,
+            NLM_F_ACK_TLVS,
+            1,
+            &[0xea, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+        );
+        let (_, _, outcome) = run(&d, 1);
+        assert!(matches!(
+            outcome,
+            Some(Err(RawError::Kernel { ext_ack: None, .. }))
+        ));
+    }
+}
