@@ -20,7 +20,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Remove labs left behind by a killed earlier run (their owner process is gone).
-cargo build --locked -q -p sriov-e2e --bin sriov-lab
-target/debug/sriov-lab gc || true
+cargo run --locked -q -p sriov-e2e --bin sriov-lab -- gc || true
 
 cargo test --workspace --locked "$@"

@@ -176,19 +176,28 @@ impl Node {
             .list(&dir)?
             .ok_or_else(|| DiscoveryError::NoPciBus(dir.display().to_string()))?;
         let mut node = Node::default();
+        // A VF's routing ID is its PF's plus a non-zero offset, so in address order every VF
+        // comes after its PF: VFs met through virtfnN links are skipped without a syscall.
+        let mut known_vfs = std::collections::HashSet::new();
         for name in names {
             let Ok(pci) = PciAddress::parse(&name) else {
                 node.warnings
                     .push(format!("{}: not a PCI address, ignored", dir.join(&name).display()));
                 continue;
             };
+            if known_vfs.contains(&pci) {
+                continue;
+            }
             let path = dir.join(&name);
             // VFs are discovered through their PF's virtfnN links.
             if sysfs.link_name(&path.join("physfn")).ok().flatten().is_some() {
                 continue;
             }
             match Self::read_physical(sysfs, opts, pci, &path, &mut node.warnings) {
-                Ok(Some(dev)) => node.devices.push(dev),
+                Ok(Some(dev)) => {
+                    known_vfs.extend(dev.vfs.iter().map(|v| v.pci));
+                    node.devices.push(dev)
+                }
                 Ok(None) => {}
                 Err(e) => node.warnings.push(format!("{pci}: skipped: {e}")),
             }
@@ -302,11 +311,11 @@ fn read_numa(sysfs: &Sysfs, path: &Path, warnings: &mut Vec<String>) -> Option<u
 /// another network namespace) is not a netdev of this namespace.
 fn read_netdevs(sysfs: &Sysfs, path: &Path, details: bool) -> Result<Vec<Netdev>, SysfsError> {
     let net = path.join("net");
-    let Some(names) = sysfs.list(&net)? else {
+    let Some(entries) = sysfs.list_entries(&net)? else {
         return Ok(Vec::new());
     };
-    let mut out = Vec::with_capacity(names.len());
-    for name in names {
+    let mut out = Vec::with_capacity(entries.len());
+    for (name, is_link) in entries {
         if crate::names::validate_ifname(&name).is_err() {
             continue;
         }
@@ -317,7 +326,9 @@ fn read_netdevs(sysfs: &Sysfs, path: &Path, details: bool) -> Result<Vec<Netdev>
                 Ok(None) => {}
                 Err(e) => return Err(e),
             }
-        } else if sysfs.exists(&dir) {
+        } else if !is_link || sysfs.exists(&dir) {
+            // Real sysfs has folders here; a symlink (simulated trees) may dangle once the
+            // netdev moved to another network namespace.
             out.push(Netdev {
                 name,
                 mac: None,
@@ -383,6 +394,11 @@ fn read_vfs(
         }
     }
     let devices = sysfs.pci_devices_dir();
+    // Per the SR-IOV spec a VF has its PF's vendor ID and the device ID of the PF's SR-IOV
+    // capability (`sriov_vf_device`): one read per PF instead of two per VF.
+    let vf_ids = read_id(sysfs, &pf_path.join("sriov_vf_device"))
+        .ok()
+        .map(|device| (pf.vendor, device));
     let mut vfs = Vec::with_capacity(indexes.len());
     for index in indexes {
         let link = pf_path.join(format!("virtfn{index}"));
@@ -401,7 +417,7 @@ fn read_vfs(
             ));
             continue;
         };
-        match read_vf(sysfs, opts, pf, &devices.join(&target), pci, index) {
+        match read_vf(sysfs, opts, pf, &devices.join(&target), pci, index, vf_ids) {
             Ok(vf) => vfs.push(vf),
             Err(e) => warnings.push(format!("VF {index} ({pci}) of {} skipped: {e}", pf.pci)),
         }
@@ -416,10 +432,27 @@ fn read_vf(
     path: &Path,
     pci: PciAddress,
     index: u32,
+    ids: Option<(u16, u16)>,
 ) -> Result<Vf, SysfsError> {
-    let vendor = read_id(sysfs, &path.join("vendor"))?;
-    let device = read_id(sysfs, &path.join("device"))?;
+    let (vendor, device) = match ids {
+        Some(ids) => ids,
+        None => (
+            read_id(sysfs, &path.join("vendor"))?,
+            read_id(sysfs, &path.join("device"))?,
+        ),
+    };
     let driver = sysfs.link_name(&path.join("driver"))?;
+    // An unbound VF is legal, but so is a virtfnN link to a folder that is gone: tell them
+    // apart (the only case where nothing else read above would have failed).
+    if driver.is_none() && !sysfs.exists(path) {
+        return Err(SysfsError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the PF's virtfn link points to a missing device",
+            ),
+        });
+    }
     let mut vf = Vf {
         pci,
         index,

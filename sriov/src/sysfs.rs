@@ -190,6 +190,33 @@ impl Sysfs {
         Ok(Some(names))
     }
 
+    /// Entries of a folder with whether each is a symlink, sorted; `None` when it does not exist.
+    pub fn list_entries(&self, path: &Path) -> Result<Option<Vec<(String, bool)>>> {
+        self.count();
+        let rd = match fs::read_dir(path) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(SysfsError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|source| SysfsError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            // d_type from getdents: no extra syscall.
+            let is_link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
+            out.push((entry.file_name().to_string_lossy().into_owned(), is_link));
+        }
+        out.sort();
+        Ok(Some(out))
+    }
+
     /// Whether a path exists (following links; a dangling link does not exist).
     pub fn exists(&self, path: &Path) -> bool {
         self.count();

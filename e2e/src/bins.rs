@@ -1,0 +1,52 @@
+//! Finding the workspace's binaries from tests and benchmarks.
+//!
+//! `cargo test --workspace` does not always build other packages' binaries, so the first call
+//! builds the one asked for (same profile as the caller), then returns its path under target/.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// Which package holds each binary.
+fn package_of(bin: &str) -> &'static str {
+    match bin {
+        "sriov-device-plugin" => "sriov-device-plugin",
+        "sriov" => "sriov-cni",
+        _ => "sriov-e2e",
+    }
+}
+
+static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Path of a workspace binary (`sriov-device-plugin`, `sriov`, `sriov-lab`), built if needed.
+///
+/// Panics with cargo's output when the build fails: this is test support.
+pub fn workspace_binary(bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test>-<hash> or target/<profile>/<bin>
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") || dir.ends_with("examples") {
+        dir.pop();
+    }
+    let release = dir.ends_with("release");
+    let path = dir.join(bin);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == bin) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", package_of(bin), "--bin", bin])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if release {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().expect("running cargo build");
+        assert!(
+            out.status.success(),
+            "cargo build --bin {bin} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        built.push(bin.to_string());
+    }
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
