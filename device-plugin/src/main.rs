@@ -9,10 +9,17 @@ use sriov::discovery::{default_route_interfaces, Node};
 use sriov::pools;
 use sriov::report::StatusReport;
 use sriov::sysfs::Sysfs;
+use sriov_device_plugin::{LogFormat, Options, RegistrationMode};
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "sriov-device-plugin", version, about = "SR-IOV VF pools for kubelet")]
+#[command(
+    name = "sriov-device-plugin",
+    version,
+    about = "SR-IOV VF pools for kubelet"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the node daemon: one kubelet device plugin per pool.
+    Run(RunArgs),
     /// Show the node's network PCI devices, their SR-IOV state and the pools.
     Status {
         /// Root of the sysfs tree to read.
@@ -37,9 +46,97 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RegistrationArg {
+    /// plugins_registry/ when kubelet has it, else kubelet.sock.
+    Auto,
+    /// Register through device-plugins/kubelet.sock.
+    KubeletSocket,
+    /// Serve GetInfo from a socket in plugins_registry/.
+    PluginWatcher,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Device plugin config (upstream config.json format); watched for changes. Missing = one pool
+    /// per SR-IOV PF until it appears.
+    #[arg(long, default_value = "/etc/pcidp/config.json")]
+    config: PathBuf,
+    /// Root of the sysfs tree to read.
+    #[arg(long, default_value = "/sys")]
+    sysfs_root: PathBuf,
+    /// Kubelet's folder: holds device-plugins/, plugins_registry/, pod-resources/.
+    #[arg(long, default_value = "/var/lib/kubelet")]
+    kubelet_dir: PathBuf,
+    /// Prefix for resources that do not set resourcePrefix.
+    #[arg(long, default_value = DEFAULT_RESOURCE_PREFIX)]
+    resource_prefix: String,
+    /// Serve /metrics and /healthz on this address (e.g. 0.0.0.0:9808); none = off.
+    #[arg(long)]
+    metrics_address: Option<SocketAddr>,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormatArg,
+    /// Where device-information files are written.
+    #[arg(long, default_value = sriov::devinfo::DEFAULT_DEVINFO_DIR)]
+    devinfo_dir: PathBuf,
+    /// Root of the device nodes on the host (host paths of /dev/vfio/N, /dev/vhost-net, ...).
+    #[arg(long, default_value = "/dev")]
+    dev_root: PathBuf,
+    /// Network namespace holding the PF netdevs, watched for link events (default: our own).
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// How to register with kubelet.
+    #[arg(long, value_enum, default_value = "auto")]
+    registration: RegistrationArg,
+    /// Seconds between backstop re-checks of sockets, config and sysfs.
+    #[arg(long, default_value_t = 30)]
+    resync_seconds: u64,
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let format = match args.log_format {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    };
+    sriov_device_plugin::logging::init(format);
+    let opts = Options {
+        config: args.config,
+        sysfs_root: args.sysfs_root,
+        kubelet_dir: args.kubelet_dir,
+        resource_prefix: args.resource_prefix,
+        metrics_address: args.metrics_address,
+        devinfo_dir: args.devinfo_dir,
+        dev_root: args.dev_root,
+        netns: args.netns,
+        registration: match args.registration {
+            RegistrationArg::Auto => RegistrationMode::Auto,
+            RegistrationArg::KubeletSocket => RegistrationMode::KubeletSocket,
+            RegistrationArg::PluginWatcher => RegistrationMode::PluginWatcher,
+        },
+        resync_interval: Duration::from_secs(args.resync_seconds.max(1)),
+    };
+    // One thread runs every task: the daemon does little work per event, and fewer threads means
+    // fewer malloc arenas and stacks (the idle daemon stays under 10 MiB resident). Discovery and
+    // provisioning run on blocking threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(sriov_device_plugin::run(opts))?;
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run(args),
         Command::Status {
             sysfs_root,
             config,

@@ -1,5 +1,11 @@
 //! sriov-rs labs: a simulated SR-IOV node built from a fake sysfs tree and real kernel links
 //! ([`sim`]), and a QEMU guest with emulated Intel 82576 (igb) VFs ([`vm`]).
 
+pub mod bins;
+pub mod demo;
+pub mod guest_checks;
+pub mod kubelet;
 pub mod sim;
 pub mod vm;
+
+pub use bins::workspace_binary;

@@ -7,13 +7,25 @@
 //! - [`config`]: the upstream device plugin `config.json`, plus our extensions.
 //! - [`pools`]: assigning discovered VFs to resource pools (first match wins).
 //! - [`report`]: the "physical adapters" status view.
+//! - [`allocation`]: GetPreferredAllocation (must-include, NUMA, pack or spread across PFs).
+//! - [`devinfo`]: what a container gets: envs, device nodes, device-information files.
+//! - [`health`]: device health from discovery and link state.
+//! - [`linkwatch`]: rtnetlink link notifications in a given network namespace.
 //! - [`netlink`]: a small synchronous rtnetlink socket (links, netns moves, VF settings).
+//! - [`state`]: the CNI's crash-safe per-VF records and locks.
+//! - [`vf_attach`]: the CNI dataplane: save, attach, restore a VF.
 
+pub mod allocation;
 pub mod config;
+pub mod devinfo;
 pub mod discovery;
+pub mod health;
+pub mod linkwatch;
 pub mod names;
 pub mod netlink;
 pub mod pools;
 pub mod provision;
 pub mod report;
+pub mod state;
 pub mod sysfs;
+pub mod vf_attach;

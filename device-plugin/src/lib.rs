@@ -1,0 +1,24 @@
+//! The sriov-rs node daemon (`sriov-device-plugin run`), as a library.
+//!
+//! - [`daemon`]: the state and its event loop (discovery, pools, health, reconfiguration);
+//! - [`plugin_server`]: one kubelet `DevicePlugin` server per pool, with a stopper;
+//! - [`allocate`]: Allocate / GetPreferredAllocation decisions on a pool snapshot;
+//! - [`registration`]: registration through `kubelet.sock`, retried;
+//! - [`fswatch`]: inotify on kubelet's folders, the config folder and sysfs;
+//! - [`uevent`]: kernel uevents (VFs and drivers the kernel changes by itself);
+//! - [`pool`]: the snapshot shared by the daemon and the servers;
+//! - [`metrics`], [`logging`], [`options`].
+
+pub mod allocate;
+pub mod daemon;
+pub mod fswatch;
+pub mod logging;
+pub mod metrics;
+pub mod options;
+pub mod plugin_server;
+pub mod pool;
+pub mod registration;
+pub mod uevent;
+
+pub use daemon::{run, DaemonError};
+pub use options::{LogFormat, Options, RegistrationMode};

@@ -1,0 +1,39 @@
+//! Logging: `tracing` to stderr, as text or JSON lines.
+//!
+//! `RUST_LOG` filters with `target=level` directives (default `info`). It is parsed as
+//! [`Targets`], not `EnvFilter`: no span-field regexes, which keeps a regex engine out of the
+//! daemon (and out of its resident memory).
+
+use crate::options::LogFormat;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// The filter from `RUST_LOG`; a malformed value falls back to `info` (and says so).
+fn filter() -> Targets {
+    match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => v.parse().unwrap_or_else(|e| {
+            eprintln!("sriov-device-plugin: ignoring RUST_LOG={v:?}: {e}");
+            Targets::new().with_default(LevelFilter::INFO)
+        }),
+        _ => Targets::new().with_default(LevelFilter::INFO),
+    }
+}
+
+/// Installs the global subscriber; a second call (tests) is a no-op.
+pub fn init(format: LogFormat) {
+    let registry = tracing_subscriber::registry().with(filter());
+    let _ = match format {
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+}

@@ -1,0 +1,89 @@
+//! What `sriov-device-plugin run` is told on its command line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How pools make themselves known to kubelet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RegistrationMode {
+    /// The plugin watcher when `<kubelet-dir>/plugins_registry` exists, else `kubelet.sock`.
+    #[default]
+    Auto,
+    /// `Register` on `<kubelet-dir>/device-plugins/kubelet.sock`.
+    KubeletSocket,
+    /// A socket in `<kubelet-dir>/plugins_registry` serving `GetInfo`.
+    PluginWatcher,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Everything the daemon needs to know from outside.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The device plugin config (upstream `config.json`); missing at start = zero config.
+    pub config: PathBuf,
+    pub sysfs_root: PathBuf,
+    /// Holds `device-plugins/`, `plugins_registry/`, `pod-resources/`.
+    pub kubelet_dir: PathBuf,
+    pub resource_prefix: String,
+    pub metrics_address: Option<SocketAddr>,
+    /// Where device-information files go.
+    pub devinfo_dir: PathBuf,
+    /// Root of the device nodes (`/dev`) whose host paths Allocate returns.
+    pub dev_root: PathBuf,
+    /// Network namespace holding the PF netdevs (None: the daemon's own).
+    pub netns: Option<PathBuf>,
+    pub registration: RegistrationMode,
+    /// Backstop re-check of sockets, sysfs and config, for changes no event announced.
+    pub resync_interval: Duration,
+}
+
+impl Options {
+    pub fn device_plugin_dir(&self) -> PathBuf {
+        self.kubelet_dir.join("device-plugins")
+    }
+
+    pub fn plugins_registry_dir(&self) -> PathBuf {
+        self.kubelet_dir.join("plugins_registry")
+    }
+
+    pub fn kubelet_socket(&self) -> PathBuf {
+        self.device_plugin_dir().join(sriov_proto::KUBELET_SOCKET)
+    }
+
+    /// The mode in force: `Auto` resolved by looking at the kubelet folder.
+    pub fn effective_registration(&self) -> RegistrationMode {
+        match self.registration {
+            RegistrationMode::Auto if self.plugins_registry_dir().is_dir() => {
+                RegistrationMode::PluginWatcher
+            }
+            RegistrationMode::Auto => RegistrationMode::KubeletSocket,
+            other => other,
+        }
+    }
+
+    /// The folder where pool sockets live in `mode`.
+    pub fn socket_dir(&self, mode: RegistrationMode) -> PathBuf {
+        match mode {
+            RegistrationMode::PluginWatcher => self.plugins_registry_dir(),
+            _ => self.device_plugin_dir(),
+        }
+    }
+}
+
+/// `intel.com_sriov_net.sock`: the socket file of a pool (prefix and name are validated names).
+pub fn socket_name(prefix: &str, name: &str) -> String {
+    format!("{prefix}_{name}.sock")
+}
+
+/// Whether `path` is inside `dir` (both as given, no resolution).
+pub fn is_in(path: &Path, dir: &Path) -> bool {
+    path.parent() == Some(dir)
+}

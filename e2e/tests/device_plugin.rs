@@ -1,0 +1,764 @@
+//! `sriov-device-plugin run` end to end: the real daemon process on a simulated node, driven by
+//! the kubelet emulator over real Unix sockets. Needs root (the lab builds namespaces, links and
+//! mounts). Every test has its own lab, kubelet folder and daemon, all removed on drop, also
+//! when the test fails (the daemon's log is printed then).
+
+use serde_json::Value;
+use sriov_e2e::kubelet::{DaemonArgs, DaemonProcess, KubeletEmulator, RegistrationMode};
+use sriov_e2e::sim::{self, vf_pci, SimNode, SimSpec};
+use sriov_proto::deviceplugin::v1beta1 as dp;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One test's world. Fields drop in order: daemon, kubelet, lab, temp folder.
+struct Env {
+    daemon: DaemonProcess,
+    _kernel: Option<sim::KernelEmulator>,
+    kubelet: KubeletEmulator,
+    lab: SimNode,
+    tmp: tempfile::TempDir,
+    config_version: u32,
+    metrics: SocketAddr,
+}
+
+fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// Writes the config as Kubernetes updates a mounted ConfigMap: a new timestamped folder, then
+/// an atomic rename of the `..data` symlink; `config.json` is a symlink through `..data`.
+fn write_configmap(dir: &Path, version: u32, text: &str) {
+    let data = dir.join(format!("..v{version}"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("config.json"), text).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    symlink(format!("..v{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let link = dir.join("config.json");
+    if std::fs::symlink_metadata(&link).is_err() {
+        symlink("..data/config.json", &link).unwrap();
+    }
+}
+
+impl Env {
+    fn new(prefix: &str, spec: SimSpec, config: &str, mode: RegistrationMode) -> Env {
+        Env::with_kernel(prefix, spec, config, mode, false)
+    }
+
+    /// `emulate_kernel`: answer `sriov_numvfs` writes (the daemon's provisioning) as the kernel.
+    fn with_kernel(
+        prefix: &str,
+        spec: SimSpec,
+        config: &str,
+        mode: RegistrationMode,
+        emulate_kernel: bool,
+    ) -> Env {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the device plugin tests need root (they build a simulated node)"
+        );
+        sim::gc().expect("gc of dead labs");
+        let bin = sriov_e2e::workspace_binary("sriov-device-plugin");
+        let spec = SimSpec {
+            name: sim::unique_name(prefix),
+            ..spec
+        };
+        let lab = SimNode::up(&spec).unwrap_or_else(|e| panic!("lab up: {e}"));
+        let kernel = emulate_kernel.then(|| lab.emulate_kernel().expect("kernel emulator"));
+        let tmp = tempfile::tempdir().unwrap();
+        let kubelet_dir = tmp.path().join("kubelet");
+        let kubelet = KubeletEmulator::start(&kubelet_dir, mode).expect("kubelet emulator");
+        let config_dir = tmp.path().join("pcidp");
+        write_configmap(&config_dir, 1, config);
+        let metrics = free_port();
+        let args = DaemonArgs {
+            config: config_dir.join("config.json"),
+            sysfs_root: lab.sysfs_root().to_path_buf(),
+            kubelet_dir,
+            devinfo_dir: tmp.path().join("devinfo"),
+            dev_root: lab.paths().dev(),
+            netns: Some(lab.netns_path().to_path_buf()),
+            metrics_address: Some(metrics),
+            extra: vec![],
+        };
+        let daemon = DaemonProcess::spawn(&bin, &args, &tmp.path().join("daemon.log"))
+            .expect("spawn daemon");
+        Env {
+            daemon,
+            _kernel: kernel,
+            kubelet,
+            lab,
+            tmp,
+            config_version: 1,
+            metrics,
+        }
+    }
+
+    fn set_config(&mut self, text: &str) {
+        self.config_version += 1;
+        write_configmap(&self.tmp.path().join("pcidp"), self.config_version, text);
+    }
+
+    fn devinfo_dir(&self) -> PathBuf {
+        self.tmp.path().join("devinfo")
+    }
+
+    fn wait_devices(
+        &self,
+        resource: &str,
+        check: impl Fn(&[dp::Device]) -> bool,
+    ) -> Vec<dp::Device> {
+        self.kubelet
+            .wait_devices(resource, WAIT, check)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let out = self.lab.ip(args).expect("ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn http_get(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(self.metrics).expect("connect to metrics");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// Waits until the daemon logs `text`.
+    fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.daemon.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon never logged {text:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn ids(devices: &[dp::Device]) -> Vec<String> {
+    devices.iter().map(|d| d.id.clone()).collect()
+}
+
+fn all_healthy(d: &[dp::Device]) -> bool {
+    d.iter().all(|d| d.health == sriov_proto::HEALTHY)
+}
+
+fn vf(pf: u32, k: u32) -> String {
+    vf_pci(pf, k)
+}
+
+const THREE_POOLS: &str = r#"{"resourceList": [
+    {"resourceName": "netdev", "selectors": {"drivers": ["iavf"]},
+     "additionalInfo": {"*": {"team": "blue"}}},
+    {"resourceName": "dpdk", "excludeTopology": true, "selectors": {"drivers": ["vfio-pci"], "needVhostNet": true}},
+    {"resourceName": "nothing", "selectors": {"vendors": ["abcd"]}}
+]}"#;
+
+#[test]
+fn registers_every_pool_and_lists_devices() {
+    let env = Env::new(
+        "dp-reg",
+        SimSpec::default().pfs(2).vfs(4).vfio(1).numa(true),
+        THREE_POOLS,
+        RegistrationMode::KubeletSocket,
+    );
+    let netdev = env.wait_devices("intel.com/netdev", |d| d.len() == 6);
+    let dpdk = env.wait_devices("intel.com/dpdk", |d| d.len() == 2);
+    // A pool without devices is still advertised, with an empty list.
+    let nothing = env.wait_devices("intel.com/nothing", |_| true);
+    assert!(nothing.is_empty());
+
+    let regs = env.kubelet.with_state(|s| s.registrations.clone());
+    let mut names: Vec<&str> = regs.iter().map(|r| r.resource.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["intel.com/dpdk", "intel.com/netdev", "intel.com/nothing"]
+    );
+    for r in &regs {
+        assert_eq!(r.version, "v1beta1");
+        let file = r
+            .endpoint
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(file, format!("{}.sock", r.resource.replace('/', "_")));
+        assert!(
+            r.options
+                .as_ref()
+                .unwrap()
+                .get_preferred_allocation_available
+        );
+    }
+    let plugin = env.kubelet.plugin("intel.com/netdev").unwrap();
+    assert!(plugin.options.unwrap().get_preferred_allocation_available);
+
+    // IDs are VF PCI addresses; NUMA from sysfs (PF 0 on node 0, PF 1 on node 1).
+    let mut expected: Vec<String> = (0..2).flat_map(|p| (0..3).map(move |k| vf(p, k))).collect();
+    expected.sort();
+    assert_eq!(ids(&netdev), expected);
+    assert!(all_healthy(&netdev));
+    for d in &netdev {
+        let numa = if d.id.starts_with("0000:3b") { 0 } else { 1 };
+        assert_eq!(
+            d.topology
+                .as_ref()
+                .map(|t| t.nodes.iter().map(|n| n.id).collect::<Vec<_>>()),
+            Some(vec![numa]),
+            "{}",
+            d.id
+        );
+    }
+    assert_eq!(ids(&dpdk), [vf(0, 3), vf(1, 3)]);
+    assert!(dpdk.iter().all(|d| d.topology.is_none()), "excludeTopology");
+}
+
+#[test]
+fn pf_link_down_makes_its_vfs_unhealthy_and_back() {
+    let config =
+        r#"{"resourceList": [{"resourceName": "net", "selectors": {"drivers": ["iavf"]}}]}"#;
+    let env = Env::new(
+        "dp-health",
+        SimSpec::default().pfs(2).vfs(4),
+        config,
+        RegistrationMode::KubeletSocket,
+    );
+    env.wait_devices("intel.com/net", |d| d.len() == 8 && all_healthy(d));
+    let on_pf0 = |d: &dp::Device| d.id.starts_with("0000:3b");
+
+    let t = Instant::now();
+    env.ip(&["link", "set", "ens1f0", "down"]);
+    let devices = env.wait_devices("intel.com/net", |d| {
+        d.iter()
+            .filter(|d| on_pf0(d))
+            .all(|d| d.health == sriov_proto::UNHEALTHY)
+    });
+    let down_latency = t.elapsed();
+    assert!(
+        devices
+            .iter()
+            .filter(|d| !on_pf0(d))
+            .all(|d| d.health == sriov_proto::HEALTHY),
+        "PF 1's VFs stay healthy"
+    );
+    eprintln!("link down -> Unhealthy at kubelet: {down_latency:?} (including `ip` itself)");
+    assert!(
+        down_latency < Duration::from_millis(1000),
+        "{down_latency:?}"
+    );
+
+    // Kubelet would not offer it, but a stale Allocate must be refused clearly.
+    let err = env
+        .kubelet
+        .allocate("intel.com/net", &[vf(0, 0)])
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("ens1f0 is down"), "{err}");
+
+    env.ip(&["link", "set", "ens1f0", "up"]);
+    env.wait_devices("intel.com/net", all_healthy);
+
+    // Carrier loss (the switch side goes down) is Unhealthy too.
+    env.ip(&["link", "set", "p-ens2f0", "down"]);
+    env.wait_devices("intel.com/net", |d| {
+        d.iter()
+            .filter(|d| !on_pf0(d))
+            .all(|d| d.health == sriov_proto::UNHEALTHY)
+    });
+    env.ip(&["link", "set", "p-ens2f0", "up"]);
+    env.wait_devices("intel.com/net", all_healthy);
+}
+
+#[test]
+fn vf_rebound_or_vanished_is_unhealthy_until_it_returns() {
+    let config =
+        r#"{"resourceList": [{"resourceName": "net", "selectors": {"drivers": ["iavf"]}}]}"#;
+    let env = Env::new(
+        "dp-rebind",
+        SimSpec::default().pfs(1).vfs(4),
+        config,
+        RegistrationMode::KubeletSocket,
+    );
+    env.wait_devices("intel.com/net", |d| d.len() == 4 && all_healthy(d));
+    let sys = env.lab.sysfs_root().to_path_buf();
+    let target = vf(0, 1);
+    let health_of =
+        |d: &[dp::Device], id: &str| d.iter().find(|d| d.id == id).map(|d| d.health.clone());
+
+    // Rebound to vfio-pci behind the daemon's back: no longer fits a pool of iavf VFs.
+    let rebind = |from: &str, to: &str| {
+        let dev = sys.join("bus/pci/devices").join(&target);
+        std::fs::remove_file(dev.join("driver")).unwrap();
+        symlink(format!("../../../bus/pci/drivers/{to}"), dev.join("driver")).unwrap();
+        std::fs::remove_file(sys.join("bus/pci/drivers").join(from).join(&target)).unwrap();
+        symlink(
+            format!("../../../../devices/pci0000:00/{target}"),
+            sys.join("bus/pci/drivers").join(to).join(&target),
+        )
+        .unwrap();
+    };
+    rebind("iavf", "vfio-pci");
+    env.wait_devices("intel.com/net", |d| {
+        d.len() == 4 && health_of(d, &target).as_deref() == Some(sriov_proto::UNHEALTHY)
+    });
+    let err = env
+        .kubelet
+        .allocate("intel.com/net", std::slice::from_ref(&target))
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        err.message()
+            .contains("no longer matches the pool (driver vfio-pci)"),
+        "{err}"
+    );
+    rebind("vfio-pci", "iavf");
+    env.wait_devices("intel.com/net", |d| d.len() == 4 && all_healthy(d));
+
+    // The VF vanished while the PF still counts 4: Unhealthy, not silently dropped.
+    let pf = sys.join("bus/pci/devices/0000:3b:00.0");
+    let link = pf.join("virtfn2");
+    let was = std::fs::read_link(&link).unwrap();
+    std::fs::remove_file(&link).unwrap();
+    env.wait_devices("intel.com/net", |d| {
+        d.len() == 4 && health_of(d, &vf(0, 2)).as_deref() == Some(sriov_proto::UNHEALTHY)
+    });
+    symlink(was, &link).unwrap();
+    env.wait_devices("intel.com/net", |d| d.len() == 4 && all_healthy(d));
+}
+
+#[test]
+fn preferred_allocation_packs_or_spreads() {
+    let config = r#"{"resourceList": [
+        {"resourceName": "pack", "selectors": {"pfNames": ["ens1f0#0-3", "ens2f0#0-3", "ens3f0#0-3"]}},
+        {"resourceName": "spread", "allocationPolicy": "spread", "selectors": {"pfNames": ["ens1f0#4-7", "ens2f0#4-7", "ens3f0#4-7"]}}
+    ]}"#;
+    let env = Env::new(
+        "dp-pref",
+        SimSpec::default().pfs(3).vfs(8),
+        config,
+        RegistrationMode::KubeletSocket,
+    );
+    let pack = ids(&env.wait_devices("intel.com/pack", |d| d.len() == 12));
+    let spread = ids(&env.wait_devices("intel.com/spread", |d| d.len() == 12));
+    let pf_of = |id: &str| id[..7].to_string();
+    let pfs = |chosen: &[String]| {
+        let mut p: Vec<String> = chosen.iter().map(|i| pf_of(i)).collect();
+        p.sort();
+        p.dedup();
+        p.len()
+    };
+
+    let got = env
+        .kubelet
+        .preferred_allocation("intel.com/pack", &pack, &[], 3)
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(pfs(&got), 1, "packed onto one PF: {got:?}");
+    // Deterministic.
+    assert_eq!(
+        env.kubelet
+            .preferred_allocation("intel.com/pack", &pack, &[], 3)
+            .unwrap(),
+        got
+    );
+    // must_include on PF 2 pulls the rest there.
+    let must = vec![vf(2, 1)];
+    let got = env
+        .kubelet
+        .preferred_allocation("intel.com/pack", &pack, &must, 3)
+        .unwrap();
+    assert!(got.contains(&must[0]) && pfs(&got) == 1, "{got:?}");
+
+    let got = env
+        .kubelet
+        .preferred_allocation("intel.com/spread", &spread, &[], 3)
+        .unwrap();
+    assert_eq!(pfs(&got), 3, "one per PF: {got:?}");
+    let got = env
+        .kubelet
+        .preferred_allocation("intel.com/spread", &spread, &must_spread(&spread), 2)
+        .unwrap();
+    assert_eq!(pfs(&got), 2, "{got:?}");
+}
+
+fn must_spread(spread: &[String]) -> Vec<String> {
+    vec![spread[0].clone()]
+}
+
+#[test]
+fn allocate_gives_upstream_envs_devices_and_devinfo_files() {
+    let mut env = Env::new(
+        "dp-alloc",
+        SimSpec::default().pfs(2).vfs(4).vfio(1),
+        THREE_POOLS,
+        RegistrationMode::KubeletSocket,
+    );
+    env.wait_devices("intel.com/netdev", |d| d.len() == 6);
+    env.wait_devices("intel.com/dpdk", |d| d.len() == 2);
+
+    // Kernel netdev VFs: envs only.
+    let ids = vec![vf(0, 0), vf(1, 2)];
+    let r = env
+        .kubelet
+        .allocate_pod("pod-a", "default", "c0", "intel.com/netdev", &ids)
+        .unwrap();
+    assert_eq!(r.envs["PCIDEVICE_INTEL_COM_NETDEV"], ids.join(","));
+    let info: Value = serde_json::from_str(&r.envs["PCIDEVICE_INTEL_COM_NETDEV_INFO"]).unwrap();
+    assert_eq!(
+        info[&ids[0]],
+        serde_json::json!({"generic": {"deviceID": ids[0]}, "extra": {"team": "blue"}})
+    );
+    assert!(
+        r.devices.is_empty(),
+        "no device nodes for kernel netdevs: {:?}",
+        r.devices
+    );
+    for (id, pf) in [(&ids[0], "0000:3b:00.0"), (&ids[1], "0000:3c:00.0")] {
+        let path = env
+            .devinfo_dir()
+            .join(format!("intel.com-netdev-{id}-device.json"));
+        let v: Value = serde_json::from_slice(
+            &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "pci", "version": "1.1.0", "pci": {"pci-address": id, "pf-pci-address": pf}})
+        );
+    }
+
+    // vfio-pci VFs: VFIO container and group nodes (host paths in the lab's /dev), vhost-net.
+    let dpdk = vec![vf(0, 3)];
+    let r = env.kubelet.allocate("intel.com/dpdk", &dpdk).unwrap();
+    let group = sim::iommu_group(0, 3);
+    let dev = env.lab.paths().dev();
+    let specs: Vec<(String, String, String)> = r
+        .devices
+        .iter()
+        .map(|d| {
+            (
+                d.container_path.clone(),
+                d.host_path.clone(),
+                d.permissions.clone(),
+            )
+        })
+        .collect();
+    let want = |c: &str, h: PathBuf| (c.to_string(), h.display().to_string(), "rw".to_string());
+    assert_eq!(
+        specs,
+        vec![
+            want("/dev/vfio/vfio", dev.join("vfio/vfio")),
+            want(
+                &format!("/dev/vfio/{group}"),
+                dev.join(format!("vfio/{group}"))
+            ),
+            want("/dev/vhost-net", dev.join("vhost-net")),
+            want("/dev/net/tun", dev.join("net/tun")),
+        ]
+    );
+    let info: Value = serde_json::from_str(&r.envs["PCIDEVICE_INTEL_COM_DPDK_INFO"]).unwrap();
+    assert_eq!(
+        info[&dpdk[0]]["vfio"],
+        serde_json::json!({"mount": "/dev/vfio/vfio", "dev-mount": format!("/dev/vfio/{group}")})
+    );
+
+    // The IOMMU group is read at Allocate time: renumber it (as a reboot or rebind would).
+    let link = env
+        .lab
+        .sysfs_root()
+        .join("bus/pci/devices")
+        .join(&dpdk[0])
+        .join("iommu_group");
+    std::fs::remove_file(&link).unwrap();
+    symlink("../../../kernel/iommu_groups/4242", &link).unwrap();
+    let r = env.kubelet.allocate("intel.com/dpdk", &dpdk).unwrap();
+    assert!(
+        r.devices
+            .iter()
+            .any(|d| d.container_path == "/dev/vfio/4242"),
+        "{:?}",
+        r.devices
+    );
+
+    // Unknown IDs are refused with a clear error.
+    let err = env
+        .kubelet
+        .allocate("intel.com/netdev", &["0000:99:00.0".to_string()])
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("not in pool intel.com/netdev"),
+        "{err}"
+    );
+    let err = env
+        .kubelet
+        .allocate("intel.com/netdev", &[vf(0, 3)])
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "a vfio VF is not in the netdev pool"
+    );
+
+    // SIGTERM: exit 0, sockets and device-information files removed.
+    let sockets = env.kubelet.with_state(|s| {
+        s.registrations
+            .iter()
+            .map(|r| r.endpoint.clone())
+            .collect::<Vec<_>>()
+    });
+    assert!(sockets.iter().all(|s| s.exists()));
+    let status = env
+        .daemon
+        .terminate(Duration::from_secs(5))
+        .expect("exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(sockets.iter().all(|s| !s.exists()), "sockets removed");
+    let left: Vec<_> = std::fs::read_dir(env.devinfo_dir()).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "device-information files removed: {left:?}"
+    );
+    env.kubelet
+        .wait_for(WAIT, |s| {
+            s.plugins.values().all(|p| !p.connected).then_some(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn kubelet_restart_re_registers_within_a_second() {
+    let config = r#"{"resourceList": [
+        {"resourceName": "a", "selectors": {"pfNames": ["ens1f0"]}},
+        {"resourceName": "b", "selectors": {"pfNames": ["ens2f0"]}}
+    ]}"#;
+    let mut env = Env::new(
+        "dp-restart",
+        SimSpec::default().pfs(2).vfs(4),
+        config,
+        RegistrationMode::KubeletSocket,
+    );
+    env.wait_devices("intel.com/a", |d| d.len() == 4);
+    env.wait_devices("intel.com/b", |d| d.len() == 4);
+    let pid = env.daemon.pid();
+
+    for _ in 0..2 {
+        let restarted = env.kubelet.restart().unwrap();
+        let back = env
+            .kubelet
+            .wait_for(WAIT, |s| {
+                let done = ["intel.com/a", "intel.com/b"].iter().all(|r| {
+                    s.plugins
+                        .get(*r)
+                        .is_some_and(|p| p.connected && p.devices.len() == 4)
+                        && s.registrations
+                            .iter()
+                            .any(|g| g.resource == *r && g.at > restarted)
+                });
+                done.then(Instant::now)
+            })
+            .unwrap();
+        let took = back - restarted;
+        eprintln!("kubelet restart -> re-registered and listed: {took:?}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+    assert_eq!(env.daemon.pid(), pid);
+    assert!(env.daemon.is_running());
+
+    // Our own socket removed by someone else: recreated and registered again.
+    let sock = env.kubelet.plugin("intel.com/a").unwrap().endpoint;
+    let before = env.kubelet.with_state(|s| s.registrations.len());
+    std::fs::remove_file(&sock).unwrap();
+    env.kubelet
+        .wait_for(WAIT, |s| {
+            (s.registrations.len() > before
+                && s.plugins.get("intel.com/a").is_some_and(|p| p.connected))
+            .then_some(())
+        })
+        .unwrap();
+    assert!(sock.exists());
+}
+
+#[test]
+fn config_changes_apply_live() {
+    let v1 = r#"{"resourceList": [
+        {"resourceName": "keep", "selectors": {"pfNames": ["ens1f0"]}},
+        {"resourceName": "edit", "selectors": {"pfNames": ["ens2f0#0-1"]}},
+        {"resourceName": "drop", "selectors": {"pfNames": ["ens2f0#2-3"]}}
+    ]}"#;
+    let mut env = Env::new(
+        "dp-config",
+        SimSpec::default().pfs(2).vfs(4),
+        v1,
+        RegistrationMode::KubeletSocket,
+    );
+    env.wait_devices("intel.com/keep", |d| d.len() == 4);
+    env.wait_devices("intel.com/edit", |d| d.len() == 2);
+    env.wait_devices("intel.com/drop", |d| d.len() == 2);
+    let keep_updates = env.kubelet.plugin("intel.com/keep").unwrap().updates.len();
+    let registrations = env.kubelet.with_state(|s| s.registrations.len());
+    let pid = env.daemon.pid();
+
+    let v2 = r#"{"resourceList": [
+        {"resourceName": "keep", "selectors": {"pfNames": ["ens1f0"]}},
+        {"resourceName": "edit", "selectors": {"pfNames": ["ens2f0#0-2"]}, "additionalInfo": {"*": {"v": "2"}}},
+        {"resourceName": "new", "selectors": {"pfNames": ["ens2f0#3"]}}
+    ]}"#;
+    env.set_config(v2);
+    env.wait_devices("intel.com/edit", |d| d.len() == 3);
+    env.wait_devices("intel.com/new", |d| d.len() == 1);
+    env.kubelet
+        .wait_for(WAIT, |s| {
+            s.plugins
+                .get("intel.com/drop")
+                .is_some_and(|p| !p.connected)
+                .then_some(())
+        })
+        .unwrap();
+    assert!(
+        !env.kubelet
+            .plugin("intel.com/drop")
+            .unwrap()
+            .endpoint
+            .exists(),
+        "removed pool's socket is gone"
+    );
+
+    // The unchanged pool was not disturbed: same stream, no new list, no re-registration.
+    let keep = env.kubelet.plugin("intel.com/keep").unwrap();
+    assert!(keep.connected);
+    assert_eq!(keep.updates.len(), keep_updates);
+    let regs: Vec<String> = env.kubelet.with_state(|s| {
+        s.registrations[registrations..]
+            .iter()
+            .map(|r| r.resource.clone())
+            .collect()
+    });
+    assert_eq!(regs, ["intel.com/new"]);
+    // The edited pool's new settings are used by Allocate.
+    let r = env.kubelet.allocate("intel.com/edit", &[vf(1, 2)]).unwrap();
+    let info: Value = serde_json::from_str(&r.envs["PCIDEVICE_INTEL_COM_EDIT_INFO"]).unwrap();
+    assert_eq!(info[vf(1, 2)]["extra"]["v"], "2");
+    assert_eq!(env.daemon.pid(), pid, "no restart");
+
+    // An invalid config is refused; the running one stays, and /metrics says so.
+    env.set_config(
+        r#"{"resourceList": [{"resourceName": "keep", "selectors": {"pfName": ["ens1f0"]}}]}"#,
+    );
+    env.wait_log("refusing the new config");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(env.kubelet.plugin("intel.com/new").unwrap().connected);
+    assert_eq!(
+        env.kubelet.plugin("intel.com/edit").unwrap().devices.len(),
+        3
+    );
+    let metrics = env.http_get("/metrics");
+    assert!(
+        metrics.contains("sriov_dp_reconfigurations_total{result=\"rejected\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sriov_dp_config_valid 0"), "{metrics}");
+    assert!(
+        metrics.contains("sriov_dp_pool_devices{resource=\"intel.com/keep\",health=\"healthy\"} 4"),
+        "{metrics}"
+    );
+    assert!(env.http_get("/healthz").starts_with("HTTP/1.1 200"));
+
+    // A valid one after it applies again.
+    env.set_config(v1);
+    env.wait_devices("intel.com/drop", |d| d.len() == 2);
+    env.wait_devices("intel.com/edit", |d| d.len() == 2);
+}
+
+#[test]
+fn vf_count_changes_update_the_device_lists() {
+    // A VF range: plain "ens1f0" would also select the PF itself while it has no VFs.
+    let config =
+        r#"{"resourceList": [{"resourceName": "net", "selectors": {"pfNames": ["ens1f0#0-7"]}}]}"#;
+    let mut env = Env::new(
+        "dp-numvfs",
+        SimSpec::default().pfs(1).vfs(2).total_vfs(8),
+        config,
+        RegistrationMode::KubeletSocket,
+    );
+    env.wait_devices("intel.com/net", |d| d.len() == 2);
+    env.lab.set_vfs("ens1f0", 0).unwrap();
+    env.wait_devices("intel.com/net", |d| d.is_empty());
+    env.lab.set_vfs("ens1f0", 6).unwrap();
+    let d = env.wait_devices("intel.com/net", |d| d.len() == 6 && all_healthy(d));
+    assert_eq!(ids(&d), (0..6).map(|k| vf(0, k)).collect::<Vec<_>>());
+    env.lab.set_vfs("ens1f0", 0).unwrap();
+    env.lab.set_vfs("ens1f0", 3).unwrap();
+    env.wait_devices("intel.com/net", |d| d.len() == 3);
+}
+
+#[test]
+fn plugin_watcher_registration() {
+    let config =
+        r#"{"resourceList": [{"resourceName": "net", "selectors": {"drivers": ["iavf"]}}]}"#;
+    let env = Env::new(
+        "dp-watcher",
+        SimSpec::default().pfs(1).vfs(3),
+        config,
+        RegistrationMode::PluginWatcher,
+    );
+    let d = env.wait_devices("intel.com/net", |d| d.len() == 3);
+    let plugin = env.kubelet.plugin("intel.com/net").unwrap();
+    assert_eq!(
+        plugin.endpoint,
+        env.kubelet
+            .kubelet_dir()
+            .join("plugins_registry/intel.com_net.sock")
+    );
+    let r = env
+        .kubelet
+        .allocate("intel.com/net", &ids(&d)[..1])
+        .unwrap();
+    assert_eq!(r.envs["PCIDEVICE_INTEL_COM_NET"], d[0].id);
+    env.wait_log("registered with kubelet (plugin watcher)");
+}
+
+#[test]
+fn provisioning_sets_vf_counts_at_start_and_on_reload() {
+    let config = |n: u32| {
+        format!(
+            r#"{{"resourceList": [{{"resourceName": "net", "selectors": {{"pfNames": ["ens1f0#0-7"]}}}}],
+                "provisioning": [{{"pfNames": ["ens1f0"], "numVfs": {n}}}]}}"#
+        )
+    };
+    let mut env = Env::with_kernel(
+        "dp-prov",
+        SimSpec::default().pfs(1).vfs(2).total_vfs(8),
+        &config(5),
+        RegistrationMode::KubeletSocket,
+        true,
+    );
+    env.wait_devices("intel.com/net", |d| d.len() == 5 && all_healthy(d));
+    env.set_config(&config(3));
+    env.wait_devices("intel.com/net", |d| d.len() == 3 && all_healthy(d));
+    let numvfs = env
+        .lab
+        .sysfs_root()
+        .join("bus/pci/devices/0000:3b:00.0/sriov_numvfs");
+    assert_eq!(std::fs::read_to_string(numvfs).unwrap().trim(), "3");
+}
