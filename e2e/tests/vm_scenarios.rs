@@ -11,6 +11,8 @@ fn igb_scenarios_in_one_guest() {
         panic!("the QEMU lab tests need root");
     }
     let bin = sriov_e2e::workspace_binary("sriov-guest-check");
+    // Run inside the guest from the same folder.
+    sriov_e2e::workspace_binary("sriov-device-plugin");
     let spec = VmSpec {
         pfs: 2,
         vfs: 4,
@@ -42,7 +44,14 @@ fn igb_scenarios_in_one_guest() {
         out.stderr,
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     );
-    for s in ["discovery", "vf-settings", "pods", "vfio", "provisioning"] {
+    for s in [
+        "discovery",
+        "vf-settings",
+        "pods",
+        "vfio",
+        "daemon",
+        "provisioning",
+    ] {
         assert!(
             out.stdout.contains(&format!("== scenario {s}: ok")),
             "scenario {s} did not run:\n{}",

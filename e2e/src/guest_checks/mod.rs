@@ -5,6 +5,7 @@
 //! They assume what `sriov-lab vm` sets up: igb PFs with VFs already created, the host root as
 //! the guest's (read-only) root, this binary run from the host's target folder.
 
+mod daemon;
 mod discovery;
 mod pods;
 mod provisioning;
@@ -19,7 +20,14 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 
 /// Every scenario name, in the order `all` runs them (provisioning changes VF counts: last).
-pub const SCENARIOS: &[&str] = &["discovery", "vf-settings", "pods", "vfio", "provisioning"];
+pub const SCENARIOS: &[&str] = &[
+    "discovery",
+    "vf-settings",
+    "pods",
+    "vfio",
+    "daemon",
+    "provisioning",
+];
 
 /// Runs one scenario (or `all`). `expect` carries what the VM was booted with.
 pub fn run(scenario: &str, expect: &Expect) -> Result<()> {
@@ -29,6 +37,7 @@ pub fn run(scenario: &str, expect: &Expect) -> Result<()> {
         "pods" => pods::run(),
         "vfio" => vfio::run(),
         "provisioning" => provisioning::run(),
+        "daemon" => daemon::run(expect.iommu),
         "all" => {
             for s in SCENARIOS {
                 if *s == "vfio" && !expect.iommu {
@@ -71,7 +80,8 @@ fn igb_pfs(sysfs: &Sysfs) -> Result<(Node, Vec<PciNetDevice>)> {
 /// A fresh anonymous network namespace, alive as long as the returned handle.
 fn new_netns() -> Result<Netns> {
     let fd: OwnedFd = std::thread::spawn(|| -> Result<OwnedFd> {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("unshare(CLONE_NEWNET)")?;
         Ok(File::open("/proc/thread-self/ns/net")?.into())
     })
     .join()

@@ -47,7 +47,10 @@ pub fn run() -> Result<()> {
     let mut host = NetlinkSocket::new()?;
     let pfi = pf_up(&mut host, pf)?;
     let mut pods = Vec::new();
-    for (vf_index, ip) in [(1u32, Ipv4Addr::new(10, 99, 0, 1)), (2, Ipv4Addr::new(10, 99, 0, 2))] {
+    for (vf_index, ip) in [
+        (1u32, Ipv4Addr::new(10, 99, 0, 1)),
+        (2, Ipv4Addr::new(10, 99, 0, 2)),
+    ] {
         let (_, vf) = node
             .vfs()
             .find(|(p, v)| p.pci == pf.pci && v.index == vf_index)
@@ -74,17 +77,26 @@ pub fn run() -> Result<()> {
         nl.set_up(l.index)?;
         nl.add_address(l.index, IpAddr::V4(ip), 24)?;
         let l = nl.link_by_name("net1")?;
-        ensure(l.mtu == 1400 && l.mac == Some(mac) && l.up, || format!("pod link {l:?}"))?;
+        ensure(l.mtu == 1400 && l.mac == Some(mac) && l.up, || {
+            format!("pod link {l:?}")
+        })?;
         if let Ok(lo) = nl.link_by_name("lo") {
             nl.set_up(lo.index)?;
         }
-        println!("pod {}: {name} -> net1 {ip}/24 mac {mac} mtu 1400 vlan 10", vf_index);
+        println!(
+            "pod {}: {name} -> net1 {ip}/24 mac {mac} mtu 1400 vlan 10",
+            vf_index
+        );
         pods.push(pod);
     }
     // Carrier on the VFs may take a moment.
     std::thread::sleep(Duration::from_millis(500));
-    ensure(reachable(&pods[0], &pods[1])?, || "same VLAN: pod 1 cannot reach pod 2".into())?;
-    ensure(reachable(&pods[1], &pods[0])?, || "same VLAN: pod 2 cannot reach pod 1".into())?;
+    ensure(reachable(&pods[0], &pods[1])?, || {
+        "same VLAN: pod 1 cannot reach pod 2".into()
+    })?;
+    ensure(reachable(&pods[1], &pods[0])?, || {
+        "same VLAN: pod 2 cannot reach pod 1".into()
+    })?;
     println!("same VLAN 10: traffic flows both ways");
     host.set_vf_vlan(pfi, pods[1].vf, 20, 0, VlanProto::Dot1Q)?;
     if reachable(&pods[0], &pods[1])? {
@@ -104,9 +116,14 @@ pub fn run() -> Result<()> {
         nl.move_to_netns(l.index, &root)?;
         host.set_vf_vlan(pfi, pod.vf, 0, 0, VlanProto::Dot1Q)?;
         let back = host.link_by_name(&pod.host_name)?;
-        ensure(back.mac == Some(pod.host_mac) && back.mtu == pod.host_mtu, || format!("restored {back:?}"))?;
+        ensure(
+            back.mac == Some(pod.host_mac) && back.mtu == pod.host_mtu,
+            || format!("restored {back:?}"),
+        )?;
         let info = host.pf_vf_info(pfi, pod.vf)?;
-        ensure(info.vlan == 0, || format!("VF {} VLAN {} after restore", pod.vf, info.vlan))?;
+        ensure(info.vlan == 0, || {
+            format!("VF {} VLAN {} after restore", pod.vf, info.vlan)
+        })?;
     }
     println!("pods: VFs back with their name, MAC, MTU and no VLAN");
     Ok(())

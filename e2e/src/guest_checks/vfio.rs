@@ -20,11 +20,18 @@ pub fn run() -> Result<()> {
     bind_driver(&sysfs, &pci, "vfio-pci", WaitPolicy::default())?;
     let node = Node::discover(&sysfs, &DiscoveryOptions::default())?;
     let (_, vf) = node.vf(&pci).context("VF gone after binding")?;
-    ensure(vf.driver.as_deref() == Some("vfio-pci") && vf.is_userspace(), || format!("{vf:?}"))?;
-    let group = vf.iommu_group.context("no IOMMU group reported for a vfio-pci VF")?;
+    ensure(
+        vf.driver.as_deref() == Some("vfio-pci") && vf.is_userspace(),
+        || format!("{vf:?}"),
+    )?;
+    let group = vf
+        .iommu_group
+        .context("no IOMMU group reported for a vfio-pci VF")?;
     let dev = format!("/dev/vfio/{group}");
     ensure(Path::new(&dev).exists(), || format!("{dev} does not exist"))?;
-    ensure(vf.netdev.is_none(), || "a vfio VF still shows a netdev".into())?;
+    ensure(vf.netdev.is_none(), || {
+        "a vfio VF still shows a netdev".into()
+    })?;
     println!("vfio: {pci} bound to vfio-pci, IOMMU group {group}, {dev} present");
     bind_driver(&sysfs, &pci, "igbvf", WaitPolicy::default())?;
     println!("vfio: {pci} back on igbvf");
