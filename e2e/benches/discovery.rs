@@ -46,7 +46,11 @@ fn bench(label: &str, links: bool) {
         let assigned = pools::assign(&config, &found, "intel.com", &[]);
         times.push(start.elapsed());
         files = sysfs.reads();
-        devices = assigned.pools.iter().map(|p| p.devices.len()).sum::<usize>();
+        devices = assigned
+            .pools
+            .iter()
+            .map(|p| p.devices.len())
+            .sum::<usize>();
         assert_eq!(found.vfs().count(), 1024);
     }
     times.sort();

@@ -35,16 +35,29 @@ fn show_status(sysfs: &Sysfs, config: &Config) -> Result<Node> {
 pub fn run(keep: bool) -> Result<()> {
     let name = unique_name("demo");
     step(1, &format!("build a simulated node {name:?}: 2 SR-IOV PFs x 4 VFs (1 vfio-bound per PF), real veth links"));
-    let lab = SimNode::up(&SimSpec::new(&name).pfs(2).vfs(4).total_vfs(16).vfio(1).numa(true))
-        .context("building the simulated node")?;
+    let lab = SimNode::up(
+        &SimSpec::new(&name)
+            .pfs(2)
+            .vfs(4)
+            .total_vfs(16)
+            .vfio(1)
+            .numa(true),
+    )
+    .context("building the simulated node")?;
     let sysfs = Sysfs::new(lab.sysfs_root());
     println!("sysfs root: {}", lab.sysfs_root().display());
     println!("node netns: {}", lab.netns_name());
 
-    step(2, "sriov-device-plugin status (zero config: one pool per SR-IOV PF)");
+    step(
+        2,
+        "sriov-device-plugin status (zero config: one pool per SR-IOV PF)",
+    );
     show_status(&sysfs, &Config::default())?;
 
-    step(3, "apply a config: 8 VFs on ens1f0 and MTU 9000, pools by driver and PF");
+    step(
+        3,
+        "apply a config: 8 VFs on ens1f0 and MTU 9000, pools by driver and PF",
+    );
     let config = Config::parse(
         r#"{
           "resourceList": [
@@ -56,7 +69,9 @@ pub fn run(keep: bool) -> Result<()> {
         }"#,
         "intel.com",
     )?;
-    let kernel = lab.emulate_kernel().context("starting the emulated kernel")?;
+    let kernel = lab
+        .emulate_kernel()
+        .context("starting the emulated kernel")?;
     let node = Node::discover(&sysfs, &pools::discovery_options(&config))?;
     for (pf, p) in pools::provisioning_plan(&config, &node) {
         if let Some(n) = p.num_vfs {
@@ -78,7 +93,11 @@ pub fn run(keep: bool) -> Result<()> {
         .device_by_name("ens1f0")
         .context("ens1f0 not found after provisioning")?;
     if pf.vfs.len() != 8 || pf.netdevs[0].mtu != Some(9000) {
-        bail!("provisioning did not take effect: {} VFs, MTU {:?}", pf.vfs.len(), pf.netdevs[0].mtu);
+        bail!(
+            "provisioning did not take effect: {} VFs, MTU {:?}",
+            pf.vfs.len(),
+            pf.netdevs[0].mtu
+        );
     }
 
     step(5, "bad input gets a clear error");
@@ -88,7 +107,10 @@ pub fn run(keep: bool) -> Result<()> {
     println!("{e}");
 
     if keep {
-        step(6, &format!("lab kept: remove it with `sriov-lab down --name {name}`"));
+        step(
+            6,
+            &format!("lab kept: remove it with `sriov-lab down --name {name}`"),
+        );
         lab.keep();
     } else {
         step(6, "tear down");

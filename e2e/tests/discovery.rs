@@ -137,7 +137,10 @@ struct NetnsGuard(String);
 
 impl NetnsGuard {
     fn add(name: &str) -> Self {
-        let st = Command::new("ip").args(["netns", "add", name]).status().unwrap();
+        let st = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .unwrap();
         assert!(st.success());
         NetnsGuard(name.to_string())
     }
@@ -171,20 +174,40 @@ fn pools_on_a_lab_tree() {
     .unwrap();
     let pools = pools::assign(&config, &found, "intel.com", &[]);
     let ids = |name: &str| -> Vec<String> {
-        pools.pool(name).unwrap().devices.iter().map(|d| d.pci.to_string()).collect()
+        pools
+            .pool(name)
+            .unwrap()
+            .devices
+            .iter()
+            .map(|d| d.pci.to_string())
+            .collect()
     };
     // First match wins: every vfio VF (4) goes to dpdk, even Mellanox ones.
     assert_eq!(ids("intel.com/dpdk").len(), 4);
     // Mellanox PFs are ens2f0 and ens4f0 (odd indexes): 3 kernel VFs each.
     assert_eq!(ids("nvidia.com/mlx").len(), 6);
-    assert_eq!(ids("intel.com/first2"), ["0000:3b:02.0", "0000:3b:02.1", "0000:3d:02.1"]);
-    assert_eq!(ids("intel.com/rest"), ["0000:3b:02.2", "0000:3d:02.0", "0000:3d:02.2"]);
+    assert_eq!(
+        ids("intel.com/first2"),
+        ["0000:3b:02.0", "0000:3b:02.1", "0000:3d:02.1"]
+    );
+    assert_eq!(
+        ids("intel.com/rest"),
+        ["0000:3b:02.2", "0000:3d:02.0", "0000:3d:02.2"]
+    );
     // The plain NIC is a candidate (no VFs), but no selector matched it.
     assert!(pools.pool_of(&pci("0000:00:1f.6")).is_none());
     // Zero config: one pool per PF, all VFs.
     let zero = pools::assign(&Config::default(), &found, "intel.com", &[]);
     let names: Vec<String> = zero.pools.iter().map(|p| p.full_name()).collect();
-    assert_eq!(names, ["intel.com/ens1f0", "intel.com/ens2f0", "intel.com/ens3f0", "intel.com/ens4f0"]);
+    assert_eq!(
+        names,
+        [
+            "intel.com/ens1f0",
+            "intel.com/ens2f0",
+            "intel.com/ens3f0",
+            "intel.com/ens4f0"
+        ]
+    );
     assert!(zero.pools.iter().all(|p| p.devices.len() == 4));
     assert_eq!(zero.pools[2].devices[0].numa_node, Some(1));
 }
@@ -202,7 +225,11 @@ fn malformed_sysfs_gives_warnings_not_panics() {
     symlink("../0000:ff:1f.7", dev(&desc.pfs[0].pci).join("virtfn2")).unwrap();
     fs::write(dev(&desc.pfs[0].pci).join("numa_node"), "lots\n").unwrap();
     // PF 1: garbage VF count; missing driver link.
-    fs::write(dev(&desc.pfs[1].pci).join("sriov_numvfs"), "\u{0}\u{1}garbage").unwrap();
+    fs::write(
+        dev(&desc.pfs[1].pci).join("sriov_numvfs"),
+        "\u{0}\u{1}garbage",
+    )
+    .unwrap();
     // PF 2: a virtfn link that is not a PCI address; the driver link removed.
     symlink("../../etc", dev(&desc.pfs[2].pci).join("virtfn9")).unwrap();
     fs::remove_file(dev(&desc.pfs[2].pci).join("driver")).unwrap();
@@ -214,7 +241,10 @@ fn malformed_sysfs_gives_warnings_not_panics() {
 
     let found = discover(&node);
     let w = found.warnings.join("\n");
-    assert!(w.contains(&format!("{}/net", desc.pfs[0].vfs[1].pci)), "{w}");
+    assert!(
+        w.contains(&format!("{}/net", desc.pfs[0].vfs[1].pci)),
+        "{w}"
+    );
     assert!(w.contains("0000:ff:1f.7") || w.contains("virtfn2"), "{w}");
     assert!(w.contains("numa_node"), "{w}");
     assert!(w.contains("sriov_numvfs"), "{w}");
@@ -224,11 +254,17 @@ fn malformed_sysfs_gives_warnings_not_panics() {
     let pf0 = found.device(&pci(&desc.pfs[0].pci)).unwrap();
     assert_eq!(pf0.numa_node, None);
     assert_eq!(pf0.vfs.len(), 1, "only VF 0 of PF 0 is readable");
-    assert!(found.device(&pci(&desc.pfs[1].pci)).is_none(), "PF 1 skipped");
+    assert!(
+        found.device(&pci(&desc.pfs[1].pci)).is_none(),
+        "PF 1 skipped"
+    );
     let pf2 = found.device(&pci(&desc.pfs[2].pci)).unwrap();
     assert_eq!(pf2.driver, None);
     assert_eq!(pf2.vfs.len(), 3);
-    assert!(pf2.vfs.iter().all(|v| (v.vendor, v.device) == (0x8086, 0x154c)));
+    assert!(pf2
+        .vfs
+        .iter()
+        .all(|v| (v.vendor, v.device) == (0x8086, 0x154c)));
 
     // A root without bus/pci/devices is an error that names it.
     let empty = tempfile::tempdir().unwrap();
@@ -253,8 +289,17 @@ fn provisioning_through_the_emulated_kernel() {
     assert!(provision::set_num_vfs(&sysfs, &pf, 4, quick()).unwrap());
     let found = discover(&node);
     let dev = found.device(&pf).unwrap();
-    assert_eq!(dev.sriov, SriovStatus::Enabled { enabled: 4, total: 7 });
-    assert!(dev.vfs.iter().all(|v| v.netdev.is_some() && v.driver.is_some()));
+    assert_eq!(
+        dev.sriov,
+        SriovStatus::Enabled {
+            enabled: 4,
+            total: 7
+        }
+    );
+    assert!(dev
+        .vfs
+        .iter()
+        .all(|v| v.netdev.is_some() && v.driver.is_some()));
 
     // Out of range: the exact message, nothing written.
     let e = provision::set_num_vfs(&sysfs, &pf, 8, quick()).unwrap_err();
@@ -276,7 +321,10 @@ fn provisioning_through_the_emulated_kernel() {
     let values: Vec<(u32, bool)> = writes.iter().map(|(_, v, ok)| (*v, *ok)).collect();
     assert_eq!(values, [(4, true), (0, true), (2, true), (0, true)]);
     let found = discover(&node);
-    assert_eq!(found.device(&pf).unwrap().sriov, SriovStatus::Disabled { total: 7 });
+    assert_eq!(
+        found.device(&pf).unwrap().sriov,
+        SriovStatus::Disabled { total: 7 }
+    );
 
     // PF MTU through the tree reaches the real link.
     assert!(provision::set_pf_mtu(&sysfs, &pf, 9000).unwrap());
@@ -304,7 +352,8 @@ fn provisioning_times_out_without_a_kernel() {
     )
     .unwrap_err();
     assert!(
-        e.to_string().starts_with("timed out after 200ms waiting for the VFs of 0000:3b:00.0"),
+        e.to_string()
+            .starts_with("timed out after 200ms waiting for the VFs of 0000:3b:00.0"),
         "{e}"
     );
 }
@@ -318,11 +367,22 @@ fn status_command_shows_adapters_and_pools() {
         .arg(node.sysfs_root())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("Physical adapters"), "{text}");
     let row = text.lines().find(|l| l.starts_with("ens1f0 ")).unwrap();
-    for cell in ["0000:3b:00.0", "8086:1572", "i40e", "enabled 3 of 8", "up", "1500"] {
+    for cell in [
+        "0000:3b:00.0",
+        "8086:1572",
+        "i40e",
+        "enabled 3 of 8",
+        "up",
+        "1500",
+    ] {
         assert!(row.contains(cell), "{cell} missing in {row:?}");
     }
     let eno = text.lines().find(|l| l.starts_with("eno1 ")).unwrap();
@@ -348,7 +408,11 @@ fn status_command_shows_adapters_and_pools() {
     assert_eq!(v["adapters"][1]["sriov"]["state"], "enabled");
 
     // Bad input: a clear error, exit 1.
-    fs::write(cfg.path(), r#"{"resourceList":[{"resourceName":"a","selectors":{"vendor":["8086"]}}]}"#).unwrap();
+    fs::write(
+        cfg.path(),
+        r#"{"resourceList":[{"resourceName":"a","selectors":{"vendor":["8086"]}}]}"#,
+    )
+    .unwrap();
     let out = Command::new(&bin)
         .args(["status", "--config"])
         .arg(cfg.path())
@@ -356,5 +420,8 @@ fn status_command_shows_adapters_and_pools() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("selectors.vendor: unknown key (did you mean \"vendors\"?)"), "{err}");
+    assert!(
+        err.contains("selectors.vendor: unknown key (did you mean \"vendors\"?)"),
+        "{err}"
+    );
 }

@@ -73,9 +73,9 @@ impl VfRanges {
         for part in s.split(',') {
             let part = part.trim();
             let num = |p: &str| {
-                p.trim().parse::<u32>().map_err(|_| {
-                    invalid(at, format!("bad VF range {s:?}: expected e.g. 0-3,7"))
-                })
+                p.trim()
+                    .parse::<u32>()
+                    .map_err(|_| invalid(at, format!("bad VF range {s:?}: expected e.g. 0-3,7")))
             };
             let (a, b) = match part.split_once('-') {
                 Some((a, b)) => (num(a)?, num(b)?),
@@ -235,7 +235,8 @@ impl Config {
             let mut seen = BTreeSet::new();
             for (i, entry) in list.iter().enumerate() {
                 let at = format!("resourceList[{i}]");
-                if let Some(res) = parse_resource(entry, &at, default_prefix, &mut config.warnings)? {
+                if let Some(res) = parse_resource(entry, &at, default_prefix, &mut config.warnings)?
+                {
                     if !seen.insert(res.full_name()) {
                         return Err(invalid(
                             &at,
@@ -280,7 +281,10 @@ fn canonical_keys(
         }
         if let Some(k) = known.iter().find(|k| k.eq_ignore_ascii_case(key)) {
             if out.insert(k.to_string(), value.clone()).is_some() {
-                return Err(invalid(&format!("{at}.{key}"), format!("{k:?} is given twice")));
+                return Err(invalid(
+                    &format!("{at}.{key}"),
+                    format!("{k:?} is given twice"),
+                ));
             }
             continue;
         }
@@ -293,10 +297,16 @@ fn canonical_keys(
         }
         let hint = known
             .iter()
-            .find(|k| k.trim_end_matches('s').eq_ignore_ascii_case(key.trim_end_matches('s')))
+            .find(|k| {
+                k.trim_end_matches('s')
+                    .eq_ignore_ascii_case(key.trim_end_matches('s'))
+            })
             .map(|k| format!(" (did you mean {k:?}?)"))
             .unwrap_or_default();
-        return Err(invalid(&format!("{at}.{key}"), format!("unknown key{hint}")));
+        return Err(invalid(
+            &format!("{at}.{key}"),
+            format!("unknown key{hint}"),
+        ));
     }
     Ok(out)
 }
@@ -310,9 +320,15 @@ fn parse_resource(
     let obj = entry
         .as_object()
         .ok_or_else(|| invalid(at, "must be an object"))?;
-    let obj = &canonical_keys(obj, RESOURCE_KEYS, &[], &["SelectorObj", "SelectorObjs"], at)?;
-    let name = get_str(obj, "resourceName", at)?
-        .ok_or_else(|| invalid(at, "resourceName is required"))?;
+    let obj = &canonical_keys(
+        obj,
+        RESOURCE_KEYS,
+        &[],
+        &["SelectorObj", "SelectorObjs"],
+        at,
+    )?;
+    let name =
+        get_str(obj, "resourceName", at)?.ok_or_else(|| invalid(at, "resourceName is required"))?;
     names::validate_resource_name(&name).map_err(|e| invalid(at, e.to_string()))?;
     let at = format!("{at} ({name})");
     let device_type = get_str(obj, "deviceType", &at)?.unwrap_or_else(|| "netDevice".into());
@@ -404,12 +420,16 @@ fn parse_selector(obj: &Map<String, Value>, at: &str) -> Result<NetDeviceSelecto
     };
     for a in get_list(obj, "pciAddresses", at)? {
         s.pci_addresses.push(
-            PciAddress::parse(&a).map_err(|e| invalid(&format!("{at}.pciAddresses"), e.to_string()))?,
+            PciAddress::parse(&a)
+                .map_err(|e| invalid(&format!("{at}.pciAddresses"), e.to_string()))?,
         );
     }
     for a in get_list(obj, "acpiIndexes", at)? {
         s.acpi_indexes.push(a.parse().map_err(|_| {
-            invalid(&format!("{at}.acpiIndexes"), format!("{a:?} is not a number"))
+            invalid(
+                &format!("{at}.acpiIndexes"),
+                format!("{a:?} is not a number"),
+            )
         })?);
     }
     for p in get_list(obj, "pfNames", at)? {
@@ -458,11 +478,15 @@ fn parse_provisioning(entry: &Value, at: &str) -> Result<PfProvisioning, ConfigE
     }
     for a in get_list(obj, "pciAddresses", at)? {
         p.pci_addresses.push(
-            PciAddress::parse(&a).map_err(|e| invalid(&format!("{at}.pciAddresses"), e.to_string()))?,
+            PciAddress::parse(&a)
+                .map_err(|e| invalid(&format!("{at}.pciAddresses"), e.to_string()))?,
         );
     }
-    if p.pf_names.is_empty() && p.pci_addresses.is_empty() && p.vendors.is_empty()
-        && p.devices.is_empty() && p.drivers.is_empty()
+    if p.pf_names.is_empty()
+        && p.pci_addresses.is_empty()
+        && p.vendors.is_empty()
+        && p.devices.is_empty()
+        && p.drivers.is_empty()
     {
         return Err(invalid(
             at,
@@ -499,9 +523,9 @@ fn parse_additional_info(
             .ok_or_else(|| invalid(&format!("{at}.{key}"), "must be an object of strings"))?;
         let mut m = BTreeMap::new();
         for (k, v) in inner {
-            let s = v.as_str().ok_or_else(|| {
-                invalid(&format!("{at}.{key}.{k}"), "must be a string")
-            })?;
+            let s = v
+                .as_str()
+                .ok_or_else(|| invalid(&format!("{at}.{key}.{k}"), "must be a string"))?;
             m.insert(k.clone(), s.to_string());
         }
         out.insert(key.clone(), m);

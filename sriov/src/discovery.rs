@@ -181,8 +181,10 @@ impl Node {
         let mut known_vfs = std::collections::HashSet::new();
         for name in names {
             let Ok(pci) = PciAddress::parse(&name) else {
-                node.warnings
-                    .push(format!("{}: not a PCI address, ignored", dir.join(&name).display()));
+                node.warnings.push(format!(
+                    "{}: not a PCI address, ignored",
+                    dir.join(&name).display()
+                ));
                 continue;
             };
             if known_vfs.contains(&pci) {
@@ -190,7 +192,12 @@ impl Node {
             }
             let path = dir.join(&name);
             // VFs are discovered through their PF's virtfnN links.
-            if sysfs.link_name(&path.join("physfn")).ok().flatten().is_some() {
+            if sysfs
+                .link_name(&path.join("physfn"))
+                .ok()
+                .flatten()
+                .is_some()
+            {
                 continue;
             }
             match Self::read_physical(sysfs, opts, pci, &path, &mut node.warnings) {
@@ -389,7 +396,10 @@ fn read_vfs(
                 Ok(i) => {
                     indexes.insert(i);
                 }
-                Err(_) => warnings.push(format!("{}: not a VF link, ignored", pf_path.join(&e).display())),
+                Err(_) => warnings.push(format!(
+                    "{}: not a VF link, ignored",
+                    pf_path.join(&e).display()
+                )),
             }
         }
     }
@@ -516,7 +526,8 @@ mod tests {
 
     #[test]
     fn default_routes() {
-        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        let text =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
                     eno1\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
                     eno1\t0001A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n\
                     ens1f0\t0002A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n";

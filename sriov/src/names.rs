@@ -39,7 +39,8 @@ impl PciAddress {
         let (bus, rest) = rest.split_once(':').ok_or_else(err)?;
         let (device, function) = rest.split_once('.').ok_or_else(err)?;
         let hex = |part: &str, min: usize, max: usize| -> Result<u32, NameError> {
-            if part.len() < min || part.len() > max || !part.chars().all(|c| c.is_ascii_hexdigit()) {
+            if part.len() < min || part.len() > max || !part.chars().all(|c| c.is_ascii_hexdigit())
+            {
                 return Err(err());
             }
             u32::from_str_radix(part, 16).map_err(|_| err())
@@ -245,7 +246,16 @@ mod tests {
     fn interface_names() {
         validate_ifname("ens1f0v127").unwrap();
         validate_ifname("eth0").unwrap();
-        for bad in ["", ".", "..", "a/b", "../../etc", "a b", "x:1", "sixteen-chars-xx"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../../etc",
+            "a b",
+            "x:1",
+            "sixteen-chars-xx",
+        ] {
             assert!(validate_ifname(bad).is_err(), "{bad:?} accepted");
         }
     }

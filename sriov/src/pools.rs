@@ -227,7 +227,12 @@ pub fn candidates(node: &Node, default_route_ifaces: &[String]) -> Vec<PoolDevic
 }
 
 /// Assigns devices to pools: explicit `resourceList`, or the zero-config default.
-pub fn assign(config: &Config, node: &Node, default_prefix: &str, default_route_ifaces: &[String]) -> Pools {
+pub fn assign(
+    config: &Config,
+    node: &Node,
+    default_prefix: &str,
+    default_route_ifaces: &[String],
+) -> Pools {
     let (resources, zero_config) = match &config.resources {
         Some(r) => (r.clone(), false),
         None => (zero_config_resources(node, default_prefix), true),
@@ -257,8 +262,7 @@ pub fn assign(config: &Config, node: &Node, default_prefix: &str, default_route_
 impl PfProvisioning {
     /// Whether this entry names the PF (its keys intersect).
     pub fn matches(&self, pf: &PciNetDevice) -> bool {
-        (self.pf_names.is_empty()
-            || pf.netdevs.iter().any(|n| self.pf_names.contains(&n.name)))
+        (self.pf_names.is_empty() || pf.netdevs.iter().any(|n| self.pf_names.contains(&n.name)))
             && (self.pci_addresses.is_empty() || self.pci_addresses.contains(&pf.pci))
             && (self.vendors.is_empty() || self.vendors.contains(&pf.vendor))
             && (self.devices.is_empty() || self.devices.contains(&pf.device))
@@ -268,7 +272,10 @@ impl PfProvisioning {
 }
 
 /// For each SR-IOV-capable PF, the first `provisioning` entry that names it.
-pub fn provisioning_plan<'a>(config: &'a Config, node: &'a Node) -> Vec<(&'a PciNetDevice, &'a PfProvisioning)> {
+pub fn provisioning_plan<'a>(
+    config: &'a Config,
+    node: &'a Node,
+) -> Vec<(&'a PciNetDevice, &'a PfProvisioning)> {
     node.devices
         .iter()
         .filter(|pf| pf.sriov != SriovStatus::NotSupported)

@@ -57,7 +57,12 @@ impl Default for WaitPolicy {
 /// Names a PF for messages: `0000:01:00.0 (ens1f0)`.
 fn pf_label(sysfs: &Sysfs, pf: &PciAddress) -> String {
     let net = sysfs.pci_device(pf).join("net");
-    match sysfs.list(&net).ok().flatten().and_then(|n| n.into_iter().next()) {
+    match sysfs
+        .list(&net)
+        .ok()
+        .flatten()
+        .and_then(|n| n.into_iter().next())
+    {
         Some(name) => format!("{pf} ({name})"),
         None => pf.to_string(),
     }
@@ -220,12 +225,25 @@ pub fn bind_driver(
         }));
     }
     let dir = sysfs.pci_device(dev);
-    if sysfs.link_name(&dir.join("driver")).map_err(wrap)?.as_deref() == Some(driver) {
+    if sysfs
+        .link_name(&dir.join("driver"))
+        .map_err(wrap)?
+        .as_deref()
+        == Some(driver)
+    {
         return Ok(());
     }
-    sysfs.write(&dir.join("driver_override"), driver).map_err(wrap)?;
-    if sysfs.link_name(&dir.join("driver")).map_err(wrap)?.is_some() {
-        sysfs.write(&dir.join("driver/unbind"), &label).map_err(wrap)?;
+    sysfs
+        .write(&dir.join("driver_override"), driver)
+        .map_err(wrap)?;
+    if sysfs
+        .link_name(&dir.join("driver"))
+        .map_err(wrap)?
+        .is_some()
+    {
+        sysfs
+            .write(&dir.join("driver/unbind"), &label)
+            .map_err(wrap)?;
     }
     sysfs
         .write(&sysfs.root().join("bus/pci/drivers_probe"), &label)

@@ -114,7 +114,14 @@ impl StatusReport {
         let mut out = String::new();
         let _ = writeln!(out, "Physical adapters (sysfs: {})", self.sysfs_root);
         let header = [
-            "NAME", "PCI ADDRESS", "ID", "DRIVER", "SR-IOV", "LINK", "MTU", "NUMA",
+            "NAME",
+            "PCI ADDRESS",
+            "ID",
+            "DRIVER",
+            "SR-IOV",
+            "LINK",
+            "MTU",
+            "NUMA",
         ];
         let rows: Vec<[String; 8]> = self
             .adapters

@@ -154,9 +154,7 @@ impl Sysfs {
     pub fn link_name(&self, path: &Path) -> Result<Option<String>> {
         self.count();
         match fs::read_link(path) {
-            Ok(target) => Ok(target
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())),
+            Ok(target) => Ok(target.file_name().map(|n| n.to_string_lossy().into_owned())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(SysfsError::Io {
                 path: path.to_path_buf(),
@@ -257,7 +255,10 @@ mod tests {
         let e = sys.read_hex(&dir.path().join("garbage")).unwrap_err();
         assert!(e.to_string().contains("garbage"), "{e}");
         assert!(sys.read_opt(&dir.path().join("missing")).unwrap().is_none());
-        assert!(sys.link_name(&dir.path().join("missing")).unwrap().is_none());
+        assert!(sys
+            .link_name(&dir.path().join("missing"))
+            .unwrap()
+            .is_none());
         assert_eq!(sys.reads(), 5);
     }
 }

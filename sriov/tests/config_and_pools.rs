@@ -22,20 +22,41 @@ fn netdev(name: &str, link_type: &str) -> Netdev {
 }
 
 /// A PF at bus `bus` with `n` VFs (vfio-bound from index `vfio_from`).
-fn pf(bus: u8, name: &str, ids: (u16, u16, u16), drivers: (&str, &str), n: u32, vfio_from: u32) -> PciNetDevice {
+fn pf(
+    bus: u8,
+    name: &str,
+    ids: (u16, u16, u16),
+    drivers: (&str, &str),
+    n: u32,
+    vfio_from: u32,
+) -> PciNetDevice {
     let (vendor, pf_dev, vf_dev) = ids;
-    let pf_pci = PciAddress { domain: 0, bus, device: 0, function: 0 };
+    let pf_pci = PciAddress {
+        domain: 0,
+        bus,
+        device: 0,
+        function: 0,
+    };
     let vfs = (0..n)
         .map(|i| {
             let rid = 16 + i;
             let vfio = i >= vfio_from;
             Vf {
-                pci: PciAddress { domain: 0, bus, device: (rid >> 3) as u8, function: (rid & 7) as u8 },
+                pci: PciAddress {
+                    domain: 0,
+                    bus,
+                    device: (rid >> 3) as u8,
+                    function: (rid & 7) as u8,
+                },
                 index: i,
                 pf: pf_pci,
                 vendor,
                 device: vf_dev,
-                driver: Some(if vfio { "vfio-pci".into() } else { drivers.1.into() }),
+                driver: Some(if vfio {
+                    "vfio-pci".into()
+                } else {
+                    drivers.1.into()
+                }),
                 netdev: (!vfio).then(|| format!("{name}v{i}")),
                 netdev_details: None,
                 iommu_group: vfio.then_some(100 + i),
@@ -51,8 +72,22 @@ fn pf(bus: u8, name: &str, ids: (u16, u16, u16), drivers: (&str, &str), n: u32, 
         class: 0x020000,
         driver: Some(drivers.0.into()),
         numa_node: Some(u32::from(bus % 2)),
-        netdevs: vec![netdev(name, if vendor == 0x15b3 && bus == 0x5f { "infiniband" } else { "ether" })],
-        sriov: if n == 0 { SriovStatus::Disabled { total: 8 } } else { SriovStatus::Enabled { enabled: n, total: 8 } },
+        netdevs: vec![netdev(
+            name,
+            if vendor == 0x15b3 && bus == 0x5f {
+                "infiniband"
+            } else {
+                "ether"
+            },
+        )],
+        sriov: if n == 0 {
+            SriovStatus::Disabled { total: 8 }
+        } else {
+            SriovStatus::Enabled {
+                enabled: n,
+                total: 8,
+            }
+        },
         vfs,
         rdma: vendor == 0x15b3,
         acpi_index: Some(u32::from(bus)),
@@ -128,7 +163,10 @@ fn upstream_basic_example() {
     assert_eq!(kernel[0], "0000:3b:02.0");
     assert_eq!(kernel[9], "0000:3c:02.3");
     // vfio VFs of ens1f0 only (pfNames), not of ens2f0 (which has none anyway).
-    assert_eq!(names(&pools, "intel.com/intel_sriov_dpdk"), ["0000:3b:02.6", "0000:3b:02.7"]);
+    assert_eq!(
+        names(&pools, "intel.com/intel_sriov_dpdk"),
+        ["0000:3b:02.6", "0000:3b:02.7"]
+    );
     assert_eq!(names(&pools, "mellanox.com/mlnx_sriov_rdma").len(), 6);
 }
 
@@ -157,10 +195,18 @@ fn vf_ranges_and_root_devices() {
     let pools = pools::assign(&config, &node(), "intel.com", &[]);
     assert_eq!(
         names(&pools, "intel.com/a"),
-        ["0000:3b:02.1", "0000:3b:02.3", "0000:3b:02.5", "0000:3b:02.6"]
+        [
+            "0000:3b:02.1",
+            "0000:3b:02.3",
+            "0000:3b:02.5",
+            "0000:3b:02.6"
+        ]
     );
     // First match wins: 1 and 3 went to "a" already.
-    assert_eq!(names(&pools, "intel.com/b"), ["0000:3b:02.0", "0000:3b:02.2"]);
+    assert_eq!(
+        names(&pools, "intel.com/b"),
+        ["0000:3b:02.0", "0000:3b:02.2"]
+    );
     assert_eq!(names(&pools, "intel.com/c").len(), 4);
     assert!(VfRanges(vec![(5, 6)]).contains(6));
 }
@@ -178,15 +224,30 @@ fn selector_list_first_object_wins_and_keys_intersect() {
     let pools = pools::assign(&config, &node(), "intel.com", &[]);
     let mixed = names(&pools, "intel.com/mixed");
     // Both ib0 VFs (infiniband link) + the 2 Intel vfio VFs.
-    assert_eq!(mixed, ["0000:3b:02.6", "0000:3b:02.7", "0000:5f:02.0", "0000:5f:02.1"]);
+    assert_eq!(
+        mixed,
+        [
+            "0000:3b:02.6",
+            "0000:3b:02.7",
+            "0000:5f:02.0",
+            "0000:5f:02.1"
+        ]
+    );
     let pool = pools.pool("intel.com/mixed").unwrap();
-    let ib = pool.devices.iter().find(|d| d.pci == pci("0000:5f:02.0")).unwrap();
+    let ib = pool
+        .devices
+        .iter()
+        .find(|d| d.pci == pci("0000:5f:02.0"))
+        .unwrap();
     assert_eq!(pool.config.matching_selector(ib), Some(0));
     // Everything else (incl. PFs without VFs: eno1, ens5f0) goes to "rest".
     let rest = names(&pools, "intel.com/rest");
     assert!(rest.contains(&"0000:00:1f.6".to_string()));
     assert!(rest.contains(&"0000:60:00.0".to_string()));
-    assert!(!rest.contains(&"0000:3b:00.0".to_string()), "a PF with VFs is never a device");
+    assert!(
+        !rest.contains(&"0000:3b:00.0".to_string()),
+        "a PF with VFs is never a device"
+    );
     assert_eq!(rest.len(), 6 + 4 + 4 + 2);
 }
 
@@ -214,12 +275,19 @@ fn zero_config_one_pool_per_enabled_pf() {
     let got: Vec<String> = pools.pools.iter().map(|p| p.full_name()).collect();
     assert_eq!(
         got,
-        ["example.org/ens1f0", "example.org/ens2f0", "example.org/ens3f0", "example.org/ib0"]
+        [
+            "example.org/ens1f0",
+            "example.org/ens2f0",
+            "example.org/ens3f0",
+            "example.org/ib0"
+        ]
     );
     assert_eq!(pools.pool("example.org/ens1f0").unwrap().devices.len(), 8);
     // An explicit empty list means no pools at all.
     let none = Config::parse(r#"{"resourceList": []}"#, "intel.com").unwrap();
-    assert!(pools::assign(&none, &node(), "intel.com", &[]).pools.is_empty());
+    assert!(pools::assign(&none, &node(), "intel.com", &[])
+        .pools
+        .is_empty());
 }
 
 #[test]
@@ -228,7 +296,11 @@ fn zero_config_names_are_sanitised_and_unique() {
     n.devices[1].netdevs[0].name = "ens1f0.100".into();
     n.devices[2].netdevs[0].name = "ens1f0_100".into();
     let pools = pools::assign(&Config::default(), &n, "intel.com", &[]);
-    let got: Vec<String> = pools.pools.iter().map(|p| p.config.resource_name.clone()).collect();
+    let got: Vec<String> = pools
+        .pools
+        .iter()
+        .map(|p| p.config.resource_name.clone())
+        .collect();
     assert_eq!(got[0], "ens1f0_100");
     assert_eq!(got[1], "ens1f0_100_2");
 }
@@ -276,34 +348,97 @@ fn err(text: &str) -> String {
 
 #[test]
 fn bad_configs_name_the_place() {
-    assert!(matches!(Config::parse("{", "intel.com"), Err(ConfigError::Json(_))));
+    assert!(matches!(
+        Config::parse("{", "intel.com"),
+        Err(ConfigError::Json(_))
+    ));
     let cases = [
         (r#"[]"#, "config: must be a JSON object"),
-        (r#"{"resourceLists": []}"#, "config.resourceLists: unknown key (did you mean \"resourceList\"?)"),
-        (r#"{"resourceList": [{"selectors": {}}]}"#, "resourceName is required"),
-        (r#"{"resourceList": [{"resourceName": "../../etc"}]}"#, "invalid resource name"),
-        (r#"{"resourceList": [{"resourceName": "a", "resourcePrefix": "Bad_Prefix"}]}"#, "resourcePrefix"),
-        (r#"{"resourceList": [{"resourceName": "a"}, {"resourceName": "a"}]}"#, "intel.com/a is defined twice"),
-        (r#"{"resourceList": [{"resourceName": "a", "selectors": {"vendor": ["8086"]}}]}"#,
-         "resourceList[0] (a).selectors.vendor: unknown key (did you mean \"vendors\"?)"),
-        (r#"{"resourceList": [{"resourceName": "a", "selectors": {"vendors": "8086"}}]}"#, "must be a list of strings"),
-        (r#"{"resourceList": [{"resourceName": "a", "selectors": {"vendors": ["80861"]}}]}"#, "not a hex PCI ID"),
-        (r#"{"resourceList": [{"resourceName": "a", "selectors": {"ddpProfiles": ["gtp"]}}]}"#,
-         "selectors.ddpProfiles: this upstream selector is not supported by sriov-rs yet"),
-        (r#"{"resourceList": [{"resourceName": "a", "selectors": [{"vdpaType": "virtio"}]}]}"#,
-         "selectors[0].vdpaType: this upstream selector is not supported"),
-        (r#"{"resourceList": [{"resourceName": "a", "selectors": {"pfNames": ["ens1f0#3-1"]}}]}"#, "3 is above 1"),
-        (r#"{"resourceList": [{"resourceName": "a", "selectors": {"pfNames": ["ens1f0#x"]}}]}"#, "bad VF range"),
-        (r#"{"resourceList": [{"resourceName": "a", "selectors": {"pfNames": ["../../etc"]}}]}"#, "invalid interface name"),
-        (r#"{"resourceList": [{"resourceName": "a", "selectors": {"rootDevices": ["../../etc#0-1"]}}]}"#, "invalid PCI address"),
-        (r#"{"resourceList": [{"resourceName": "a", "selectors": {"pciAddresses": ["0000:3b:02.9"]}}]}"#, "invalid PCI address"),
-        (r#"{"resourceList": [{"resourceName": "a", "deviceType": "gpu"}]}"#, "unknown device type"),
-        (r#"{"resourceList": [{"resourceName": "a", "allocationPolicy": "random"}]}"#, "not one of pack, spread"),
-        (r#"{"resourceList": [{"resourceName": "a", "additionalInfo": {"../x": {}}}]}"#, "invalid PCI address"),
+        (
+            r#"{"resourceLists": []}"#,
+            "config.resourceLists: unknown key (did you mean \"resourceList\"?)",
+        ),
+        (
+            r#"{"resourceList": [{"selectors": {}}]}"#,
+            "resourceName is required",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "../../etc"}]}"#,
+            "invalid resource name",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "resourcePrefix": "Bad_Prefix"}]}"#,
+            "resourcePrefix",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a"}, {"resourceName": "a"}]}"#,
+            "intel.com/a is defined twice",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "selectors": {"vendor": ["8086"]}}]}"#,
+            "resourceList[0] (a).selectors.vendor: unknown key (did you mean \"vendors\"?)",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "selectors": {"vendors": "8086"}}]}"#,
+            "must be a list of strings",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "selectors": {"vendors": ["80861"]}}]}"#,
+            "not a hex PCI ID",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "selectors": {"ddpProfiles": ["gtp"]}}]}"#,
+            "selectors.ddpProfiles: this upstream selector is not supported by sriov-rs yet",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "selectors": [{"vdpaType": "virtio"}]}]}"#,
+            "selectors[0].vdpaType: this upstream selector is not supported",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "selectors": {"pfNames": ["ens1f0#3-1"]}}]}"#,
+            "3 is above 1",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "selectors": {"pfNames": ["ens1f0#x"]}}]}"#,
+            "bad VF range",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "selectors": {"pfNames": ["../../etc"]}}]}"#,
+            "invalid interface name",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "selectors": {"rootDevices": ["../../etc#0-1"]}}]}"#,
+            "invalid PCI address",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "selectors": {"pciAddresses": ["0000:3b:02.9"]}}]}"#,
+            "invalid PCI address",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "deviceType": "gpu"}]}"#,
+            "unknown device type",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "allocationPolicy": "random"}]}"#,
+            "not one of pack, spread",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "additionalInfo": {"../x": {}}}]}"#,
+            "invalid PCI address",
+        ),
         (r#"{"provisioning": [{"numVfs": 4}]}"#, "names no PF"),
-        (r#"{"provisioning": [{"pfNames": ["ens1f0"]}]}"#, "sets nothing"),
-        (r#"{"provisioning": [{"pfNames": ["ens1f0"], "numVfs": -1}]}"#, "numVfs: must be a non-negative integer"),
-        (r#"{"provisioning": [{"pfNames": ["ens1f0"], "mtu": 20}]}"#, "valid MTUs are 68-65535"),
+        (
+            r#"{"provisioning": [{"pfNames": ["ens1f0"]}]}"#,
+            "sets nothing",
+        ),
+        (
+            r#"{"provisioning": [{"pfNames": ["ens1f0"], "numVfs": -1}]}"#,
+            "numVfs: must be a non-negative integer",
+        ),
+        (
+            r#"{"provisioning": [{"pfNames": ["ens1f0"], "mtu": 20}]}"#,
+            "valid MTUs are 68-65535",
+        ),
     ];
     for (text, want) in cases {
         let got = err(text);

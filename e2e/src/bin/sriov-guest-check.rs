@@ -25,7 +25,12 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    let expect = Expect { pfs: cli.pfs, vfs: cli.vfs, numa: cli.numa, iommu: cli.iommu };
+    let expect = Expect {
+        pfs: cli.pfs,
+        vfs: cli.vfs,
+        numa: cli.numa,
+        iommu: cli.iommu,
+    };
     if let Err(e) = guest_checks::run(&cli.scenario, &expect) {
         eprintln!("sriov-guest-check: FAILED: {e:#}");
         std::process::exit(1);
