@@ -1,0 +1,560 @@
+//! Shared by the chart and plain-manifest tests: YAML parsing into the k8s-openapi types, and
+//! the checks that matter for the node daemon's deployment.
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+pub mod helm;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, Pod, Service, ServiceAccount, Volume,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::DynamicObject;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Every object of a rendered stream, as parsed.
+#[derive(Debug, Default)]
+pub struct Objects {
+    pub namespaces: Vec<Namespace>,
+    pub service_accounts: Vec<ServiceAccount>,
+    pub cluster_roles: Vec<ClusterRole>,
+    pub cluster_role_bindings: Vec<ClusterRoleBinding>,
+    pub config_maps: Vec<ConfigMap>,
+    pub daemon_sets: Vec<DaemonSet>,
+    pub services: Vec<Service>,
+    pub crds: Vec<CustomResourceDefinition>,
+    pub pods: Vec<Pod>,
+    /// Kinds without a k8s-openapi type (NetworkAttachmentDefinition, ServiceMonitor).
+    pub dynamic: Vec<DynamicObject>,
+}
+
+impl Objects {
+    pub fn kinds(&self) -> BTreeMap<String, usize> {
+        let mut kinds = BTreeMap::new();
+        let mut add = |k: &str, n: usize| {
+            if n > 0 {
+                *kinds.entry(k.to_string()).or_default() += n;
+            }
+        };
+        add("Namespace", self.namespaces.len());
+        add("ServiceAccount", self.service_accounts.len());
+        add("ClusterRole", self.cluster_roles.len());
+        add("ClusterRoleBinding", self.cluster_role_bindings.len());
+        add("ConfigMap", self.config_maps.len());
+        add("DaemonSet", self.daemon_sets.len());
+        add("Service", self.services.len());
+        add("CustomResourceDefinition", self.crds.len());
+        add("Pod", self.pods.len());
+        for d in &self.dynamic {
+            add(&d.types.as_ref().unwrap().kind, 1);
+        }
+        kinds
+    }
+
+    pub fn dynamic_of(&self, kind: &str) -> Vec<&DynamicObject> {
+        self.dynamic
+            .iter()
+            .filter(|d| d.types.as_ref().is_some_and(|t| t.kind == kind))
+            .collect()
+    }
+
+    pub fn daemon_set(&self, name: &str) -> &DaemonSet {
+        self.daemon_sets
+            .iter()
+            .find(|d| d.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no DaemonSet {name}"))
+    }
+}
+
+/// Parses into `T` and checks that serializing `T` gives the same JSON back: a misspelled or
+/// misplaced field (which serde would skip silently) fails here.
+fn typed<T: DeserializeOwned + Serialize>(v: &Value, what: &str) -> T {
+    let t: T = serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{what}: {e}\n{v:#}"));
+    let back = serde_json::to_value(&t).unwrap();
+    assert_eq!(
+        &back, v,
+        "{what}: fields lost when parsing (misspelled or misplaced?)\nparsed back: {back:#}\nsource: {v:#}"
+    );
+    t
+}
+
+/// Parses a multi-document YAML stream (empty documents skipped).
+pub fn parse_stream(yaml: &str, source: &str) -> Objects {
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(yaml).unwrap_or_else(|e| panic!("{source}: bad YAML: {e}"));
+    let mut objects = Objects::default();
+    for doc in docs.into_iter().filter(|d| !d.is_null()) {
+        let kind = doc["kind"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{source}: object without kind: {doc}"));
+        let what = format!("{source}: {kind} {}", doc["metadata"]["name"]);
+        match (doc["apiVersion"].as_str().unwrap_or_default(), kind) {
+            ("v1", "Namespace") => objects.namespaces.push(typed(&doc, &what)),
+            ("v1", "ServiceAccount") => objects.service_accounts.push(typed(&doc, &what)),
+            ("v1", "ConfigMap") => objects.config_maps.push(typed(&doc, &what)),
+            ("v1", "Service") => objects.services.push(typed(&doc, &what)),
+            ("v1", "Pod") => objects.pods.push(typed(&doc, &what)),
+            ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
+                objects.cluster_roles.push(typed(&doc, &what))
+            }
+            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+                objects.cluster_role_bindings.push(typed(&doc, &what))
+            }
+            ("apps/v1", "DaemonSet") => objects.daemon_sets.push(typed(&doc, &what)),
+            ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
+                objects.crds.push(typed(&doc, &what))
+            }
+            ("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition")
+            | ("monitoring.coreos.com/v1", "ServiceMonitor") => {
+                objects.dynamic.push(typed(&doc, &what))
+            }
+            (api, kind) => panic!("{source}: unexpected object {api} {kind}"),
+        }
+    }
+    objects
+}
+
+pub fn parse_file(path: &Path) -> Objects {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    parse_stream(&text, &path.display().to_string())
+}
+
+/// What a deployment of the daemon must look like; the rest is checked to be consistent.
+#[derive(Debug, Clone)]
+pub struct Expect {
+    pub namespace: String,
+    pub image: String,
+    pub pull_policy: String,
+    pub service_account: String,
+    pub config_map: String,
+    /// The ConfigMap key projected to /etc/sriov-rs/config.json (None: the whole map).
+    pub config_key: Option<String>,
+    /// Kubelet's root on the host.
+    pub kubelet_dir: String,
+    pub cni_bin_dir: String,
+    pub resource_prefix: String,
+    pub metrics_port: i32,
+    pub log_format: String,
+}
+
+fn mount_target(spec_volumes: &[Volume], name: &str) -> String {
+    let v = spec_volumes
+        .iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("volume {name} is mounted but not defined"));
+    if let Some(h) = &v.host_path {
+        format!("hostPath:{}:{}", h.path, h.type_.as_deref().unwrap_or(""))
+    } else if let Some(c) = &v.config_map {
+        format!("configMap:{}", c.name)
+    } else {
+        panic!("volume {name}: unexpected source {v:?}")
+    }
+}
+
+/// `--flag=value` arguments as a map (and the bare ones with an empty value).
+fn flags(args: &[String]) -> BTreeMap<&str, &str> {
+    args.iter()
+        .map(|a| {
+            let a = a
+                .strip_prefix("--")
+                .unwrap_or_else(|| panic!("argument {a:?} is not --flag=value"));
+            a.split_once('=').unwrap_or((a, ""))
+        })
+        .collect()
+}
+
+fn container<'a>(cs: &'a [Container], name: &str) -> &'a Container {
+    cs.iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+/// The checks that matter for the node daemon.
+pub fn check_daemon_set(ds: &DaemonSet, e: &Expect) {
+    let name = ds.metadata.name.clone().unwrap();
+    let at = |what: &str| format!("DaemonSet {name}: {what}");
+    assert_eq!(
+        ds.metadata.namespace.as_deref(),
+        Some(e.namespace.as_str()),
+        "{}",
+        at("namespace")
+    );
+    let spec = &ds.spec;
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    for (k, v) in spec.selector.match_labels.as_ref().unwrap() {
+        assert_eq!(
+            pod_labels.get(k),
+            Some(v),
+            "{}",
+            at("selector must match the pod labels")
+        );
+    }
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.host_network, Some(true), "{}", at("hostNetwork"));
+    assert_eq!(
+        pod.dns_policy.as_deref(),
+        Some("ClusterFirstWithHostNet"),
+        "{}",
+        at("dnsPolicy")
+    );
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some(e.service_account.as_str()),
+        "{}",
+        at("serviceAccountName")
+    );
+    assert_eq!(pod.containers.len(), 1, "{}", at("one container"));
+    let volumes = pod.volumes.clone().unwrap_or_default();
+
+    // The daemon.
+    let c = container(&pod.containers, "sriov-device-plugin");
+    assert_eq!(
+        c.image.as_deref(),
+        Some(e.image.as_str()),
+        "{}",
+        at("image")
+    );
+    assert_eq!(
+        c.image_pull_policy.as_deref(),
+        Some(e.pull_policy.as_str()),
+        "{}",
+        at("pull policy")
+    );
+    assert_eq!(
+        c.command.as_deref(),
+        Some(&["/usr/local/bin/sriov-device-plugin".to_string()][..])
+    );
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.privileged, Some(true), "{}", at("privileged"));
+    let args = c.args.clone().unwrap();
+    assert_eq!(args[0], "run", "{}", at("subcommand"));
+    let flags = flags(&args[1..]);
+    let known: BTreeSet<&str> = [
+        "config",
+        "sysfs-root",
+        "kubelet-dir",
+        "resource-prefix",
+        "metrics-address",
+        "log-format",
+        "devinfo-dir",
+    ]
+    .into();
+    assert_eq!(
+        flags.keys().copied().collect::<BTreeSet<_>>(),
+        known,
+        "{}",
+        at("daemon flags")
+    );
+    assert_eq!(flags["config"], "/etc/sriov-rs/config.json");
+    assert_eq!(flags["resource-prefix"], e.resource_prefix);
+    assert_eq!(flags["log-format"], e.log_format);
+    let metrics: std::net::SocketAddr = flags["metrics-address"].parse().expect("metrics address");
+    assert_eq!(
+        i32::from(metrics.port()),
+        e.metrics_port,
+        "{}",
+        at("metrics port")
+    );
+    let env = c.env.clone().unwrap();
+    let node = env
+        .iter()
+        .find(|v| v.name == "NODE_NAME")
+        .expect("NODE_NAME env");
+    let field = node
+        .value_from
+        .as_ref()
+        .unwrap()
+        .field_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(field.field_path, "spec.nodeName");
+
+    // Probes on /healthz at the port the daemon serves.
+    let ports = c.ports.clone().unwrap();
+    let metrics_port = ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .expect("metrics port");
+    assert_eq!(metrics_port.container_port, e.metrics_port);
+    for (kind, probe) in [
+        ("liveness", &c.liveness_probe),
+        ("readiness", &c.readiness_probe),
+    ] {
+        let http = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("{}", at(kind)));
+        assert_eq!(http.path.as_deref(), Some("/healthz"), "{}", at(kind));
+        let port = match &http.port {
+            IntOrString::Int(p) => *p,
+            IntOrString::String(n) => {
+                ports
+                    .iter()
+                    .find(|p| p.name.as_ref() == Some(n))
+                    .unwrap()
+                    .container_port
+            }
+        };
+        assert_eq!(port, e.metrics_port, "{}", at(kind));
+    }
+
+    // Every mount, where it comes from, and how.
+    let kubelet = |sub: &str| format!("hostPath:{}/{sub}:", e.kubelet_dir);
+    let expected: BTreeMap<String, String> = [
+        ("/etc/sriov-rs", format!("configMap:{}", e.config_map)),
+        (
+            "/var/lib/kubelet/device-plugins",
+            kubelet("device-plugins") + "Directory",
+        ),
+        (
+            "/var/lib/kubelet/plugins_registry",
+            kubelet("plugins_registry") + "DirectoryOrCreate",
+        ),
+        (
+            "/var/lib/kubelet/pod-resources",
+            kubelet("pod-resources") + "DirectoryOrCreate",
+        ),
+        (
+            "/var/run/k8s.cni.cncf.io/devinfo/dp",
+            "hostPath:/var/run/k8s.cni.cncf.io/devinfo/dp:DirectoryOrCreate".into(),
+        ),
+        ("/host/sys", "hostPath:/sys:Directory".into()),
+        (
+            "/var/run/netns",
+            "hostPath:/var/run/netns:DirectoryOrCreate".into(),
+        ),
+        (
+            "/var/lib/cni/sriov-rs",
+            "hostPath:/var/lib/cni/sriov-rs:DirectoryOrCreate".into(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mounts = c.volume_mounts.clone().unwrap();
+    let actual: BTreeMap<String, String> = mounts
+        .iter()
+        .map(|m| (m.mount_path.clone(), mount_target(&volumes, &m.name)))
+        .collect();
+    assert_eq!(actual, expected, "{}", at("daemon mounts"));
+    let mount = |path: &str| mounts.iter().find(|m| m.mount_path == path).unwrap();
+    assert_eq!(
+        mount("/var/run/netns").mount_propagation.as_deref(),
+        Some("HostToContainer"),
+        "{}",
+        at("netns propagation")
+    );
+    assert_eq!(mount("/etc/sriov-rs").read_only, Some(true));
+    assert_eq!(
+        mount("/var/lib/kubelet/pod-resources").read_only,
+        Some(true)
+    );
+    for rw in [
+        "/var/lib/kubelet/device-plugins",
+        "/var/lib/kubelet/plugins_registry",
+        "/host/sys",
+        "/var/lib/cni/sriov-rs",
+    ] {
+        assert_ne!(mount(rw).read_only, Some(true), "{}", at(rw));
+    }
+    assert!(
+        mounts
+            .iter()
+            .all(|m| m.sub_path.is_none() && m.sub_path_expr.is_none()),
+        "{}",
+        at("subPath mounts miss ConfigMap updates")
+    );
+    // The daemon's path flags point into those mounts.
+    assert_eq!(flags["sysfs-root"], "/host/sys");
+    assert_eq!(flags["kubelet-dir"], "/var/lib/kubelet");
+    assert_eq!(flags["devinfo-dir"], "/var/run/k8s.cni.cncf.io/devinfo/dp");
+
+    // The config volume and the key it projects.
+    let config = volumes
+        .iter()
+        .find(|v| v.name == "config")
+        .unwrap()
+        .config_map
+        .as_ref()
+        .unwrap();
+    match &e.config_key {
+        None => assert!(config.items.is_none(), "{}", at("whole ConfigMap")),
+        Some(key) => {
+            let items = config.items.as_ref().unwrap();
+            assert_eq!(items.len(), 1);
+            assert_eq!(
+                (items[0].key.as_str(), items[0].path.as_str()),
+                (key.as_str(), "config.json")
+            );
+        }
+    }
+
+    // The init container installs the CNI plugin, unprivileged.
+    let inits = pod.init_containers.clone().unwrap();
+    assert_eq!(inits.len(), 1);
+    let init = container(&inits, "install-cni");
+    assert_eq!(
+        init.image.as_deref(),
+        Some(e.image.as_str()),
+        "{}",
+        at("init image")
+    );
+    assert_eq!(
+        init.command
+            .as_deref()
+            .unwrap()
+            .iter()
+            .chain(init.args.as_deref().unwrap())
+            .cloned()
+            .collect::<Vec<_>>(),
+        [
+            "/usr/local/bin/sriov-install-cni",
+            "--from",
+            "/usr/local/bin/sriov",
+            "--to",
+            "/host/opt/cni/bin/sriov"
+        ],
+        "{}",
+        at("init command")
+    );
+    let isc = init.security_context.as_ref().unwrap();
+    assert_ne!(
+        isc.privileged,
+        Some(true),
+        "{}",
+        at("init container needs no privilege")
+    );
+    assert_eq!(isc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        isc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
+    let init_mounts = init.volume_mounts.clone().unwrap();
+    assert_eq!(init_mounts.len(), 1);
+    assert_eq!(init_mounts[0].mount_path, "/host/opt/cni/bin");
+    assert_eq!(
+        mount_target(&volumes, &init_mounts[0].name),
+        format!("hostPath:{}:DirectoryOrCreate", e.cni_bin_dir)
+    );
+
+    // No volume defined for nothing.
+    let used: BTreeSet<&str> = mounts
+        .iter()
+        .chain(&init_mounts)
+        .map(|m| m.name.as_str())
+        .collect();
+    let defined: BTreeSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(used, defined, "{}", at("volumes"));
+}
+
+/// RBAC: exactly what the daemon does with the API server.
+pub fn check_rbac(objs: &Objects, namespace: &str, service_account: &str) {
+    assert_eq!(objs.service_accounts.len(), 1);
+    let sa = &objs.service_accounts[0];
+    assert_eq!(sa.metadata.name.as_deref(), Some(service_account));
+    assert_eq!(sa.metadata.namespace.as_deref(), Some(namespace));
+    assert_eq!(objs.cluster_roles.len(), 1, "one ClusterRole");
+    let role = &objs.cluster_roles[0];
+    let mut granted = BTreeSet::new();
+    for r in role.rules.as_ref().unwrap() {
+        assert!(r.resource_names.is_none() && r.non_resource_urls.is_none());
+        for g in r.api_groups.as_ref().unwrap() {
+            for res in r.resources.as_ref().unwrap() {
+                for v in &r.verbs {
+                    granted.insert(format!("{g}/{res}:{v}"));
+                }
+            }
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "/nodes:get",
+        "/nodes:patch",
+        "sriov-rs.io/sriovnodestates:create",
+        "sriov-rs.io/sriovnodestates:patch",
+        "sriov-rs.io/sriovnodestates/status:patch",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(granted, expected, "ClusterRole rules");
+    assert_eq!(objs.cluster_role_bindings.len(), 1);
+    let b = &objs.cluster_role_bindings[0];
+    assert_eq!(
+        (b.role_ref.kind.as_str(), b.role_ref.name.as_str()),
+        ("ClusterRole", role.metadata.name.as_deref().unwrap())
+    );
+    let subjects = b.subjects.as_ref().unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(subjects[0].name, service_account);
+    assert_eq!(subjects[0].namespace.as_deref(), Some(namespace));
+}
+
+/// Each key of the ConfigMap is a config the daemon accepts; returns key -> resource names.
+pub fn check_config_map(cm: &ConfigMap, prefix: &str) -> BTreeMap<String, Vec<String>> {
+    let data = cm.data.as_ref().expect("ConfigMap data");
+    assert!(
+        data.contains_key("config.json"),
+        "config.json is the default key"
+    );
+    data.iter()
+        .map(|(key, text)| {
+            let config = sriov::config::Config::parse(text, prefix)
+                .unwrap_or_else(|e| panic!("ConfigMap key {key}: the daemon refuses it: {e}"));
+            assert!(config.warnings.is_empty(), "{key}: {:?}", config.warnings);
+            let names = config
+                .resources
+                .unwrap_or_default()
+                .iter()
+                .map(|r| r.full_name())
+                .collect();
+            (key.clone(), names)
+        })
+        .collect()
+}
+
+/// A NetworkAttachmentDefinition for our plugin; returns its resource name and parsed config.
+pub fn check_nad(nad: &DynamicObject) -> (String, Value) {
+    let name = nad.metadata.name.clone().unwrap();
+    let resource = nad
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("k8s.v1.cni.cncf.io/resourceName"))
+        .unwrap_or_else(|| panic!("NAD {name}: no resourceName annotation"))
+        .clone();
+    let text = nad.data["spec"]["config"]
+        .as_str()
+        .unwrap_or_else(|| panic!("NAD {name}: spec.config"));
+    let config: Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("NAD {name}: config JSON: {e}"));
+    assert_eq!(config["type"], "sriov", "NAD {name}");
+    assert_eq!(
+        config["name"],
+        name.as_str(),
+        "NAD {name}: CNI network name"
+    );
+    assert!(config["cniVersion"].is_string(), "NAD {name}");
+    (resource, config)
+}

@@ -1,0 +1,303 @@
+//! The Helm chart, rendered by the real helm: `helm lint`, then `helm template` with the default
+//! values and with a values file that changes everything, every object parsed into its
+//! k8s-openapi type and checked.
+
+mod common;
+
+use common::helm::helm_ok;
+use common::{check_config_map, check_daemon_set, check_nad, check_rbac, parse_stream, Expect};
+use std::collections::BTreeMap;
+
+const CHART: &str = "charts/sriov-rs";
+const FULL_VALUES: &str = "deploy-tests/fixtures/values-full.yaml";
+
+fn kinds(list: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    list.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+}
+
+#[test]
+fn lint_passes_with_default_and_full_values() {
+    let out = helm_ok(&["lint", "--strict", CHART]);
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+    let out = helm_ok(&["lint", "--strict", CHART, "-f", FULL_VALUES]);
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+}
+
+#[test]
+fn default_values_render_the_daemon_set_and_least_privilege() {
+    let yaml = helm_ok(&["template", "sriov-rs", CHART, "--namespace", "sriov-rs"]);
+    let objs = parse_stream(&yaml, "helm template (defaults)");
+    assert_eq!(
+        objs.kinds(),
+        kinds(&[
+            ("ServiceAccount", 1),
+            ("ClusterRole", 1),
+            ("ClusterRoleBinding", 1),
+            ("ConfigMap", 1),
+            ("DaemonSet", 1)
+        ])
+    );
+    check_rbac(&objs, "sriov-rs", "sriov-rs");
+    let expect = Expect {
+        namespace: "sriov-rs".into(),
+        image: "ghcr.io/sriov-rs/sriov-rs:0.1.0".into(),
+        pull_policy: "IfNotPresent".into(),
+        service_account: "sriov-rs".into(),
+        config_map: "sriov-rs-config".into(),
+        config_key: Some("config.json".into()),
+        kubelet_dir: "/var/lib/kubelet".into(),
+        cni_bin_dir: "/opt/cni/bin".into(),
+        resource_prefix: "intel.com".into(),
+        metrics_port: 9808,
+        log_format: "json".into(),
+    };
+    let ds = objs.daemon_set("sriov-rs");
+    check_daemon_set(ds, &expect);
+    let pod = ds.spec.template.spec.as_ref().unwrap();
+    // No node affinity without per-node configs; every node, whatever its taints.
+    assert!(pod.affinity.is_none());
+    assert_eq!(
+        pod.tolerations.as_ref().unwrap()[0].operator.as_deref(),
+        Some("Exists")
+    );
+    assert_eq!(
+        pod.node_selector.as_ref().unwrap()["kubernetes.io/os"],
+        "linux"
+    );
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    // Config changes are applied live: a checksum annotation would restart the pods instead.
+    assert!(ds
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .is_none());
+
+    let resources = check_config_map(&objs.config_maps[0], "intel.com");
+    assert_eq!(
+        resources,
+        BTreeMap::from([(
+            "config.json".to_string(),
+            vec![
+                "intel.com/sriov_netdevice".to_string(),
+                "intel.com/sriov_dpdk".to_string()
+            ]
+        )])
+    );
+}
+
+#[test]
+fn full_values_change_everything_they_name() {
+    let yaml = helm_ok(&[
+        "template",
+        "rel",
+        CHART,
+        "--namespace",
+        "net-system",
+        "--include-crds",
+        "-f",
+        FULL_VALUES,
+    ]);
+    let objs = parse_stream(&yaml, "helm template (values-full)");
+    assert_eq!(
+        objs.kinds(),
+        kinds(&[
+            ("Namespace", 1),
+            ("ServiceAccount", 1),
+            ("ClusterRole", 1),
+            ("ClusterRoleBinding", 1),
+            ("ConfigMap", 1),
+            ("DaemonSet", 3),
+            ("Service", 1),
+            ("ServiceMonitor", 1),
+            ("NetworkAttachmentDefinition", 2),
+            ("CustomResourceDefinition", 1),
+        ])
+    );
+    check_rbac(&objs, "net-system", "rel-sriov-rs");
+
+    let ns = &objs.namespaces[0];
+    assert_eq!(ns.metadata.name.as_deref(), Some("net-system"));
+    assert_eq!(
+        ns.metadata.labels.as_ref().unwrap()["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+
+    // The CRD comes from crds/ and is the one generated from the Rust type.
+    assert_eq!(
+        objs.crds[0],
+        <sriov_node_state::SriovNodeState as kube::CustomResourceExt>::crd()
+    );
+
+    // One config per node name, each accepted by the daemon.
+    let resources = check_config_map(&objs.config_maps[0], "example.com");
+    assert_eq!(resources["config.json"], ["acme.io/fast"]);
+    assert_eq!(resources["worker-7"], ["example.com/worker7_only"]);
+    assert!(resources["edge-1.example.com"].is_empty());
+
+    let base = Expect {
+        namespace: "net-system".into(),
+        image: "registry.example.com/net/sriov-rs:9.9.9-test".into(),
+        pull_policy: "Always".into(),
+        service_account: "rel-sriov-rs".into(),
+        config_map: "rel-sriov-rs-config".into(),
+        config_key: Some("config.json".into()),
+        kubelet_dir: "/var/lib/k0s/kubelet".into(),
+        cni_bin_dir: "/usr/libexec/cni".into(),
+        resource_prefix: "example.com".into(),
+        metrics_port: 19808,
+        log_format: "text".into(),
+    };
+    // (DaemonSet, ConfigMap key, node affinity operator, nodes)
+    let cases = [
+        (
+            "rel-sriov-rs",
+            "config.json",
+            "NotIn",
+            vec!["edge-1.example.com", "worker-7"],
+        ),
+        ("rel-sriov-rs-worker-7", "worker-7", "In", vec!["worker-7"]),
+        (
+            "rel-sriov-rs-edge-1.example.com",
+            "edge-1.example.com",
+            "In",
+            vec!["edge-1.example.com"],
+        ),
+    ];
+    let mut selectors = Vec::new();
+    for (name, key, op, nodes) in cases {
+        let ds = objs.daemon_set(name);
+        check_daemon_set(
+            ds,
+            &Expect {
+                config_key: Some(key.into()),
+                ..base.clone()
+            },
+        );
+        let spec = &ds.spec;
+        selectors.push(spec.selector.match_labels.clone().unwrap());
+        let pod = spec.template.spec.as_ref().unwrap();
+        let terms = &pod
+            .affinity
+            .as_ref()
+            .unwrap()
+            .node_affinity
+            .as_ref()
+            .unwrap();
+        let terms = &terms
+            .required_during_scheduling_ignored_during_execution
+            .as_ref()
+            .unwrap()
+            .node_selector_terms;
+        assert_eq!(terms.len(), 1, "{name}");
+        let field = &terms[0].match_fields.as_ref().unwrap()[0];
+        assert_eq!(
+            (field.key.as_str(), field.operator.as_str()),
+            ("metadata.name", op),
+            "{name}"
+        );
+        assert_eq!(field.values.as_deref().unwrap(), nodes, "{name}");
+        let args = pod.containers[0].args.clone().unwrap();
+        assert!(
+            args.contains(&"--metrics-address=[::]:19808".to_string()),
+            "IPv6 bracketed: {args:?}"
+        );
+        assert_eq!(pod.image_pull_secrets.as_ref().unwrap()[0].name, "regcred");
+        assert_eq!(pod.node_selector.as_ref().unwrap()["sriov"], "yes");
+        let tol = &pod.tolerations.as_ref().unwrap()[0];
+        assert_eq!(
+            (tol.key.as_deref(), tol.value.as_deref()),
+            (Some("dedicated"), Some("net"))
+        );
+        assert!(
+            pod.priority_class_name.is_none(),
+            "an empty priorityClassName is left out"
+        );
+        let meta = spec.template.metadata.as_ref().unwrap();
+        assert_eq!(meta.labels.as_ref().unwrap()["team"], "net");
+        assert_eq!(
+            meta.annotations.as_ref().unwrap()["example.com/team"],
+            "net"
+        );
+        let limits = pod.containers[0]
+            .resources
+            .as_ref()
+            .unwrap()
+            .limits
+            .clone()
+            .unwrap();
+        assert_eq!(limits["memory"].0, "512Mi");
+        assert_eq!(limits["cpu"].0, "1");
+    }
+    // The DaemonSets never claim each other's pods.
+    for (i, a) in selectors.iter().enumerate() {
+        for b in &selectors[i + 1..] {
+            assert_ne!(a.get("sriov-rs.io/config"), b.get("sriov-rs.io/config"));
+        }
+    }
+
+    // Metrics: the Service selects the daemon's pods, the ServiceMonitor selects the Service.
+    let svc = &objs.services[0];
+    let svc_spec = svc.spec.as_ref().unwrap();
+    assert_eq!(svc_spec.cluster_ip.as_deref(), Some("None"));
+    let pod_labels = objs
+        .daemon_set("rel-sriov-rs")
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    for (k, v) in svc_spec.selector.as_ref().unwrap() {
+        assert_eq!(pod_labels.get(k), Some(v), "Service selector {k}");
+    }
+    assert_eq!(svc_spec.ports.as_ref().unwrap()[0].port, 19808);
+    let sm = objs.dynamic_of("ServiceMonitor")[0];
+    assert_eq!(
+        sm.metadata.labels.as_ref().unwrap()["release"],
+        "prometheus"
+    );
+    for (k, v) in sm.data["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(
+            svc.metadata
+                .labels
+                .as_ref()
+                .unwrap()
+                .get(k)
+                .map(String::as_str),
+            v.as_str(),
+            "ServiceMonitor selector {k}"
+        );
+    }
+    let endpoint = &sm.data["spec"]["endpoints"][0];
+    assert_eq!(
+        (endpoint["port"].as_str(), endpoint["path"].as_str()),
+        (Some("metrics"), Some("/metrics"))
+    );
+    assert_eq!(endpoint["interval"], "15s");
+
+    // NADs: defaults filled in, values kept, namespace defaulted to the release's.
+    let nads = objs.dynamic_of("NetworkAttachmentDefinition");
+    let (res, vlan) = check_nad(nads[0]);
+    assert_eq!(res, "acme.io/fast");
+    assert_eq!(nads[0].metadata.namespace.as_deref(), Some("apps"));
+    assert_eq!(
+        vlan,
+        serde_json::json!({"cniVersion": "1.0.0", "name": "sriov-vlan100", "type": "sriov", "vlan": 100, "mtu": 9000,
+            "mtuLock": true, "ipam": {"type": "host-local", "subnet": "10.56.100.0/24"}})
+    );
+    let (_, dpdk) = check_nad(nads[1]);
+    assert_eq!(nads[1].metadata.namespace.as_deref(), Some("net-system"));
+    assert_eq!(dpdk["cniVersion"], "1.1.0", "a value overrides the default");
+    assert_eq!(dpdk["trust"], "on");
+}

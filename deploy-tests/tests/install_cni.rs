@@ -1,0 +1,121 @@
+//! The `sriov-install-cni` helper, run as the init container runs it.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn install(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sriov-install-cni"))
+        .args(args)
+        .output()
+        .expect("run sriov-install-cni")
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn installs_a_copy_with_mode_0755_and_leaves_no_temp_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("sriov");
+    fs::write(&src, b"\x7fELF pretend plugin").unwrap();
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o600)).unwrap();
+    let target_dir = tmp.path().join("host/opt/cni/bin");
+    let target = target_dir.join("sriov");
+    let out = install(&[
+        "--from",
+        src.to_str().unwrap(),
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(&target).unwrap(), b"\x7fELF pretend plugin");
+    assert_eq!(
+        fs::metadata(&target).unwrap().permissions().mode() & 0o7777,
+        0o755
+    );
+    assert_eq!(names(&target_dir), ["sriov"]);
+}
+
+#[test]
+fn replaces_a_binary_that_is_running_and_cleans_stale_temp_files() {
+    // Overwriting a running executable in place fails with ETXTBSY; a rename does not.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let target = dir.join("sriov");
+    fs::copy("/bin/sleep", &target).unwrap();
+    let mut running = Command::new(&target)
+        .arg("30")
+        .spawn()
+        .expect("run the old binary");
+    fs::write(dir.join(".sriov.tmp-1-123"), b"left by a killed installer").unwrap();
+    fs::write(dir.join("bridge"), b"another plugin").unwrap();
+    let src = dir.join("new-sriov");
+    fs::write(&src, b"new version").unwrap();
+    let out = install(&[
+        &format!("--from={}", src.display()),
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    running.kill().unwrap();
+    running.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(&target).unwrap(), b"new version");
+    assert_eq!(names(dir), ["bridge", "new-sriov", "sriov"]);
+}
+
+#[test]
+fn fails_cleanly_and_keeps_the_old_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("sriov");
+    fs::write(&target, b"old").unwrap();
+    let out = install(&[
+        "--from",
+        "/nonexistent/sriov",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/sriov"));
+    assert_eq!(fs::read(&target).unwrap(), b"old");
+    assert_eq!(names(tmp.path()), ["sriov"]);
+
+    // A directory is not a binary.
+    let out = install(&[
+        "--from",
+        tmp.path().to_str().unwrap(),
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(names(tmp.path()), ["sriov"]);
+
+    for args in [
+        &["--from", "x"][..],
+        &["--to", "y"],
+        &["--from"],
+        &["--bogus", "1"],
+    ] {
+        let out = install(args);
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("usage"),
+            "{args:?}"
+        );
+    }
+}

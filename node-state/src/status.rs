@@ -1,0 +1,104 @@
+//! Builds a [`SriovNodeStateStatus`] from what the daemon knows; no I/O.
+
+use crate::crd::{PfStatus, PoolStatus, SriovNodeStateStatus, SriovState, Summary};
+use sriov::discovery::{Node, PciNetDevice, SriovStatus};
+use sriov::pools::Pools;
+use std::collections::BTreeMap;
+
+/// A pool's live counts, which only the daemon knows (health checks, kubelet allocations).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    pub healthy: u32,
+    pub allocated: u32,
+}
+
+fn pf_status(dev: &PciNetDevice) -> PfStatus {
+    let (sriov, vfs_enabled, vfs_total) = match dev.sriov {
+        SriovStatus::NotSupported => (SriovState::NotSupported, 0, 0),
+        SriovStatus::Disabled { total } => (SriovState::Disabled, 0, total),
+        SriovStatus::Enabled { enabled, total } => (SriovState::Enabled, enabled, total),
+    };
+    let netdev = dev.netdevs.first();
+    PfStatus {
+        name: dev.display_name(),
+        pci_address: dev.pci.to_string(),
+        vendor_device: format!("{:04x}:{:04x}", dev.vendor, dev.device),
+        driver: dev.driver.clone(),
+        sriov,
+        vfs_total,
+        vfs_enabled,
+        link: match netdev {
+            None => "none".into(),
+            Some(n) if n.is_link_up() => "up".into(),
+            Some(_) => "down".into(),
+        },
+        mtu: netdev.and_then(|n| n.mtu),
+        numa_node: dev.numa_node,
+    }
+}
+
+fn join<T>(pfs: &[PfStatus], f: impl Fn(&PfStatus) -> T) -> String
+where
+    T: ToString,
+{
+    pfs.iter()
+        .map(|p| f(p).to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn opt(v: Option<impl ToString>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// The status for `node` and its `pools`. `counts` holds each pool's live counts by full
+/// resource name; a pool missing there counts all its devices healthy and none allocated.
+pub fn build_status(
+    node: &Node,
+    pools: &Pools,
+    counts: &BTreeMap<String, PoolCounts>,
+    last_error: Option<String>,
+) -> SriovNodeStateStatus {
+    let pfs: Vec<PfStatus> = node.devices.iter().map(pf_status).collect();
+    let pools: Vec<PoolStatus> = pools
+        .pools
+        .iter()
+        .map(|p| {
+            let name = p.full_name();
+            let vfs = u32::try_from(p.devices.len()).unwrap_or(u32::MAX);
+            let c = counts.get(&name).copied().unwrap_or(PoolCounts {
+                healthy: vfs,
+                allocated: 0,
+            });
+            PoolStatus {
+                name,
+                vfs,
+                healthy: c.healthy,
+                allocated: c.allocated,
+            }
+        })
+        .collect();
+    let total: u32 = pools.iter().map(|p| p.vfs).sum();
+    let summary = Summary {
+        adapters: join(&pfs, |p| p.name.clone()),
+        sriov: join(&pfs, |p| match p.sriov {
+            SriovState::NotSupported => "-".to_string(),
+            SriovState::Disabled => "off".to_string(),
+            SriovState::Enabled => format!("{}/{}", p.vfs_enabled, p.vfs_total),
+        }),
+        links: join(&pfs, |p| p.link.clone()),
+        mtus: join(&pfs, |p| opt(p.mtu)),
+        numa: join(&pfs, |p| opt(p.numa_node)),
+        drivers: join(&pfs, |p| opt(p.driver.as_deref())),
+        pci_addresses: join(&pfs, |p| p.pci_address.clone()),
+        pools: u32::try_from(pools.len()).unwrap_or(u32::MAX),
+        healthy: format!("{}/{}", pools.iter().map(|p| p.healthy).sum::<u32>(), total),
+        allocated: pools.iter().map(|p| p.allocated).sum(),
+    };
+    SriovNodeStateStatus {
+        pfs,
+        pools,
+        summary,
+        last_error,
+    }
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Builds the sriov-rs image with podman (daemonless; `apt-get install podman` on Debian), or
+# buildah when podman is missing.
+#   scripts/build-image.sh [--prebuilt] [TAG]
+# Default: builds the binaries inside the Rust image (Containerfile stage `builder`).
+# --prebuilt: builds static binaries on this machine (cargo, crt-static) and only copies them
+# into the empty base, which needs no image registry at all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+prebuilt=false
+if [ "${1:-}" = "--prebuilt" ]; then prebuilt=true; shift; fi
+tag="${1:-ghcr.io/sriov-rs/sriov-rs:$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/sriov-rs/Chart.yaml)}"
+
+if command -v podman >/dev/null 2>&1; then
+    build=(podman build)
+elif command -v buildah >/dev/null 2>&1; then
+    build=(buildah bud)
+else
+    echo "build-image.sh: needs podman or buildah (apt-get install podman)" >&2
+    exit 1
+fi
+
+if $prebuilt; then
+    host="$(rustc -vV | sed -n 's/^host: //p')"
+    # The Containerfile's context excludes target/ except target/image.
+    out=target/image/bin
+    target_dir="${CARGO_TARGET_DIR:-target}"
+    RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$target_dir" \
+        cargo build --release --locked --target "$host" \
+        -p sriov-device-plugin -p sriov-cni -p sriov-deploy-tests \
+        --bin sriov-device-plugin --bin sriov --bin sriov-install-cni
+    rm -rf "$out" && mkdir -p "$out"
+    for b in sriov-device-plugin sriov sriov-install-cni; do
+        cp "$target_dir/$host/release/$b" "$out/"
+        if ldd "$out/$b" 2>&1 | grep -q '=>'; then
+            echo "build-image.sh: $b is not static" >&2
+            exit 1
+        fi
+    done
+    "${build[@]}" -f Containerfile --target prebuilt -t "$tag" .
+else
+    "${build[@]}" -f Containerfile -t "$tag" .
+fi
+echo "built $tag"
