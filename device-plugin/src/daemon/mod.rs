@@ -108,6 +108,10 @@ pub struct Daemon {
     linkwatch_due: Option<Instant>,
     provisioning_running: bool,
     provisioning_again: bool,
+    /// The last error worth showing in the cluster (rejected config, failed discovery).
+    last_error: Option<String>,
+    /// Publishes SriovNodeState when running in a cluster.
+    node_state: Option<crate::node_state::NodeState>,
 }
 
 /// Loads the config at start: a missing file is the zero config.
@@ -171,6 +175,8 @@ impl Daemon {
             linkwatch_due: None,
             provisioning_running: false,
             provisioning_again: false,
+            last_error: None,
+            node_state: None,
         })
     }
 
@@ -332,6 +338,7 @@ impl Daemon {
                     "refusing the new config {}: {e}; the running config stays",
                     path.display()
                 );
+                self.last_error = Some(format!("config {} refused: {e}", path.display()));
                 self.rejected_text = Some(text);
             }
             Ok(config) => {
@@ -343,6 +350,7 @@ impl Daemon {
                 self.config = config;
                 self.config_text = Some(text);
                 self.rejected_text = None;
+                self.last_error = None;
                 self.start_discovery();
                 self.start_provisioning();
             }
@@ -417,6 +425,19 @@ impl Daemon {
         }
     }
 
+    /// Hands the current state to the SriovNodeState publisher, if there is one.
+    fn publish_node_state(&self) {
+        if let Some(ns) = &self.node_state {
+            let snapshots: Vec<_> = self.pools.values().map(|rt| rt.shared.current()).collect();
+            ns.update(
+                &self.node,
+                snapshots.iter().map(|s| &**s),
+                self.config.resources.is_none(),
+                self.last_error.clone(),
+            );
+        }
+    }
+
     async fn shutdown(&mut self) {
         let pools = std::mem::take(&mut self.pools);
         for (name, rt) in pools {
@@ -469,6 +490,12 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         "sriov-device-plugin running"
     );
 
+    d.node_state = crate::node_state::NodeState::start(&d.opts.kubelet_dir).await;
+    if let Some(ns) = &mut d.node_state {
+        ns.refresh_allocations().await;
+    }
+    d.publish_node_state();
+
     let (stop_metrics, stop_rx) = watch::channel(false);
     if let Some(addr) = d.opts.metrics_address {
         match metrics::serve(addr, d.ctx.metrics.clone(), stop_rx).await {
@@ -496,8 +523,14 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 None => break,
             },
             _ = tokio::time::sleep_until(deadline.into()) => d.on_timers(),
-            _ = tick.tick() => d.resync().await,
+            _ = tick.tick() => {
+                d.resync().await;
+                if let Some(ns) = &mut d.node_state {
+                    ns.refresh_allocations().await;
+                }
+            }
         }
+        d.publish_node_state();
     }
     d.shutdown().await;
     let _ = stop_metrics.send(true);

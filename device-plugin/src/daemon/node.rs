@@ -144,6 +144,7 @@ impl Daemon {
             Err(e) => {
                 self.ctx.metrics.error("discovery");
                 tracing::error!("discovery failed: {e}; keeping the devices known so far");
+                self.last_error = Some(format!("discovery failed: {e}"));
                 return;
             }
         };

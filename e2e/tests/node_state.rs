@@ -1,0 +1,237 @@
+//! The daemon publishes `SriovNodeState` when it runs in a cluster: the real daemon process on
+//! a simulated node, a kubelet emulator (whose pod resources API reports an allocation), and an
+//! in-test HTTP server standing in for the Kubernetes API server (there is none here). The
+//! server answers as the API server does and records what it was sent.
+//!
+//! Its own test binary: the daemon inherits this process's environment (in-cluster variables,
+//! KUBECONFIG), which must not leak into other tests.
+
+use serde_json::{json, Value};
+use sriov_e2e::kubelet::{DaemonArgs, DaemonProcess, KubeletEmulator, RegistrationMode};
+use sriov_e2e::sim::{unique_name, SimNode, SimSpec};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const NODE: &str = "worker-1";
+
+#[derive(Default)]
+struct Api {
+    /// The SriovNodeState object as stored (None until created).
+    object: Option<Value>,
+    /// (method, path with query, content type, body)
+    requests: Vec<(String, String, String, Value)>,
+}
+
+fn respond(stream: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
+    let text = body.to_string();
+    write!(
+        stream,
+        "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+        text.len()
+    )
+}
+
+fn serve_connection(stream: TcpStream, api: Arc<Mutex<Api>>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut stream = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (
+            parts.next().unwrap_or("").to_string(),
+            parts.next().unwrap_or("").to_string(),
+        );
+        let (mut len, mut ctype) = (0usize, String::new());
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                match k.to_ascii_lowercase().as_str() {
+                    "content-length" => len = v.trim().parse().unwrap_or(0),
+                    "content-type" => ctype = v.trim().to_string(),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body)?;
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let mut api = api.lock().unwrap();
+        api.requests
+            .push((method.clone(), path.clone(), ctype, body.clone()));
+        let route = path.split('?').next().unwrap_or("");
+        let node = json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": NODE, "uid": "0c4f-node-uid", "labels": {}}});
+        let state_path = format!("/apis/sriov-rs.io/v1alpha1/sriovnodestates/{NODE}");
+        let (code, out) = match (method.as_str(), route) {
+            ("GET", r) if r == format!("/api/v1/nodes/{NODE}") => (200, node),
+            ("PATCH", r) if r == format!("/api/v1/nodes/{NODE}") => (200, node),
+            ("PATCH", r) if r == state_path => {
+                api.object = Some(body.clone());
+                (200, body)
+            }
+            // Like the API server: the status lands in the stored object, which is returned.
+            ("PATCH", r) if r == format!("{state_path}/status") && api.object.is_some() => {
+                let object = api.object.as_mut().unwrap();
+                object["status"] = body["status"].clone();
+                (200, object.clone())
+            }
+            _ => (
+                404,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "reason": "NotFound", "code": 404, "message": format!("{route} not found")}),
+            ),
+        };
+        drop(api);
+        respond(&mut stream, code, &out)?;
+    }
+}
+
+fn start_api() -> (u16, Arc<Mutex<Api>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let api = Arc::new(Mutex::new(Api::default()));
+    let shared = api.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let api = shared.clone();
+            std::thread::spawn(move || serve_connection(stream, api));
+        }
+    });
+    (port, api)
+}
+
+/// The newest status body the daemon applied.
+fn last_status(api: &Mutex<Api>) -> Option<Value> {
+    let api = api.lock().unwrap();
+    api.requests
+        .iter()
+        .rev()
+        .find(|(m, p, _, _)| m == "PATCH" && p.contains("/status?"))
+        .map(|(_, _, _, b)| b["status"].clone())
+}
+
+fn wait_status(api: &Mutex<Api>, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = last_status(api).filter(|s| ok(s)) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no status with {what}; last: {:?}",
+            last_status(api)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn daemon_publishes_node_state_in_a_cluster() {
+    let lab = SimNode::up(&SimSpec::new(unique_name("nstate")).pfs(2).vfs(4)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (port, api) = start_api();
+    let kubeconfig = tmp.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+             users:\n- name: t\n  user: {{}}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\n"
+        ),
+    )
+    .unwrap();
+    // What a pod in a cluster sees; the daemon inherits it.
+    std::env::set_var("KUBERNETES_SERVICE_HOST", "127.0.0.1");
+    std::env::set_var("KUBERNETES_SERVICE_PORT", port.to_string());
+    std::env::set_var("KUBECONFIG", &kubeconfig);
+    std::env::set_var("NODE_NAME", NODE);
+
+    let kubelet_dir = tmp.path().join("kubelet");
+    let kubelet = KubeletEmulator::start(&kubelet_dir, RegistrationMode::KubeletSocket).unwrap();
+    let args = DaemonArgs {
+        config: tmp.path().join("missing-config.json"),
+        sysfs_root: lab.sysfs_root().to_path_buf(),
+        kubelet_dir,
+        devinfo_dir: tmp.path().join("devinfo"),
+        dev_root: lab.paths().dev(),
+        netns: Some(lab.netns_path().to_path_buf()),
+        metrics_address: None,
+        extra: vec!["--resync-seconds".into(), "1".into()],
+    };
+    let bin = sriov_e2e::workspace_binary("sriov-device-plugin");
+    let mut daemon = DaemonProcess::spawn(&bin, &args, &tmp.path().join("daemon.log")).unwrap();
+
+    // First publish: the object (owned by the node), its status, the node label.
+    let status = wait_status(&api, "two pools", |s| {
+        s["pools"].as_array().is_some_and(|p| p.len() == 2)
+    });
+    assert_eq!(
+        status["pools"][0],
+        json!({"name": "intel.com/ens1f0", "vfs": 4, "healthy": 4, "allocated": 0})
+    );
+    assert_eq!(status["summary"]["adapters"], "eno1,ens1f0,ens2f0");
+    let pf = &status["pfs"][1];
+    assert_eq!(
+        (
+            pf["name"].as_str(),
+            pf["sriov"].as_str(),
+            pf["vfsEnabled"].as_u64()
+        ),
+        (Some("ens1f0"), Some("Enabled"), Some(4))
+    );
+    // The label follows the status in the same publish.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let is_label = |(m, p, _, _): &(String, String, String, Value)| {
+        m == "PATCH" && p.starts_with(&format!("/api/v1/nodes/{NODE}"))
+    };
+    while !api.lock().unwrap().requests.iter().any(is_label) {
+        assert!(Instant::now() < deadline, "no node label patch");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    {
+        let api = api.lock().unwrap();
+        let label = api.requests.iter().find(|r| is_label(r)).unwrap();
+        assert_eq!(label.2, "application/merge-patch+json");
+        assert_eq!(
+            label.3["metadata"]["labels"]["feature.node.kubernetes.io/network-sriov.capable"],
+            "true"
+        );
+        let apply = api
+            .requests
+            .iter()
+            .find(|(m, p, _, _)| m == "PATCH" && p.contains("/status?"))
+            .unwrap();
+        assert_eq!(apply.2, "application/apply-patch+yaml");
+        assert!(apply.1.contains("fieldManager=sriov-rs"), "{}", apply.1);
+    }
+
+    // A pod gets a VF: kubelet's pod resources API reports it; the next update says so.
+    kubelet
+        .wait_devices("intel.com/ens1f0", Duration::from_secs(10), |d| {
+            d.len() == 4
+        })
+        .unwrap();
+    kubelet
+        .allocate_pod(
+            "pod-a",
+            "default",
+            "app",
+            "intel.com/ens1f0",
+            &["0000:3b:02.0".into()],
+        )
+        .unwrap();
+    let status = wait_status(&api, "an allocation", |s| s["pools"][0]["allocated"] == 1);
+    assert_eq!(status["summary"]["allocated"], 1);
+    let n = api.lock().unwrap().requests.len();
+    daemon.terminate(Duration::from_secs(5));
+    assert!(n < 20, "too many API requests for two changes: {n}");
+}
