@@ -22,4 +22,8 @@ fi
 # Remove labs left behind by a killed earlier run (their owner process is gone).
 cargo run --locked -q -p sriov-e2e --bin sriov-lab -- gc || true
 
+# CNI end-to-end tests: Debian's containernetworking-plugins (static, host-local, host-device),
+# podman and runc, busybox-static.
+e2e/scripts/install-cni-test-deps.sh
+
 cargo test --workspace --locked "$@"

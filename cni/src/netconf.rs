@@ -9,60 +9,19 @@ use serde_json::{Map, Value};
 use sriov::names::PciAddress;
 use std::path::PathBuf;
 
-/// `vlanProto`
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VlanProto {
-    Dot1Q,
-    Dot1Ad,
-}
+pub use sriov::netlink::{MacAddr, VfLinkState as LinkState, VlanProto};
 
-/// `link_state`
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkState {
-    Auto,
-    Enable,
-    Disable,
-}
-
-/// A validated MAC address, lower case.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mac(pub [u8; 6]);
-
-impl Mac {
-    pub fn parse(s: &str) -> Option<Mac> {
-        let parts: Vec<&str> = s.split(':').collect();
-        if parts.len() != 6 {
-            return None;
-        }
-        let mut out = [0u8; 6];
-        for (i, p) in parts.iter().enumerate() {
-            if p.len() != 2 {
-                return None;
-            }
-            out[i] = u8::from_str_radix(p, 16).ok()?;
-        }
-        Some(Mac(out))
-    }
-
-    /// Multicast or all-zero MACs cannot be a VF's address.
-    pub fn is_unicast(&self) -> bool {
-        self.0[0] & 1 == 0 && self.0 != [0; 6]
-    }
-}
-
-impl std::fmt::Display for Mac {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
+/// Multicast or all-zero MACs cannot be a VF's address.
+pub fn is_unicast(mac: &MacAddr) -> bool {
+    mac.0[0] & 1 == 0 && !mac.is_zero()
 }
 
 /// Default folder for the plugin's per-VF state and locks.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/sriov-rs";
+/// Default device plugin config, for pools claimed without Kubernetes.
+pub const DEFAULT_POOL_CONFIG: &str = "/etc/pcidp/config.json";
+/// Default kubelet pod resources socket.
+pub const DEFAULT_POD_RESOURCES_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
 
 /// The parsed network configuration.
 #[derive(Debug, Clone)]
@@ -77,7 +36,7 @@ pub struct NetConf {
     pub vlan_qos: Option<u8>,
     pub vlan_proto: Option<VlanProto>,
     /// From `mac` or `runtimeConfig.mac` (CNI_ARGS `MAC=` is applied by the caller).
-    pub mac: Option<Mac>,
+    pub mac: Option<MacAddr>,
     pub spoofchk: Option<bool>,
     pub trust: Option<bool>,
     pub link_state: Option<LinkState>,
@@ -94,6 +53,10 @@ pub struct NetConf {
     pub device_info_file: Option<PathBuf>,
     pub sysfs_root: PathBuf,
     pub state_dir: PathBuf,
+    /// `poolConfig`: the device plugin config naming the pools (`resourceName` without Kubernetes).
+    pub pool_config: PathBuf,
+    /// `podResourcesSocket`: kubelet's pod resources API.
+    pub pod_resources_socket: PathBuf,
     /// `prevResult` (CHECK, and DEL from some runtimes).
     pub prev_result: Option<Value>,
     /// The whole config as received, for IPAM delegation.
@@ -117,7 +80,10 @@ fn opt_uint(obj: &Map<String, Value>, key: &str, max: u64) -> Result<Option<u64>
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
             Some(n) if n <= max => Ok(Some(n)),
-            _ => Err(bad(key, format!("must be an integer from 0 to {max}, got {v}"))),
+            _ => Err(bad(
+                key,
+                format!("must be an integer from 0 to {max}, got {v}"),
+            )),
         },
     }
 }
@@ -127,15 +93,22 @@ fn on_off(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, CniError>
         None => Ok(None),
         Some("on") => Ok(Some(true)),
         Some("off") => Ok(Some(false)),
-        Some(other) => Err(bad(key, format!("must be \"on\" or \"off\", got {other:?}"))),
+        Some(other) => Err(bad(
+            key,
+            format!("must be \"on\" or \"off\", got {other:?}"),
+        )),
     }
 }
 
-fn parse_mac(field: &str, s: &str) -> Result<Mac, CniError> {
-    match Mac::parse(s) {
-        Some(m) if m.is_unicast() => Ok(m),
-        Some(_) => Err(bad(field, format!("{s} is not a unicast MAC address"))),
-        None => Err(bad(field, format!("{s:?} is not a MAC address such as 02:00:00:00:00:01"))),
+/// Parses a MAC the way every source spells it (`mac`, `runtimeConfig.mac`, CNI_ARGS `MAC=`).
+pub fn parse_mac(field: &str, s: &str) -> Result<MacAddr, CniError> {
+    match s.parse::<MacAddr>() {
+        Ok(m) if is_unicast(&m) => Ok(m),
+        Ok(_) => Err(bad(field, format!("{s} is not a unicast MAC address"))),
+        Err(_) => Err(bad(
+            field,
+            format!("{s:?} is not a MAC address such as 02:00:00:00:00:01"),
+        )),
     }
 }
 
@@ -147,13 +120,19 @@ impl NetConf {
     /// Parses stdin. JSON errors are decode failures (6); wrong values are invalid config (7).
     pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
         let value: Value = serde_json::from_slice(stdin).map_err(|e| {
-            CniError::new(ErrorCode::Decode, format!("network config is not valid JSON: {e}"))
+            CniError::new(
+                ErrorCode::Decode,
+                format!("network config is not valid JSON: {e}"),
+            )
         })?;
         let Value::Object(obj) = value else {
-            return Err(CniError::new(ErrorCode::Decode, "network config must be a JSON object"));
+            return Err(CniError::new(
+                ErrorCode::Decode,
+                "network config must be a JSON object",
+            ));
         };
-        let version_str = opt_str(&obj, "cniVersion", "")?
-            .ok_or_else(|| bad("cniVersion", "is required"))?;
+        let version_str =
+            opt_str(&obj, "cniVersion", "")?.ok_or_else(|| bad("cniVersion", "is required"))?;
         let cni_version = CniVersion::parse(&version_str)?;
         let name = opt_str(&obj, "name", "")?.unwrap_or_default();
         let empty = Map::new();
@@ -177,20 +156,29 @@ impl NetConf {
 
         let vlan = opt_uint(&obj, "vlan", 4094)?.map(|v| v as u16);
         let vlan_qos = opt_uint(&obj, "vlanQoS", 7)?.map(|v| v as u8);
-        let vlan_proto = match opt_str(&obj, "vlanProto", "")?.map(|s| s.to_ascii_lowercase()).as_deref() {
-            None => None,
-            Some("802.1q") => Some(VlanProto::Dot1Q),
-            Some("802.1ad") => Some(VlanProto::Dot1Ad),
-            Some(other) => return Err(bad("vlanProto", format!("must be 802.1q or 802.1ad, got {other:?}"))),
-        };
+        let vlan_proto =
+            match opt_str(&obj, "vlanProto", "")? {
+                None => None,
+                Some(p) => Some(p.parse::<VlanProto>().map_err(|_| {
+                    bad("vlanProto", format!("must be 802.1q or 802.1ad, got {p:?}"))
+                })?),
+            };
         if vlan.is_none() && (vlan_qos.is_some_and(|q| q != 0) || vlan_proto.is_some()) {
             return Err(bad("vlanQoS/vlanProto", "need vlan to be set"));
         }
-        if vlan == Some(0) && (vlan_qos.is_some_and(|q| q != 0) || vlan_proto == Some(VlanProto::Dot1Ad)) {
-            return Err(bad("vlan", "0 clears the VLAN: vlanQoS and 802.1ad need a VLAN id"));
+        if vlan == Some(0)
+            && (vlan_qos.is_some_and(|q| q != 0) || vlan_proto == Some(VlanProto::Dot1Ad))
+        {
+            return Err(bad(
+                "vlan",
+                "0 clears the VLAN: vlanQoS and 802.1ad need a VLAN id",
+            ));
         }
 
-        let mac = match (opt_str(rc, "mac", "runtimeConfig.")?, opt_str(&obj, "mac", "")?) {
+        let mac = match (
+            opt_str(rc, "mac", "runtimeConfig.")?,
+            opt_str(&obj, "mac", "")?,
+        ) {
             (Some(m), _) => Some(parse_mac("runtimeConfig.mac", &m)?),
             (None, Some(m)) => Some(parse_mac("mac", &m)?),
             (None, None) => None,
@@ -201,14 +189,20 @@ impl NetConf {
             Some("enable") => Some(LinkState::Enable),
             Some("disable") => Some(LinkState::Disable),
             Some(other) => {
-                return Err(bad("link_state", format!("must be auto, enable or disable, got {other:?}")))
+                return Err(bad(
+                    "link_state",
+                    format!("must be auto, enable or disable, got {other:?}"),
+                ))
             }
         };
         let min_tx_rate = opt_uint(&obj, "min_tx_rate", u32::MAX as u64)?.map(|v| v as u32);
         let max_tx_rate = opt_uint(&obj, "max_tx_rate", u32::MAX as u64)?.map(|v| v as u32);
         if let (Some(min), Some(max)) = (min_tx_rate, max_tx_rate) {
             if max != 0 && min > max {
-                return Err(bad("min_tx_rate", format!("{min} is above max_tx_rate {max}")));
+                return Err(bad(
+                    "min_tx_rate",
+                    format!("{min} is above max_tx_rate {max}"),
+                ));
             }
         }
         let mtu = opt_uint(&obj, "mtu", 65535)?.map(|v| v as u32);
@@ -229,18 +223,27 @@ impl NetConf {
             Some(Value::Object(o)) => {
                 match o.get("type").and_then(Value::as_str) {
                     Some(t) if sriov::names::is_plain_file_name(t) => {}
-                    _ => return Err(bad("ipam.type", "must name an IPAM plugin (a plain file name)")),
+                    _ => {
+                        return Err(bad(
+                            "ipam.type",
+                            "must name an IPAM plugin (a plain file name)",
+                        ))
+                    }
                 }
                 Some(o.clone())
             }
             Some(_) => return Err(bad("ipam", "must be an object")),
         };
         let resource_name = opt_str(&obj, "resourceName", "")?;
-        let device_info_file = opt_str(rc, "CNIDeviceInfoFile", "runtimeConfig.")?.map(PathBuf::from);
+        let device_info_file =
+            opt_str(rc, "CNIDeviceInfoFile", "runtimeConfig.")?.map(PathBuf::from);
         let abs = |key: &str, default: &str| -> Result<PathBuf, CniError> {
             let p = PathBuf::from(opt_str(&obj, key, "")?.unwrap_or_else(|| default.to_string()));
             if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
-                return Err(bad(key, format!("{} must be an absolute path without '..'", p.display())));
+                return Err(bad(
+                    key,
+                    format!("{} must be an absolute path without '..'", p.display()),
+                ));
             }
             Ok(p)
         };
@@ -267,6 +270,8 @@ impl NetConf {
             device_info_file,
             sysfs_root: abs("sysfsRoot", "/sys")?,
             state_dir: abs("stateDir", DEFAULT_STATE_DIR)?,
+            pool_config: abs("poolConfig", DEFAULT_POOL_CONFIG)?,
+            pod_resources_socket: abs("podResourcesSocket", DEFAULT_POD_RESOURCES_SOCKET)?,
             prev_result: obj.get("prevResult").cloned().filter(|v| !v.is_null()),
             raw: obj,
         })
@@ -291,7 +296,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.device_id.unwrap().to_string(), "0000:3b:02.1");
-        assert_eq!((c.vlan, c.vlan_qos, c.vlan_proto), (Some(100), Some(3), Some(VlanProto::Dot1Q)));
+        assert_eq!(
+            (c.vlan, c.vlan_qos, c.vlan_proto),
+            (Some(100), Some(3), Some(VlanProto::Dot1Q))
+        );
         assert_eq!(c.mac.unwrap().to_string(), "02:00:00:00:00:aa");
         assert_eq!((c.spoofchk, c.trust), (Some(false), Some(true)));
         assert_eq!(c.link_state, Some(LinkState::Enable));
@@ -315,30 +323,102 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         let cases = [
-            (r#"{"cniVersion":"1.0.0","deviceID":"../../x"}"#, ErrorCode::InvalidConfig, "deviceID: invalid PCI address"),
-            (r#"{"cniVersion":"9.9.9"}"#, ErrorCode::IncompatibleVersion, "9.9.9"),
-            (r#"{"name":"x"}"#, ErrorCode::InvalidConfig, "cniVersion: is required"),
-            (r#"{"cniVersion":"1.0.0","vlan":4095}"#, ErrorCode::InvalidConfig, "vlan: must be an integer from 0 to 4094"),
-            (r#"{"cniVersion":"1.0.0","vlan":"10"}"#, ErrorCode::InvalidConfig, "vlan: must be an integer"),
-            (r#"{"cniVersion":"1.0.0","vlanQoS":2}"#, ErrorCode::InvalidConfig, "need vlan"),
-            (r#"{"cniVersion":"1.0.0","vlan":5,"vlanProto":"qinq"}"#, ErrorCode::InvalidConfig, "vlanProto"),
-            (r#"{"cniVersion":"1.0.0","mac":"zz"}"#, ErrorCode::InvalidConfig, "mac: \"zz\" is not a MAC"),
-            (r#"{"cniVersion":"1.0.0","mac":"01:00:5e:00:00:01"}"#, ErrorCode::InvalidConfig, "not a unicast"),
-            (r#"{"cniVersion":"1.0.0","spoofchk":"yes"}"#, ErrorCode::InvalidConfig, "spoofchk: must be \"on\" or \"off\""),
-            (r#"{"cniVersion":"1.0.0","link_state":"up"}"#, ErrorCode::InvalidConfig, "link_state"),
-            (r#"{"cniVersion":"1.0.0","min_tx_rate":10,"max_tx_rate":5}"#, ErrorCode::InvalidConfig, "min_tx_rate: 10 is above"),
-            (r#"{"cniVersion":"1.0.0","mtuLock":true}"#, ErrorCode::InvalidConfig, "mtuLock: needs mtu"),
-            (r#"{"cniVersion":"1.0.0","mtu":20}"#, ErrorCode::InvalidConfig, "mtu"),
-            (r#"{"cniVersion":"1.0.0","ipam":{"type":"../bin/sh"}}"#, ErrorCode::InvalidConfig, "ipam.type"),
-            (r#"{"cniVersion":"1.0.0","stateDir":"relative"}"#, ErrorCode::InvalidConfig, "stateDir"),
-            (r#"{"cniVersion":"1.0.0","sysfsRoot":"/a/../etc"}"#, ErrorCode::InvalidConfig, "sysfsRoot"),
+            (
+                r#"{"cniVersion":"1.0.0","deviceID":"../../x"}"#,
+                ErrorCode::InvalidConfig,
+                "deviceID: invalid PCI address",
+            ),
+            (
+                r#"{"cniVersion":"9.9.9"}"#,
+                ErrorCode::IncompatibleVersion,
+                "9.9.9",
+            ),
+            (
+                r#"{"name":"x"}"#,
+                ErrorCode::InvalidConfig,
+                "cniVersion: is required",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","vlan":4095}"#,
+                ErrorCode::InvalidConfig,
+                "vlan: must be an integer from 0 to 4094",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","vlan":"10"}"#,
+                ErrorCode::InvalidConfig,
+                "vlan: must be an integer",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","vlanQoS":2}"#,
+                ErrorCode::InvalidConfig,
+                "need vlan",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","vlan":5,"vlanProto":"qinq"}"#,
+                ErrorCode::InvalidConfig,
+                "vlanProto",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","mac":"zz"}"#,
+                ErrorCode::InvalidConfig,
+                "mac: \"zz\" is not a MAC",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","mac":"01:00:5e:00:00:01"}"#,
+                ErrorCode::InvalidConfig,
+                "not a unicast",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","spoofchk":"yes"}"#,
+                ErrorCode::InvalidConfig,
+                "spoofchk: must be \"on\" or \"off\"",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","link_state":"up"}"#,
+                ErrorCode::InvalidConfig,
+                "link_state",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","min_tx_rate":10,"max_tx_rate":5}"#,
+                ErrorCode::InvalidConfig,
+                "min_tx_rate: 10 is above",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","mtuLock":true}"#,
+                ErrorCode::InvalidConfig,
+                "mtuLock: needs mtu",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","mtu":20}"#,
+                ErrorCode::InvalidConfig,
+                "mtu",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","ipam":{"type":"../bin/sh"}}"#,
+                ErrorCode::InvalidConfig,
+                "ipam.type",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","stateDir":"relative"}"#,
+                ErrorCode::InvalidConfig,
+                "stateDir",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","sysfsRoot":"/a/../etc"}"#,
+                ErrorCode::InvalidConfig,
+                "sysfsRoot",
+            ),
             (r#"{"cniVersion":"#, ErrorCode::Decode, "not valid JSON"),
             (r#"[1]"#, ErrorCode::Decode, "must be a JSON object"),
         ];
         for (text, code, want) in cases {
             let e = parse(text).unwrap_err();
             assert_eq!(e.code, code, "{text}: {e}");
-            assert!(e.msg.contains(want), "{text}\n got:  {}\n want: {want}", e.msg);
+            assert!(
+                e.msg.contains(want),
+                "{text}\n got:  {}\n want: {want}",
+                e.msg
+            );
         }
     }
 }

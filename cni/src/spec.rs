@@ -76,10 +76,24 @@ impl Command {
             other => {
                 return Err(CniError::new(
                     ErrorCode::InvalidEnv,
-                    format!("CNI_COMMAND: unknown command {other:?} (ADD, DEL, CHECK, VERSION, STATUS, GC)"),
+                    format!(
+                    "CNI_COMMAND: unknown command {other:?} (ADD, DEL, CHECK, VERSION, STATUS, GC)"
+                ),
                 ))
             }
         })
+    }
+
+    /// As `CNI_COMMAND` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Add => "ADD",
+            Command::Del => "DEL",
+            Command::Check => "CHECK",
+            Command::Version => "VERSION",
+            Command::Status => "STATUS",
+            Command::Gc => "GC",
+        }
     }
 
     /// The oldest spec version that has this command.
@@ -89,6 +103,12 @@ impl Command {
             Command::Status | Command::Gc => CniVersion::V110,
             _ => CniVersion::V030,
         }
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -194,8 +214,14 @@ mod tests {
         assert!(j["msg"].as_str().unwrap().contains("0.2.0"));
         assert!(j.get("details").is_none());
         assert!(CniVersion::V030 < CniVersion::V110);
-        assert_eq!(Command::parse("CHECK").unwrap().min_version(), CniVersion::V040);
-        assert_eq!(Command::parse("add").unwrap_err().code, ErrorCode::InvalidEnv);
+        assert_eq!(
+            Command::parse("CHECK").unwrap().min_version(),
+            CniVersion::V040
+        );
+        assert_eq!(
+            Command::parse("add").unwrap_err().code,
+            ErrorCode::InvalidEnv
+        );
         let v: serde_json::Value = serde_json::from_str(&version_json("1.0.0")).unwrap();
         assert_eq!(v["supportedVersions"].as_array().unwrap().len(), 5);
     }

@@ -5,6 +5,7 @@ pub mod bins;
 pub mod demo;
 pub mod guest_checks;
 pub mod kubelet;
+pub mod ping;
 pub mod sim;
 pub mod vm;
 

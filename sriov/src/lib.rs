@@ -14,6 +14,7 @@
 //! - [`netlink`]: a small synchronous rtnetlink socket (links, netns moves, VF settings).
 //! - [`state`]: the CNI's crash-safe per-VF records and locks.
 //! - [`vf_attach`]: the CNI dataplane: save, attach, restore a VF.
+//! - [`mtu_lock`]: enforcing `mtuLock` MTUs in pods (driven by the node daemon).
 
 pub mod allocation;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod devinfo;
 pub mod discovery;
 pub mod health;
 pub mod linkwatch;
+pub mod mtu_lock;
 pub mod names;
 pub mod netlink;
 pub mod pools;

@@ -1,0 +1,88 @@
+//! GC: release the VF and IPAM allocation of every attachment of this network that is not in
+//! `cni.dev/valid-attachments`.
+
+use super::del::release;
+use super::{joined, state_err, Ctx};
+use crate::spec::{CniError, ErrorCode};
+use serde_json::Value;
+
+/// `{containerID, ifname}` pairs from `cni.dev/valid-attachments`.
+fn valid_attachments(ctx: &Ctx) -> Result<Vec<(String, String)>, CniError> {
+    let key = "cni.dev/valid-attachments";
+    let list = ctx
+        .conf
+        .raw
+        .get(key)
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            CniError::config(format!(
+                "{key}: required for GC (a list of {{containerID, ifname}})"
+            ))
+        })?;
+    list.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let field = |f: &str| {
+                a.get(f)
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| CniError::config(format!("{key}[{i}].{f}: must be a string")))
+            };
+            Ok((field("containerID")?, field("ifname")?))
+        })
+        .collect()
+}
+
+pub fn gc(ctx: &Ctx) -> Result<Value, CniError> {
+    let valid = valid_attachments(ctx)?;
+    let is_valid = |cid: &str, ifname: &str| valid.iter().any(|(c, i)| c == cid && i == ifname);
+    let mut errors: Vec<String> = Vec::new();
+    for record in ctx.state.records().map_err(state_err)? {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        if record.owner.network != ctx.conf.name
+            || is_valid(&record.owner.container_id, &record.owner.ifname)
+        {
+            continue;
+        }
+        let lock = ctx.state.lock_vf(record.pci).map_err(state_err)?;
+        // Re-read under the lock: a DEL may have finished, or a new ADD taken the VF.
+        let Some(current) = ctx.state.load(&record.pci).map_err(state_err)? else {
+            continue;
+        };
+        if current.owner != record.owner {
+            continue;
+        }
+        tracing::info!(
+            "GC: releasing VF {} of container {} ({})",
+            current.pci,
+            current.owner.container_id,
+            current.owner.ifname
+        );
+        if current.ipam {
+            if let Err(e) = ctx.ipam_del(
+                &current.owner.container_id,
+                &current.owner.ifname,
+                current.owner.netns.as_deref(),
+            ) {
+                errors.push(e.msg);
+            }
+        }
+        if let Err(e) = release(ctx, &current, &lock, None) {
+            errors.push(e);
+        }
+    }
+    if errors.is_empty() {
+        Ok(Value::Null)
+    } else {
+        Err(CniError::new(
+            ErrorCode::Dataplane,
+            format!("GC: {}", joined(&errors)),
+        ))
+    }
+}

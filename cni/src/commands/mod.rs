@@ -1,0 +1,175 @@
+//! The CNI commands. Each takes a [`Ctx`] and returns the JSON to print or a [`CniError`]; the
+//! process boundary (`main.rs`) prints either and picks the exit code.
+
+mod add;
+mod check;
+mod del;
+mod gc;
+mod status;
+
+pub use add::add;
+pub use check::check;
+pub use del::del;
+pub use gc::gc;
+pub use status::status;
+
+use crate::env::CniEnv;
+use crate::ipam::IpamCall;
+use crate::netconf::NetConf;
+use crate::spec::{CniError, CniVersion, ErrorCode};
+use serde_json::Value;
+use sriov::netlink::{NetlinkError, Netns};
+use sriov::state::{StateDir, StateError, VfRecord};
+use sriov::sysfs::Sysfs;
+use sriov::vf_attach::AttachError;
+
+/// Everything one invocation works with.
+pub struct Ctx {
+    pub conf: NetConf,
+    pub env: CniEnv,
+    pub state: StateDir,
+    pub sysfs: Sysfs,
+    /// The config sent to the IPAM plugin: the one we got, with `cniVersion` 1.1.0 lowered to
+    /// 1.0.0 (same IPAM result shape; Debian's plugins stop at 1.0.0).
+    pub ipam_config: Vec<u8>,
+}
+
+impl Ctx {
+    pub fn new(conf: NetConf, env: CniEnv, stdin: &[u8]) -> Ctx {
+        let ipam_config = if conf.ipam.is_some() && conf.cni_version == CniVersion::V110 {
+            let mut raw = conf.raw.clone();
+            raw.insert("cniVersion".into(), Value::String("1.0.0".into()));
+            if let Some(Value::Object(prev)) = raw.get_mut("prevResult") {
+                prev.insert("cniVersion".into(), Value::String("1.0.0".into()));
+            }
+            serde_json::to_vec(&raw).unwrap_or_else(|_| stdin.to_vec())
+        } else {
+            stdin.to_vec()
+        };
+        Ctx {
+            state: StateDir::new(&conf.state_dir),
+            sysfs: Sysfs::new(&conf.sysfs_root),
+            conf,
+            env,
+            ipam_config,
+        }
+    }
+
+    /// The IPAM plugin, if the config has one.
+    pub fn ipam(&self) -> Option<IpamCall<'_>> {
+        let plugin = self.conf.ipam.as_ref()?.get("type")?.as_str()?;
+        Some(IpamCall {
+            plugin,
+            env: &self.env,
+            config: &self.ipam_config,
+        })
+    }
+
+    /// IPAM DEL for an attachment (best effort: the caller collects the error).
+    pub fn ipam_del(
+        &self,
+        container_id: &str,
+        ifname: &str,
+        netns: Option<&std::path::Path>,
+    ) -> Result<(), CniError> {
+        match self.ipam() {
+            Some(call) => call.run("DEL", container_id, ifname, netns).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+}
+
+pub(crate) fn state_err(e: StateError) -> CniError {
+    CniError::new(ErrorCode::Io, e.to_string())
+}
+
+pub(crate) fn netlink_err(what: &str) -> impl FnOnce(NetlinkError) -> CniError + '_ {
+    move |e| CniError::new(ErrorCode::Dataplane, format!("{what}: {e}"))
+}
+
+/// One mapping from dataplane errors to CNI codes.
+pub(crate) fn attach_err(
+    pci: &sriov::names::PciAddress,
+) -> impl FnOnce(AttachError) -> CniError + '_ {
+    move |e| {
+        let code = match &e {
+            AttachError::Busy(_) => ErrorCode::VfBusy,
+            AttachError::Invalid(_) => ErrorCode::InvalidConfig,
+            _ => ErrorCode::Dataplane,
+        };
+        let msg = e.to_string();
+        if msg.starts_with("VF ") || msg.contains(&pci.to_string()) {
+            CniError::new(code, msg)
+        } else {
+            CniError::new(code, format!("VF {pci}: {msg}"))
+        }
+    }
+}
+
+/// Whether the record's owner still has its namespace (a live pod owns the VF).
+pub(crate) fn owner_alive(record: &VfRecord) -> bool {
+    !record.orphaned
+        && record
+            .owner
+            .netns
+            .as_ref()
+            .is_some_and(|p| Netns::open(p).is_ok())
+}
+
+/// Joins collected errors into one message.
+pub(crate) fn joined<E: std::fmt::Display>(errors: &[E]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// One invocation, from the raw inputs: returns the `cniVersion` to print errors in and the
+/// outcome (`Ok(None)`: success without output).
+pub fn run(
+    command: &str,
+    stdin: &[u8],
+    get_env: impl Fn(&str) -> Option<String>,
+) -> (String, Result<Option<String>, CniError>) {
+    let requested = serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
+        .filter(|v| crate::spec::SUPPORTED_VERSIONS.contains(&v.as_str()));
+    let version = requested.clone().unwrap_or_else(|| "1.1.0".into());
+    let outcome = (|| {
+        let command = crate::spec::Command::parse(command)?;
+        if command == crate::spec::Command::Version {
+            return Ok(Some(crate::spec::version_json(&version)));
+        }
+        let conf = NetConf::parse(stdin)?;
+        crate::logging::init(conf.log_level.as_deref(), conf.log_file.as_deref());
+        if conf.cni_version < command.min_version() {
+            return Err(CniError::new(
+                ErrorCode::IncompatibleVersion,
+                format!(
+                    "cniVersion: {command} needs {} or newer, got {}",
+                    command.min_version(),
+                    conf.cni_version
+                ),
+            ));
+        }
+        let env = CniEnv::load(command, &get_env)?;
+        let ctx = Ctx::new(conf, env, stdin);
+        let out = match command {
+            crate::spec::Command::Add => add(&ctx),
+            crate::spec::Command::Del => del(&ctx),
+            crate::spec::Command::Check => check(&ctx),
+            crate::spec::Command::Gc => gc(&ctx),
+            crate::spec::Command::Status => status(&ctx),
+            crate::spec::Command::Version => unreachable!("answered above"),
+        };
+        if let Err(e) = &out {
+            tracing::error!("{command} {} {}: {e}", ctx.env.container_id, ctx.env.ifname);
+        }
+        crate::fault::point("result");
+        let out = out?;
+        Ok((!out.is_null()).then(|| out.to_string()))
+    })();
+    (version, outcome)
+}

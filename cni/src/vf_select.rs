@@ -1,0 +1,201 @@
+//! Which VF an ADD gets:
+//!
+//! 1. `deviceID` / `runtimeConfig.deviceID` / `pciBusID` (Multus, or a NAD naming one VF);
+//! 2. `resourceName` with `K8S_POD_NAME` and `K8S_POD_NAMESPACE`: the pod's VFs of that resource
+//!    from kubelet's pod resources API (works without Multus), the first one not yet attached;
+//! 3. `resourceName` without Kubernetes (podman): a free VF of that pool of the device plugin
+//!    config (`poolConfig`), claimed under its lock so parallel ADDs never pick the same VF.
+//!
+//! The VF comes back with its lock held.
+
+use crate::env::CniEnv;
+use crate::netconf::NetConf;
+use crate::spec::{CniError, ErrorCode};
+use sriov::names::PciAddress;
+use sriov::state::{StateDir, VfLock};
+use sriov::sysfs::Sysfs;
+use std::time::Duration;
+
+fn state_err(e: sriov::state::StateError) -> CniError {
+    CniError::new(ErrorCode::Io, e.to_string())
+}
+
+/// Picks and locks the VF for this ADD.
+pub fn select(
+    conf: &NetConf,
+    env: &CniEnv,
+    state: &StateDir,
+    sysfs: &Sysfs,
+) -> Result<(PciAddress, VfLock), CniError> {
+    if let Some(pci) = conf.device_id {
+        return Ok((pci, state.lock_vf(pci).map_err(state_err)?));
+    }
+    let Some(resource) = conf.resource_name.as_deref() else {
+        return Err(CniError::config(
+            "deviceID: no VF given: set deviceID (Multus passes it as runtimeConfig.deviceID), or resourceName",
+        ));
+    };
+    if let Some((pod, namespace)) = env.args.pod() {
+        let ids = pod_resources(conf, pod, namespace, resource)?;
+        return pick_for_pod(state, env, &ids, resource, pod, namespace);
+    }
+    claim_from_pool(conf, state, sysfs, resource)
+}
+
+/// Multus' order: the pod's device IDs of the resource, sorted; the first one without a record
+/// (or whose record is this attachment's, e.g. after a failed ADD) is ours.
+fn pick_for_pod(
+    state: &StateDir,
+    env: &CniEnv,
+    ids: &[PciAddress],
+    resource: &str,
+    pod: &str,
+    namespace: &str,
+) -> Result<(PciAddress, VfLock), CniError> {
+    for &pci in ids {
+        let lock = state.lock_vf(pci).map_err(state_err)?;
+        match state.load(&pci).map_err(state_err)? {
+            None => return Ok((pci, lock)),
+            Some(r) if r.owner.is(&env.container_id, &env.ifname) => return Ok((pci, lock)),
+            Some(_) => continue,
+        }
+    }
+    Err(CniError::new(
+        ErrorCode::VfBusy,
+        format!(
+            "resourceName: pod {namespace}/{pod} has {} VF(s) of {resource} from kubelet, all already attached",
+            ids.len()
+        ),
+    ))
+}
+
+/// Asks kubelet which devices of `resource` the pod holds. The only path with an async runtime:
+/// a current-thread runtime built here, so plain ADDs never pay for one.
+fn pod_resources(
+    conf: &NetConf,
+    pod: &str,
+    namespace: &str,
+    resource: &str,
+) -> Result<Vec<PciAddress>, CniError> {
+    use sriov_proto::podresources::v1::{
+        pod_resources_lister_client::PodResourcesListerClient, GetPodResourcesRequest,
+        ListPodResourcesRequest, PodResources,
+    };
+    let socket = conf.pod_resources_socket.clone();
+    let unavailable = |msg: String| {
+        CniError::new(
+            ErrorCode::TryAgainLater,
+            format!("podResourcesSocket: {msg}"),
+        )
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| unavailable(format!("cannot start a runtime: {e}")))?;
+    let pods: Vec<PodResources> = rt.block_on(async {
+        let channel =
+            tokio::time::timeout(Duration::from_secs(5), sriov_proto::connect_unix(&socket))
+                .await
+                .map_err(|_| unavailable(format!("{} did not answer in 5 s", socket.display())))?
+                .map_err(|e| unavailable(format!("cannot connect to {}: {e}", socket.display())))?;
+        let mut client = PodResourcesListerClient::new(channel);
+        let get = GetPodResourcesRequest {
+            pod_name: pod.to_string(),
+            pod_namespace: namespace.to_string(),
+        };
+        match tokio::time::timeout(Duration::from_secs(5), client.get(get)).await {
+            Ok(Ok(r)) => Ok(r.into_inner().pod_resources.into_iter().collect()),
+            // Older kubelets have no Get (Unimplemented): List and filter.
+            Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                let list = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    client.list(ListPodResourcesRequest {}),
+                )
+                .await
+                .map_err(|_| unavailable("List timed out".into()))?
+                .map_err(|s| unavailable(format!("List: {}", s.message())))?;
+                Ok(list.into_inner().pod_resources)
+            }
+            // Unknown pod (or one without devices): nothing for it.
+            Ok(Err(s)) if s.code() == tonic::Code::NotFound => Ok(Vec::new()),
+            Ok(Err(s)) => Err(unavailable(format!(
+                "Get {namespace}/{pod}: {}",
+                s.message()
+            ))),
+            Err(_) => Err(unavailable("Get timed out".into())),
+        }
+    })?;
+    let mut ids: Vec<PciAddress> = pods
+        .iter()
+        .filter(|p| p.name == pod && p.namespace == namespace)
+        .flat_map(|p| p.containers.iter())
+        .flat_map(|c| c.devices.iter())
+        .filter(|d| d.resource_name == resource)
+        .flat_map(|d| d.device_ids.iter())
+        .filter_map(|id| PciAddress::parse(id).ok())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    if ids.is_empty() {
+        return Err(CniError::config(format!(
+            "resourceName: kubelet reports no {resource} device for pod {namespace}/{pod}"
+        )));
+    }
+    Ok(ids)
+}
+
+/// Claims the first free VF of the pool: not locked by another call, no record, and its netdev
+/// (if it has a kernel driver) still on the node.
+fn claim_from_pool(
+    conf: &NetConf,
+    state: &StateDir,
+    sysfs: &Sysfs,
+    resource: &str,
+) -> Result<(PciAddress, VfLock), CniError> {
+    use sriov::config::{Config, DEFAULT_RESOURCE_PREFIX};
+    let config = Config::load(&conf.pool_config, DEFAULT_RESOURCE_PREFIX)
+        .map_err(|e| CniError::config(format!("poolConfig: {e}")))?;
+    let node = sriov::discovery::Node::discover(sysfs, &sriov::pools::discovery_options(&config))
+        .map_err(|e| CniError::new(ErrorCode::Io, format!("sysfsRoot: {e}")))?;
+    let pools = sriov::pools::assign(&config, &node, DEFAULT_RESOURCE_PREFIX, &[]);
+    let pool = pools
+        .pools
+        .iter()
+        .find(|p| p.full_name() == resource || p.config.resource_name == resource)
+        .ok_or_else(|| {
+            let known: Vec<String> = pools.pools.iter().map(|p| p.full_name()).collect();
+            CniError::config(format!(
+                "resourceName: no pool {resource:?} in {} (pools: {})",
+                conf.pool_config.display(),
+                known.join(", ")
+            ))
+        })?;
+    let mut host = sriov::netlink::NetlinkSocket::new()
+        .map_err(|e| CniError::new(ErrorCode::Dataplane, e.to_string()))?;
+    for dev in pool.devices.iter().filter(|d| d.vf_index.is_some()) {
+        let Some(lock) = state.try_lock_vf(dev.pci).map_err(state_err)? else {
+            continue;
+        };
+        if state.load(&dev.pci).map_err(state_err)?.is_some() {
+            continue;
+        }
+        let userspace = dev
+            .driver
+            .as_deref()
+            .is_some_and(|d| sriov::discovery::USERSPACE_DRIVERS.contains(&d));
+        let on_node = dev
+            .netdev
+            .as_deref()
+            .is_some_and(|n| host.link_by_name(n).is_ok());
+        if userspace || on_node {
+            return Ok((dev.pci, lock));
+        }
+    }
+    Err(CniError::new(
+        ErrorCode::VfBusy,
+        format!(
+            "resourceName: every VF of pool {resource} is in use ({} VFs)",
+            pool.devices.len()
+        ),
+    ))
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the CNI end-to-end tests use (idempotent, quick when present):
+# containernetworking-plugins (static, host-local IPAM; host-device for the benchmark), podman
+# with runc and busybox-static (the real-runtime test), iputils-ping (pods ping each other).
+set -euo pipefail
+missing=()
+[ -x /usr/lib/cni/host-local ] || missing+=(containernetworking-plugins)
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
+# podman on this machine needs runc (crun 1.8 refuses hybrid cgroups); the container's rootfs
+# is a static busybox.
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+[ -x /bin/busybox ] || missing+=(busybox-static)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

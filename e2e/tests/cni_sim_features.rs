@@ -1,0 +1,117 @@
+//! More of the `sriov` CNI plugin on a simulated node: STATUS, device-information files, the
+//! MTU lock, DPDK (vfio-pci) VFs. Needs root. Every test builds its own lab.
+
+mod cni_common;
+
+use cni_common::CniLab;
+use serde_json::{json, Value};
+
+const VF0: &str = "0000:3b:02.0";
+
+fn lab(prefix: &str) -> CniLab {
+    CniLab::new(prefix, |s| s.pfs(2).vfs(4))
+}
+
+#[test]
+fn status_ready_only_with_state_and_vfs() {
+    let lab = lab("cni-status");
+    lab.call("STATUS", "", "", "", &lab.conf("1.1.0", json!({})))
+        .ok();
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(empty.path().join("bus/pci/devices")).unwrap();
+    lab.call(
+        "STATUS",
+        "",
+        "",
+        "",
+        &lab.conf("1.1.0", json!({"sysfsRoot": empty.path()})),
+    )
+    .err(50, "sysfsRoot: no SR-IOV VF");
+    let file = empty.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    lab.call(
+        "STATUS",
+        "",
+        "",
+        "",
+        &lab.conf("1.1.0", json!({"stateDir": file.join("state")})),
+    )
+    .err(50, "stateDir");
+    lab.call("STATUS", "", "", "", &lab.conf("1.0.0", json!({})))
+        .err(1, "STATUS needs 1.1.0");
+}
+
+#[test]
+fn device_info_file_is_written_when_absent() {
+    let lab = lab("cni-devinfo");
+    let pod = lab.pod("a");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("intel.com-sriov-0000:3b:02.0-device.json");
+    let conf = lab.conf(
+        "1.1.0",
+        json!({"deviceID": VF0, "runtimeConfig": {"CNIDeviceInfoFile": file}}),
+    );
+    lab.call("ADD", "c1", "net1", &pod, &conf).ok();
+    let info: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(info["pci"]["pci-address"], VF0);
+    assert_eq!(info["pci"]["pf-pci-address"], "0000:3b:00.0");
+    lab.call("DEL", "c1", "net1", &pod, &conf).ok();
+    assert!(!file.exists(), "the file we wrote goes at DEL");
+}
+
+#[test]
+fn mtu_lock_is_recorded_enforced_and_checked() {
+    use sriov::mtu_lock::{scan_locks, LockEvent, MtuLockWatcher};
+    let lab = lab("cni-mtulock");
+    let pod = lab.pod("a");
+    let ns = CniLab::ns_name(&pod).to_string();
+    let conf = lab.conf(
+        "1.1.0",
+        json!({"deviceID": VF0, "mtu": 1400, "mtuLock": true}),
+    );
+    let r = lab.call("ADD", "c1", "net1", &pod, &conf);
+    r.ok();
+    let locks = scan_locks(lab.state.path()).unwrap();
+    assert_eq!(locks.len(), 1);
+    assert_eq!((locks[0].1.mtu, locks[0].1.ifname.as_str()), (1400, "net1"));
+    let mut watcher = MtuLockWatcher::open(locks[0].0, locks[0].1.clone()).unwrap();
+    assert_eq!(watcher.enforce().unwrap(), LockEvent::Unchanged);
+    // The pod changes its MTU: restored at the next notification.
+    CniLab::ip(&ns, &["link", "set", "net1", "mtu", "1300"]);
+    let start = std::time::Instant::now();
+    match watcher.wait(std::time::Duration::from_secs(1)).unwrap() {
+        LockEvent::Restored(r) => assert_eq!((r.found, r.restored), (1300, 1400)),
+        other => panic!("expected a restore, got {other:?}"),
+    }
+    assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    assert_eq!(CniLab::pod_link(&pod, "net1").unwrap()["mtu"], 1400);
+    drop(watcher);
+    // Without the daemon, CHECK reports the drift.
+    let mut check = conf.clone();
+    check["prevResult"] = r.json();
+    lab.call("CHECK", "c1", "net1", &pod, &check).ok();
+    CniLab::ip(&ns, &["link", "set", "net1", "mtu", "1300"]);
+    lab.call("CHECK", "c1", "net1", &pod, &check)
+        .err(100, "mtu: net1 has MTU 1300, expected 1400");
+    lab.call("DEL", "c1", "net1", &pod, &conf).ok();
+    assert!(scan_locks(lab.state.path()).unwrap().is_empty());
+}
+
+#[test]
+fn dpdk_vf_gets_pf_side_settings_only() {
+    let lab = CniLab::new("cni-dpdk", |s| s.pfs(1).vfs(2).vfio(1));
+    let pod = lab.pod("a");
+    let vf = lab.vf_pci(0, 1);
+    let conf = lab.conf("1.1.0", json!({"deviceID": vf}));
+    let r = lab.call("ADD", "c1", "net1", &pod, &conf);
+    r.ok();
+    assert_eq!(r.json()["interfaces"][0]["pciID"], vf);
+    assert_eq!(lab.records().len(), 1);
+    lab.call("DEL", "c1", "net1", &pod, &conf).ok();
+    assert!(lab.records().is_empty());
+    // PF-side settings are still attempted (and refused by the stand-in).
+    let conf = lab.conf("1.1.0", json!({"deviceID": vf, "spoofchk": "off"}));
+    lab.call("ADD", "c1", "net1", &pod, &conf)
+        .err(100, "spoofchk");
+    assert!(lab.records().is_empty());
+}

@@ -1,0 +1,338 @@
+//! The `sriov` CNI plugin on real igb VFs (QEMU 82576 with igbvf, `sriov_e2e::vm`): one boot
+//! runs every scenario, since a TCG boot costs 10-20 s. Needs root.
+//!
+//! In the guest: ADD with vlan/qos, spoofchk, trust, max_tx_rate and MAC, checked in the PF's
+//! IFLA_VFINFO_LIST and in the pod; a MAC without trust (igbvf refuses it until a driver
+//! rebind); two pods on one VLAN reach each other, across VLANs they do not; settings igb
+//! rejects fail cleanly naming the setting and leave the VF untouched; DEL restores every VF's
+//! full original state (compared before/after).
+
+use serde_json::{json, Value};
+use sriov::netlink::{NetlinkSocket, Netns, VfInfo};
+use sriov::sysfs::Sysfs;
+use sriov_e2e::vm::{guest_test_command, in_guest, run_vm_with, RunOptions, VmSpec};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN_ENV: &str = "SRIOV_CNI_BIN";
+
+#[test]
+fn cni_on_real_igb_vfs() {
+    if in_guest() {
+        guest();
+        return;
+    }
+    assert!(nix::unistd::geteuid().is_root(), "the VM lab needs root");
+    let bin = sriov_e2e::workspace_binary("sriov");
+    let spec = VmSpec {
+        pfs: 1,
+        vfs: 4,
+        timeout: Duration::from_secs(400),
+        ..VmSpec::default()
+    };
+    let opts = RunOptions {
+        env: vec![(BIN_ENV.into(), bin.display().to_string())],
+        ..RunOptions::default()
+    };
+    let cmd = guest_test_command("cni_on_real_igb_vfs").unwrap();
+    let out = run_vm_with(&spec, &cmd, &opts).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "--- guest stdout ---\n{}--- guest stderr ---\n{}",
+        out.stdout, out.stderr
+    );
+    assert_eq!(out.status, 0, "guest scenario failed");
+    assert!(
+        out.stdout.contains("cni-vm: all scenarios passed"),
+        "{}",
+        out.stdout
+    );
+}
+
+struct Vf {
+    pci: String,
+    index: u32,
+}
+
+/// What must be the same before ADD and after DEL (the ifindex may change: a rebind makes a
+/// new netdev).
+fn vf_state(nl: &mut NetlinkSocket, pf: u32, vf: &Vf, sysfs: &Sysfs) -> Value {
+    let info: VfInfo = nl.pf_vf_info(pf, vf.index).unwrap();
+    let names = sysfs
+        .list(&sysfs.pci_devices_dir().join(&vf.pci).join("net"))
+        .unwrap()
+        .unwrap_or_default();
+    let link = nl.link_by_name(&names[0]).unwrap();
+    json!({
+        "pf": format!("{info:?}"),
+        "name": link.name, "mac": link.mac.map(|m| m.to_string()), "mtu": link.mtu,
+        "up": link.up, "promisc": link.promisc, "altnames": link.altnames,
+    })
+}
+
+fn plugin(cmd: &str, cid: &str, pod: &str, conf: &Value) -> (i32, Value) {
+    let bin = std::env::var(BIN_ENV).expect("SRIOV_CNI_BIN");
+    let mut child = Command::new(bin)
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_IFNAME", "net1")
+        .env("CNI_NETNS", format!("/var/run/netns/{pod}"))
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{cmd} {cid}: {}", text.trim());
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
+}
+
+fn conf(vf: &Vf, extra: Value, ip: Option<&str>) -> Value {
+    let mut c = json!({"cniVersion": "1.1.0", "name": "igb", "type": "sriov", "deviceID": vf.pci,
+                       "stateDir": "/tmp/cni-vm-state", "logLevel": "debug", "logFile": "/tmp/cni-vm.log"});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    if let Some(ip) = ip {
+        c["ipam"] = json!({"type": "static", "addresses": [{"address": ip}]});
+    }
+    c
+}
+
+/// Sends UDP datagrams from `from` to `to`; true when one arrived.
+fn reachable(from: (&str, Ipv4Addr), to: (&str, Ipv4Addr)) -> bool {
+    let (from_ns, to_ns) = (
+        Netns::open(format!("/var/run/netns/{}", from.0)).unwrap(),
+        Netns::open(format!("/var/run/netns/{}", to.0)).unwrap(),
+    );
+    let dst = SocketAddr::new(IpAddr::V4(to.1), 7777);
+    let receiver = to_ns
+        .run_in(move || {
+            let s = UdpSocket::bind(dst).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s
+        })
+        .unwrap();
+    let src = from.1;
+    from_ns
+        .run_in(move || {
+            let s = UdpSocket::bind(SocketAddr::new(IpAddr::V4(src), 0)).unwrap();
+            for _ in 0..5 {
+                let _ = s.send_to(b"sriov-rs", dst);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+        .unwrap();
+    let mut buf = [0u8; 16];
+    matches!(receiver.recv_from(&mut buf), Ok((8, _)))
+}
+
+fn guest() {
+    let sysfs = Sysfs::new("/sys");
+    let node = sriov::discovery::Node::discover(&sysfs, &Default::default()).unwrap();
+    let pf = node
+        .devices
+        .iter()
+        .find(|d| !d.vfs.is_empty())
+        .expect("an igb PF with VFs");
+    let pf_name = pf.name().unwrap().to_string();
+    let vfs: Vec<Vf> = pf
+        .vfs
+        .iter()
+        .map(|v| Vf {
+            pci: v.pci.to_string(),
+            index: v.index,
+        })
+        .collect();
+    let mut nl = NetlinkSocket::new().unwrap();
+    let pfi = nl.link_by_name(&pf_name).unwrap().index;
+    // max_tx_rate needs carrier on the PF.
+    nl.set_up(pfi).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !nl.link_by_index(pfi).unwrap().running && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before: Vec<Value> = vfs
+        .iter()
+        .map(|v| vf_state(&mut nl, pfi, v, &sysfs))
+        .collect();
+    for pod in ["pa", "pb", "pc", "pd"] {
+        assert!(Command::new("/usr/sbin/ip")
+            .args(["netns", "add", pod])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    // Pod A: every knob igb supports, MAC with trust on.
+    let a = conf(
+        &vfs[0],
+        json!({"vlan": 100, "vlanQoS": 3, "spoofchk": "off", "trust": "on", "max_tx_rate": 100,
+                                "mac": "02:00:00:00:a0:01", "mtu": 1400, "mtuLock": true}),
+        Some("10.1.0.1/24"),
+    );
+    let (rc, res) = plugin("ADD", "ca", "pa", &a);
+    assert_eq!(rc, 0, "ADD A: {res}");
+    assert_eq!(res["interfaces"][0]["mac"], "02:00:00:00:a0:01");
+    assert_eq!(res["interfaces"][0]["mtu"], 1400);
+    assert_eq!(res["interfaces"][0]["pciID"], vfs[0].pci);
+    let info = nl.pf_vf_info(pfi, vfs[0].index).unwrap();
+    println!("VF 0 as the PF reports it: {info:?}");
+    assert_eq!((info.vlan, info.qos), (100, 3));
+    assert_eq!((info.spoof_check, info.trust), (Some(false), Some(true)));
+    assert_eq!(info.max_tx_rate, 100);
+    assert_eq!(info.mac.to_string(), "02:00:00:00:a0:01");
+    let pa = Netns::open("/var/run/netns/pa").unwrap();
+    let link = NetlinkSocket::new_in(&pa)
+        .unwrap()
+        .link_by_name("net1")
+        .unwrap();
+    assert_eq!(
+        (link.mac.unwrap().to_string().as_str(), link.mtu, link.up),
+        ("02:00:00:00:a0:01", 1400, true)
+    );
+    let mut check = a.clone();
+    check["prevResult"] = res;
+    assert_eq!(plugin("CHECK", "ca", "pa", &check).0, 0, "CHECK A");
+
+    // MTU lock: the watcher the node daemon runs puts a changed MTU back within a second.
+    let locks = sriov::mtu_lock::scan_locks(std::path::Path::new("/tmp/cni-vm-state")).unwrap();
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    let mut watcher =
+        sriov::mtu_lock::MtuLockWatcher::open(locks[0].0, locks[0].1.clone()).unwrap();
+    let mut in_a = NetlinkSocket::new_in(&pa).unwrap();
+    let net1 = in_a.link_by_name("net1").unwrap().index;
+    in_a.set_mtu(net1, 1300).unwrap();
+    let changed = Instant::now();
+    let event = watcher.wait(Duration::from_secs(1)).unwrap();
+    println!("MTU lock: {event:?} after {:?}", changed.elapsed());
+    assert!(
+        matches!(event, sriov::mtu_lock::LockEvent::Restored(ref r) if r.found == 1300 && r.restored == 1400)
+    );
+    assert_eq!(in_a.link_by_index(net1).unwrap().mtu, 1400);
+    drop(watcher);
+    in_a.set_mtu(net1, 1300).unwrap();
+    assert_eq!(
+        plugin("CHECK", "ca", "pa", &check).0,
+        1,
+        "CHECK reports the drifted MTU"
+    );
+    in_a.set_mtu(net1, 1400).unwrap();
+    println!("cni-vm: MTU lock ok");
+
+    // Pod B: same VLAN, MAC without trust: igbvf refuses the netdev MAC while an admin MAC is
+    // set, so the plugin rebinds the VF driver and the pod still sees the MAC.
+    let b = conf(
+        &vfs[1],
+        json!({"vlan": 100, "mac": "02:00:00:00:b0:01"}),
+        Some("10.1.0.2/24"),
+    );
+    let (rc, res) = plugin("ADD", "cb", "pb", &b);
+    assert_eq!(rc, 0, "ADD B: {res}");
+    let pb = Netns::open("/var/run/netns/pb").unwrap();
+    let link = NetlinkSocket::new_in(&pb)
+        .unwrap()
+        .link_by_name("net1")
+        .unwrap();
+    assert_eq!(
+        link.mac.unwrap().to_string(),
+        "02:00:00:00:b0:01",
+        "pod B sees the admin MAC"
+    );
+
+    // Pod C: another VLAN.
+    let c = conf(&vfs[2], json!({"vlan": 200}), Some("10.1.0.3/24"));
+    assert_eq!(plugin("ADD", "cc", "pc", &c).0, 0, "ADD C");
+
+    // igbvf reports carrier a few seconds after a VF comes up (longer after a rebind).
+    for pod in ["pa", "pb", "pc"] {
+        let ns = Netns::open(format!("/var/run/netns/{pod}")).unwrap();
+        let mut s = NetlinkSocket::new_in(&ns).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !s.link_by_name("net1").unwrap().running {
+            assert!(
+                Instant::now() < deadline,
+                "{pod}: net1 has no carrier after 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    assert!(
+        reachable(("pa", ip("10.1.0.1")), ("pb", ip("10.1.0.2"))),
+        "same VLAN: A reaches B"
+    );
+    assert!(
+        !reachable(("pa", ip("10.1.0.1")), ("pc", ip("10.1.0.3"))),
+        "across VLANs: A must not reach C"
+    );
+    println!("cni-vm: VLAN isolation ok");
+
+    // What igb rejects fails cleanly and leaves VF 3 as it was.
+    for (extra, want) in [
+        (
+            json!({"min_tx_rate": 10}),
+            "min_tx_rate: the igb driver rejects it (EINVAL)",
+        ),
+        (
+            json!({"link_state": "enable"}),
+            "link_state: the igb driver does not support it (EOPNOTSUPP)",
+        ),
+        (
+            json!({"vlan": 5, "vlanProto": "802.1ad"}),
+            "vlan: the igb driver does not support this protocol (EPROTONOSUPPORT)",
+        ),
+        (
+            json!({"max_tx_rate": 100000}),
+            "max_tx_rate: the igb driver rejects it (EINVAL)",
+        ),
+    ] {
+        let (rc, err) = plugin(
+            "ADD",
+            "cd",
+            "pd",
+            &conf(&vfs[3], extra, Some("10.1.0.4/24")),
+        );
+        assert_ne!(rc, 0);
+        assert_eq!(err["code"], 100, "{err}");
+        assert!(
+            err["msg"].as_str().unwrap().contains(want),
+            "{err} lacks {want}"
+        );
+        assert_eq!(
+            vf_state(&mut nl, pfi, &vfs[3], &sysfs),
+            before[3],
+            "VF 3 untouched after: {want}"
+        );
+    }
+    println!("cni-vm: rejected settings ok");
+
+    for (cid, pod, cf) in [("ca", "pa", &a), ("cb", "pb", &b), ("cc", "pc", &c)] {
+        assert_eq!(plugin("DEL", cid, pod, cf).0, 0, "DEL {cid}");
+        assert_eq!(plugin("DEL", cid, pod, cf).0, 0, "second DEL {cid}");
+    }
+    for (k, v) in vfs.iter().enumerate() {
+        assert_eq!(
+            vf_state(&mut nl, pfi, v, &sysfs),
+            before[k],
+            "VF {k} fully restored"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir("/tmp/cni-vm-state/vfs").unwrap().count(),
+        0,
+        "no state left"
+    );
+    println!("cni-vm: all scenarios passed");
+}
