@@ -28,6 +28,8 @@ pub enum FsEvent {
     ConfigFolderChanged,
     /// Something changed in a watched sysfs folder.
     SysfsChanged,
+    /// A CNI attachment record was written or removed (MTU locks).
+    CniStateChanged,
     /// Events were lost: re-check everything.
     Overflow,
 }
@@ -40,6 +42,7 @@ enum Kind {
     RegistrySockets(PathBuf),
     Config,
     Sysfs,
+    CniState,
 }
 
 /// The watcher; events go to the channel given to [`FsWatcher::start`].
@@ -73,6 +76,7 @@ fn classify(kind: &Kind, mask: EventMask, name: Option<&OsString>) -> Option<FsE
         }
         Kind::Config => Some(FsEvent::ConfigFolderChanged),
         Kind::Sysfs => Some(FsEvent::SysfsChanged),
+        Kind::CniState => Some(FsEvent::CniStateChanged),
     }
 }
 
@@ -154,6 +158,12 @@ impl FsWatcher {
             | WatchMask::MODIFY
             | WatchMask::ATTRIB;
         self.add(dir, mask, Kind::Config)
+    }
+
+    /// Watches the CNI plugin's attachment records (written atomically: a rename).
+    pub fn watch_cni_state(&mut self, dir: &Path) -> std::io::Result<()> {
+        let mask = WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE | WatchMask::DELETE;
+        self.add(dir, mask, Kind::CniState)
     }
 
     /// Watches a sysfs folder (a PF's, `bus/pci/devices`, a driver's). Watching a folder again

@@ -7,6 +7,7 @@
 //! - [`fswatch`]: inotify on kubelet's folders, the config folder and sysfs;
 //! - [`uevent`]: kernel uevents (VFs and drivers the kernel changes by itself);
 //! - [`pool`]: the snapshot shared by the daemon and the servers;
+//! - [`mtu_locks`]: enforcing the CNI's MTU locks in pods;
 //! - [`node_state`]: the SriovNodeState object, when running in a cluster;
 //! - [`metrics`], [`logging`], [`options`].
 
@@ -15,6 +16,7 @@ pub mod daemon;
 pub mod fswatch;
 pub mod logging;
 pub mod metrics;
+pub mod mtu_locks;
 pub mod node_state;
 pub mod options;
 pub mod plugin_server;

@@ -97,6 +97,9 @@ struct RunArgs {
     /// Seconds between backstop re-checks of sockets, config and sysfs.
     #[arg(long, default_value_t = 30)]
     resync_seconds: u64,
+    /// The CNI plugin's state folder (its `stateDir`): MTU locks recorded there are enforced.
+    #[arg(long, default_value = "/var/lib/cni/sriov-rs")]
+    cni_state_dir: PathBuf,
 }
 
 fn run(args: RunArgs) -> Result<()> {
@@ -120,6 +123,7 @@ fn run(args: RunArgs) -> Result<()> {
             RegistrationArg::PluginWatcher => RegistrationMode::PluginWatcher,
         },
         resync_interval: Duration::from_secs(args.resync_seconds.max(1)),
+        cni_state_dir: args.cni_state_dir,
     };
     // One thread runs every task: the daemon does little work per event, and fewer threads means
     // fewer malloc arenas and stacks (the idle daemon stays under 10 MiB resident). Discovery and

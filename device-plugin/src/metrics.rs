@@ -39,6 +39,8 @@ struct Numbers {
     discoveries: u64,
     last_discovery_seconds: f64,
     link_events: u64,
+    mtu_lock_restores: u64,
+    mtu_locks: u64,
     list_and_watch_updates: BTreeMap<String, u64>,
 }
 
@@ -129,6 +131,16 @@ impl Metrics {
 
     pub fn link_event(&self) {
         self.lock().link_events += 1;
+    }
+
+    /// A pod changed a locked MTU and it was put back.
+    pub fn mtu_lock_restore(&self) {
+        self.lock().mtu_lock_restores += 1;
+    }
+
+    /// How many MTU locks are being enforced.
+    pub fn set_mtu_locks(&self, n: u64) {
+        self.lock().mtu_locks = n;
     }
 
     pub fn list_and_watch_update(&self, pool: &str) {
@@ -277,6 +289,18 @@ impl Metrics {
             "counter",
             "Link notifications received.",
             vec![(String::new(), n.link_events.to_string())],
+        );
+        family(
+            "sriov_dp_mtu_lock_restores_total",
+            "counter",
+            "Locked pod MTUs changed inside the pod and restored.",
+            vec![(String::new(), n.mtu_lock_restores.to_string())],
+        );
+        family(
+            "sriov_dp_mtu_locks",
+            "gauge",
+            "MTU locks being enforced.",
+            vec![(String::new(), n.mtu_locks.to_string())],
         );
         if let Some(rss) = resident_bytes() {
             family(

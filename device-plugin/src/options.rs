@@ -43,6 +43,8 @@ pub struct Options {
     pub registration: RegistrationMode,
     /// Backstop re-check of sockets, sysfs and config, for changes no event announced.
     pub resync_interval: Duration,
+    /// The CNI plugin's state folder (`stateDir`), where MTU locks are recorded.
+    pub cni_state_dir: PathBuf,
 }
 
 impl Options {

@@ -115,3 +115,86 @@ fn dpdk_vf_gets_pf_side_settings_only() {
         .err(100, "spoofchk");
     assert!(lab.records().is_empty());
 }
+
+fn metrics(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn wait_metric(addr: std::net::SocketAddr, line: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !metrics(addr).lines().any(|l| l == line) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {line:?} in:\n{}",
+            metrics(addr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The node daemon enforces the lock the CNI recorded: the pod changes its MTU, the daemon puts
+/// it back within a second, counts it, and lets go of the pod at DEL.
+#[test]
+fn daemon_enforces_mtu_locks() {
+    use sriov_e2e::kubelet::{DaemonArgs, DaemonProcess};
+    let lab = lab("cni-dmtulock");
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let args = DaemonArgs {
+        config: tmp.path().join("none.json"),
+        sysfs_root: lab.node.sysfs_root().to_path_buf(),
+        kubelet_dir: tmp.path().join("kubelet"),
+        devinfo_dir: tmp.path().join("devinfo"),
+        dev_root: lab.node.paths().dev(),
+        netns: Some(lab.node.netns_path().to_path_buf()),
+        metrics_address: Some(addr),
+        extra: vec![
+            "--cni-state-dir".into(),
+            lab.state.path().display().to_string(),
+        ],
+    };
+    let bin = sriov_e2e::workspace_binary("sriov-device-plugin");
+    let mut daemon = DaemonProcess::spawn(&bin, &args, &tmp.path().join("daemon.log")).unwrap();
+    wait_metric(addr, "sriov_dp_mtu_locks 0");
+
+    let pod = lab.pod("a");
+    let ns = CniLab::ns_name(&pod).to_string();
+    let conf = lab.conf(
+        "1.1.0",
+        json!({"deviceID": VF0, "mtu": 1400, "mtuLock": true}),
+    );
+    lab.call("ADD", "c1", "net1", &pod, &conf).ok();
+    wait_metric(addr, "sriov_dp_mtu_locks 1");
+
+    CniLab::ip(&ns, &["link", "set", "net1", "mtu", "1300"]);
+    let changed = std::time::Instant::now();
+    while CniLab::pod_link(&pod, "net1").unwrap()["mtu"] != 1400 {
+        assert!(
+            changed.elapsed() < std::time::Duration::from_secs(1),
+            "MTU not restored within 1 s\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    wait_metric(addr, "sriov_dp_mtu_lock_restores_total 1");
+    assert!(daemon
+        .log()
+        .contains("the pod changed its locked MTU to 1300; restored 1400"));
+
+    lab.call("DEL", "c1", "net1", &pod, &conf).ok();
+    wait_metric(addr, "sriov_dp_mtu_locks 0");
+    daemon.terminate(std::time::Duration::from_secs(5));
+}

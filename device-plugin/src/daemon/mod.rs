@@ -112,6 +112,7 @@ pub struct Daemon {
     last_error: Option<String>,
     /// Publishes SriovNodeState when running in a cluster.
     node_state: Option<crate::node_state::NodeState>,
+    mtu_locks: crate::mtu_locks::MtuLocks,
 }
 
 /// Loads the config at start: a missing file is the zero config.
@@ -154,6 +155,7 @@ impl Daemon {
             devinfo_dir: opts.devinfo_dir.clone(),
             metrics: Arc::new(Metrics::default()),
         });
+        let mtu_locks = crate::mtu_locks::MtuLocks::new(&opts.cni_state_dir, ctx.metrics.clone());
         Ok(Daemon {
             mode: opts.effective_registration(),
             opts,
@@ -177,6 +179,7 @@ impl Daemon {
             provisioning_again: false,
             last_error: None,
             node_state: None,
+            mtu_locks,
         })
     }
 
@@ -382,6 +385,7 @@ impl Daemon {
                 self.config_due = Some(self.config_due.map_or(at, |d| d.min(at)));
             }
             Event::Fs(FsEvent::SysfsChanged) => self.schedule_discovery(DISCOVERY_DEBOUNCE),
+            Event::Fs(FsEvent::CniStateChanged) => self.mtu_locks.reconcile(),
             Event::Uevent(e) => {
                 tracing::debug!(action = %e.action, subsystem = %e.subsystem, devpath = %e.devpath, "uevent");
                 self.schedule_discovery(DISCOVERY_DEBOUNCE);
@@ -438,7 +442,33 @@ impl Daemon {
         }
     }
 
+    /// Enforces the MTU locks recorded now, and watches for new ones (the state folder may only
+    /// appear with the first CNI ADD: retried on every resync).
+    fn check_mtu_locks(&mut self) {
+        let dir = self.mtu_locks.records_dir();
+        // The CNI creates it at its first ADD; creating it first lets the watch start now.
+        if !dir.is_dir() {
+            use std::os::unix::fs::DirBuilderExt;
+            if let Err(e) = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+            {
+                tracing::debug!("cannot create {}: {e}", dir.display());
+            }
+        }
+        if let Some(fs) = &mut self.fs {
+            if dir.is_dir() {
+                if let Err(e) = fs.watch_cni_state(&dir) {
+                    tracing::debug!("cannot watch {}: {e}", dir.display());
+                }
+            }
+        }
+        self.mtu_locks.reconcile();
+    }
+
     async fn shutdown(&mut self) {
+        self.mtu_locks.stop();
         let pools = std::mem::take(&mut self.pools);
         for (name, rt) in pools {
             tracing::info!(pool = %name, "stopping");
@@ -470,6 +500,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     })?;
     d.start_fs_watcher()?;
     d.start_link_watcher();
+    d.check_mtu_locks();
     let uevents = d.tx.clone();
     if let Err(e) = crate::uevent::spawn(move |e| uevents.send(Event::Uevent(e)).is_ok()) {
         tracing::warn!(
@@ -525,6 +556,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             _ = tokio::time::sleep_until(deadline.into()) => d.on_timers(),
             _ = tick.tick() => {
                 d.resync().await;
+                d.check_mtu_locks();
                 if let Some(ns) = &mut d.node_state {
                     ns.refresh_allocations().await;
                 }
