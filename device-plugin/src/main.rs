@@ -5,8 +5,6 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sriov::config::{Config, DEFAULT_RESOURCE_PREFIX};
-use sriov::discovery::{default_route_interfaces, Node};
-use sriov::pools;
 use sriov::report::StatusReport;
 use sriov::sysfs::Sysfs;
 use sriov_device_plugin::{LogFormat, Options, RegistrationMode};
@@ -43,6 +41,9 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// The CNI plugin's state folder: shows which pod holds each VF.
+        #[arg(long, default_value = "/var/lib/cni/sriov-rs")]
+        cni_state_dir: PathBuf,
     },
 }
 
@@ -146,7 +147,8 @@ fn main() {
             config,
             resource_prefix,
             json,
-        } => status(sysfs_root, config, &resource_prefix, json),
+            cni_state_dir,
+        } => status(sysfs_root, config, &resource_prefix, json, &cni_state_dir),
     };
     if let Err(e) = result {
         eprintln!("sriov-device-plugin: {e:#}");
@@ -154,23 +156,24 @@ fn main() {
     }
 }
 
-fn status(sysfs_root: PathBuf, config: Option<PathBuf>, prefix: &str, json: bool) -> Result<()> {
+fn status(
+    sysfs_root: PathBuf,
+    config: Option<PathBuf>,
+    prefix: &str,
+    json: bool,
+    cni_state_dir: &std::path::Path,
+) -> Result<()> {
     let config = match config {
         Some(path) => Config::load(&path, prefix)?,
         None => Config::parse("{}", prefix)?,
     };
-    let sysfs = Sysfs::new(&sysfs_root);
-    let node = Node::discover(&sysfs, &pools::discovery_options(&config))
-        .with_context(|| format!("discovering devices under {}", sysfs_root.display()))?;
-    // Only this network namespace's default route matters; a missing /proc/net is no default route.
-    let default_routes = default_route_interfaces("/proc/net/route".as_ref()).unwrap_or_default();
-    let pools = pools::assign(&config, &node, prefix, &default_routes);
-    let report = StatusReport::build(
-        &sysfs_root.display().to_string(),
-        &node,
-        &pools,
-        &config.warnings,
-    );
+    let report = StatusReport::collect(
+        &Sysfs::new(&sysfs_root),
+        &config,
+        prefix,
+        Some(cni_state_dir),
+    )
+    .with_context(|| format!("discovering devices under {}", sysfs_root.display()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

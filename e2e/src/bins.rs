@@ -22,9 +22,17 @@ static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
 ///
 /// Panics with cargo's output when the build fails: this is test support.
 pub fn workspace_binary(bin: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
+    build_binary(bin).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`workspace_binary`], with the failure as an error.
+pub fn build_binary(bin: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     // target/<profile>/deps/<test>-<hash> or target/<profile>/<bin>
-    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    let mut dir = exe
+        .parent()
+        .ok_or("no folder for the current executable")?
+        .to_path_buf();
     if dir.ends_with("deps") || dir.ends_with("examples") {
         dir.pop();
     }
@@ -39,14 +47,19 @@ pub fn workspace_binary(bin: &str) -> PathBuf {
         if release {
             cmd.arg("--release");
         }
-        let out = cmd.output().expect("running cargo build");
-        assert!(
-            out.status.success(),
-            "cargo build --bin {bin} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = cmd
+            .output()
+            .map_err(|e| format!("running cargo build: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cargo build --bin {bin} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
         built.push(bin.to_string());
     }
-    assert!(path.exists(), "{} was not built", path.display());
-    path
+    if !path.exists() {
+        return Err(format!("{} was not built", path.display()));
+    }
+    Ok(path)
 }

@@ -30,6 +30,8 @@ pub struct PoolVfRow {
     pub netdev: Option<String>,
     pub iommu_group: Option<u32>,
     pub numa_node: Option<u32>,
+    /// Who has it, from the CNI plugin's records: `<container>/<ifname> in <netns>`.
+    pub attached_to: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +60,31 @@ fn link_text(n: &crate::discovery::Netdev) -> String {
 }
 
 impl StatusReport {
+    /// Discovers the node, assigns pools per `config` and adds who holds each VF (from the
+    /// CNI's `cni_state_dir`): everything `sriov-device-plugin status` shows.
+    pub fn collect(
+        sysfs: &crate::sysfs::Sysfs,
+        config: &crate::config::Config,
+        prefix: &str,
+        cni_state_dir: Option<&std::path::Path>,
+    ) -> Result<StatusReport, crate::discovery::DiscoveryError> {
+        let node = Node::discover(sysfs, &crate::pools::discovery_options(config))?;
+        // Only this network namespace's default route matters; no /proc/net means none.
+        let routes = crate::discovery::default_route_interfaces("/proc/net/route".as_ref())
+            .unwrap_or_default();
+        let pools = crate::pools::assign(config, &node, prefix, &routes);
+        let mut report = StatusReport::build(
+            &sysfs.root().display().to_string(),
+            &node,
+            &pools,
+            &config.warnings,
+        );
+        if let Some(dir) = cni_state_dir {
+            report.add_cni_attachments(dir);
+        }
+        Ok(report)
+    }
+
     pub fn build(sysfs_root: &str, node: &Node, pools: &Pools, config_warnings: &[String]) -> Self {
         let adapters = node
             .devices
@@ -94,6 +121,7 @@ impl StatusReport {
                         netdev: d.netdev.clone(),
                         iommu_group: d.iommu_group,
                         numa_node: d.numa_node,
+                        attached_to: None,
                     })
                     .collect(),
             })
@@ -106,6 +134,48 @@ impl StatusReport {
             adapters,
             pools,
             warnings,
+        }
+    }
+
+    /// Fills in which pod holds each device, from the CNI plugin's state folder (`stateDir`).
+    /// A missing folder means nothing is attached; unreadable records become warnings.
+    pub fn add_cni_attachments(&mut self, state_dir: &std::path::Path) {
+        let records = match crate::state::StateDir::new(state_dir).records() {
+            Ok(r) => r,
+            Err(e) => {
+                self.warnings
+                    .push(format!("CNI state {}: {e}", state_dir.display()));
+                return;
+            }
+        };
+        for record in records {
+            let r = match record {
+                Ok(r) => r,
+                Err(e) => {
+                    self.warnings.push(format!("CNI state: {e}"));
+                    continue;
+                }
+            };
+            let id: String = r.owner.container_id.chars().take(12).collect();
+            let netns = r
+                .owner
+                .netns
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "-".into());
+            let state = match (&r.attached, r.orphaned) {
+                (_, true) => " (orphaned: restored at the next ADD or GC)",
+                (None, false) => " (attaching)",
+                (Some(_), false) => "",
+            };
+            let text = format!("{id}/{} in {netns}{state}", r.owner.ifname);
+            let pci = r.pci.to_string();
+            for row in self.pools.iter_mut().flat_map(|p| p.devices.iter_mut()) {
+                if row.pci == pci {
+                    row.attached_to = Some(text.clone());
+                }
+            }
         }
     }
 
@@ -150,7 +220,7 @@ impl StatusReport {
         }
         for p in &self.pools {
             let _ = writeln!(out, "  {}: {} device(s)", p.resource, p.devices.len());
-            let rows: Vec<[String; 6]> = p
+            let rows: Vec<[String; 7]> = p
                 .devices
                 .iter()
                 .map(|d| {
@@ -167,13 +237,22 @@ impl StatusReport {
                             .map(|g| format!("iommu group {g}"))
                             .unwrap_or_default(),
                         opt(d.numa_node),
+                        d.attached_to.clone().unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
             let mut sub = String::new();
             table(
                 &mut sub,
-                &["    DEVICE", "FUNCTION", "DRIVER", "NETDEV", "VFIO", "NUMA"],
+                &[
+                    "    DEVICE",
+                    "FUNCTION",
+                    "DRIVER",
+                    "NETDEV",
+                    "VFIO",
+                    "NUMA",
+                    "ATTACHED TO",
+                ],
                 &rows
                     .into_iter()
                     .map(|mut r| {
