@@ -7,7 +7,10 @@ fn the_demo_passes() {
     // points at the build, not the demo.
     sriov_e2e::workspace_binary("sriov-device-plugin");
     sriov_e2e::workspace_binary("sriov");
-    let out = std::process::Command::new(&bin).arg("demo").output().unwrap();
+    let out = std::process::Command::new(&bin)
+        .arg("demo")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
