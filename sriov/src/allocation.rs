@@ -130,29 +130,27 @@ fn by_pf<'a>(pool: &[&'a Candidate]) -> BTreeMap<&'a str, Vec<&'a Candidate>> {
     out
 }
 
-/// Pack: fill PFs the container already uses, then the PF that fits the rest most tightly; when
-/// none fits, drain the roomiest PF and look again.
-fn pick_packed<'a>(
+/// Takes `need` devices, PF by PF: each round picks the PF that `rank` orders first (given its
+/// name, its free devices, how many of the container's devices it already holds, and what is
+/// still needed) and takes up to `per_round(need)` devices from it.
+fn pick<'a, K: Ord>(
     pool: &mut Vec<&'a Candidate>,
     placed: &[&'a Candidate],
     mut need: usize,
+    per_round: impl Fn(usize) -> usize,
+    rank: impl Fn(&str, usize, Option<usize>, usize) -> K,
 ) -> Vec<&'a Candidate> {
     let mut used = pf_usage(placed);
     let mut out = Vec::new();
     while need > 0 {
         let groups = by_pf(pool);
-        let Some((pf, devices)) = groups.into_iter().min_by_key(|(pf, devs)| {
-            let fits = devs.len() >= need;
-            let size_key = if fits {
-                devs.len() as i64
-            } else {
-                -(devs.len() as i64)
-            };
-            (!used.contains_key(pf), !fits, size_key, *pf)
-        }) else {
+        let Some((pf, devices)) = groups
+            .into_iter()
+            .min_by_key(|(pf, devs)| rank(pf, devs.len(), used.get(pf).copied(), need))
+        else {
             break;
         };
-        let take: Vec<&Candidate> = devices.into_iter().take(need).collect();
+        let take: Vec<&Candidate> = devices.into_iter().take(per_round(need)).collect();
         need -= take.len();
         *used.entry(pf).or_default() += take.len();
         pool.retain(|d| !take.iter().any(|t| t.id == d.id));
@@ -161,33 +159,40 @@ fn pick_packed<'a>(
     out
 }
 
+/// Pack: fill PFs the container already uses, then the PF that fits the rest most tightly; when
+/// none fits, drain the roomiest PF and look again.
+fn pick_packed<'a>(
+    pool: &mut Vec<&'a Candidate>,
+    placed: &[&'a Candidate],
+    need: usize,
+) -> Vec<&'a Candidate> {
+    pick(
+        pool,
+        placed,
+        need,
+        |need| need,
+        |pf, free, used, need| {
+            let fits = free >= need;
+            let size_key = if fits { free as i64 } else { -(free as i64) };
+            (used.is_none(), !fits, size_key, pf.to_string())
+        },
+    )
+}
+
 /// Spread: one device at a time from the PF holding the fewest of the container's devices
 /// (ties: the PF with the most free devices, then PCI order).
 fn pick_spread<'a>(
     pool: &mut Vec<&'a Candidate>,
     placed: &[&'a Candidate],
-    mut need: usize,
+    need: usize,
 ) -> Vec<&'a Candidate> {
-    let mut used = pf_usage(placed);
-    let mut out = Vec::new();
-    while need > 0 {
-        let groups = by_pf(pool);
-        let Some((pf, devices)) = groups.into_iter().min_by_key(|(pf, devs)| {
-            (
-                used.get(pf).copied().unwrap_or(0),
-                std::cmp::Reverse(devs.len()),
-                *pf,
-            )
-        }) else {
-            break;
-        };
-        let first = devices[0];
-        need -= 1;
-        *used.entry(pf).or_default() += 1;
-        pool.retain(|d| d.id != first.id);
-        out.push(first);
-    }
-    out
+    pick(
+        pool,
+        placed,
+        need,
+        |_| 1,
+        |pf, free, used, _| (used.unwrap_or(0), std::cmp::Reverse(free), pf.to_string()),
+    )
 }
 
 #[cfg(test)]

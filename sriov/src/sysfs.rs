@@ -165,27 +165,9 @@ impl Sysfs {
 
     /// Entry names of a folder, sorted; `None` when it does not exist.
     pub fn list(&self, path: &Path) -> Result<Option<Vec<String>>> {
-        self.count();
-        let rd = match fs::read_dir(path) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(SysfsError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
-        let mut names = Vec::new();
-        for entry in rd {
-            let entry = entry.map_err(|source| SysfsError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            names.push(entry.file_name().to_string_lossy().into_owned());
-        }
-        names.sort();
-        Ok(Some(names))
+        Ok(self
+            .list_entries(path)?
+            .map(|entries| entries.into_iter().map(|(name, _)| name).collect()))
     }
 
     /// Entries of a folder with whether each is a symlink, sorted; `None` when it does not exist.
