@@ -19,7 +19,7 @@ pub fn add(ctx: &Ctx) -> Result<Value, CniError> {
     let netns_path = env
         .netns
         .as_deref()
-        .expect("CniEnv::load requires CNI_NETNS for ADD");
+        .ok_or_else(|| CniError::new(ErrorCode::InvalidEnv, "CNI_NETNS: required for ADD"))?;
     let pod_ns = Netns::open(netns_path)
         .map_err(|e| CniError::new(ErrorCode::InvalidEnv, format!("CNI_NETNS: {e}")))?;
     let (pci, lock) = crate::vf_select::select(conf, env, &ctx.state, &ctx.sysfs)?;

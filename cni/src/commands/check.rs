@@ -30,7 +30,7 @@ pub fn check(ctx: &Ctx) -> Result<Value, CniError> {
     let netns_path = env
         .netns
         .as_deref()
-        .expect("CniEnv::load requires CNI_NETNS for CHECK");
+        .ok_or_else(|| CniError::new(ErrorCode::InvalidEnv, "CNI_NETNS: required for CHECK"))?;
 
     if record.original.netdev.is_some() {
         let ns = Netns::open(netns_path)
