@@ -367,4 +367,42 @@ mod tests {
         remove_file(&path).unwrap();
         assert!(!path.exists());
     }
+
+    /// An RDMA-capable VF (as mlx5 shows it in sysfs): its RDMA device and character devices
+    /// are found, and the container gets `rdma_cm` plus the ones that exist under /dev.
+    #[test]
+    fn rdma_devices_are_resolved_and_mapped() {
+        let root = tempfile::tempdir().unwrap();
+        let pci = PciAddress::parse("0000:3b:02.3").unwrap();
+        let pf = PciAddress::parse("0000:3b:00.0").unwrap();
+        let dev = root.path().join("sys/bus/pci/devices/0000:3b:02.3");
+        for d in [
+            "infiniband/mlx5_3",
+            "infiniband_verbs/uverbs3",
+            "infiniband_mad/umad3",
+        ] {
+            std::fs::create_dir_all(dev.join(d)).unwrap();
+        }
+        let dev_root = root.path().join("dev");
+        std::fs::create_dir_all(dev_root.join("infiniband")).unwrap();
+        for n in ["rdma_cm", "uverbs3"] {
+            std::fs::write(dev_root.join("infiniband").join(n), "").unwrap();
+        }
+        let sysfs = Sysfs::new(root.path().join("sys"));
+        let d = resolve(&sysfs, pci, pf, true);
+        assert_eq!(d.rdma_device.as_deref(), Some("mlx5_3"));
+        assert_eq!(d.rdma_char_devices, ["uverbs3", "umad3"]);
+        let nodes = device_nodes(&dev_root, &[d.clone()], false);
+        let paths: Vec<&str> = nodes.iter().map(|n| n.container_path.as_str()).collect();
+        // umad3 has no node under /dev here: only what exists is offered.
+        assert_eq!(
+            paths,
+            ["/dev/infiniband/rdma_cm", "/dev/infiniband/uverbs3"]
+        );
+        assert_eq!(nodes[1].host_path, dev_root.join("infiniband/uverbs3"));
+        assert_eq!(nodes[1].permissions, "rw");
+        // Without isRdma nothing RDMA is read.
+        let plain = resolve(&sysfs, pci, pf, false);
+        assert!(plain.rdma_device.is_none() && plain.rdma_char_devices.is_empty());
+    }
 }
