@@ -26,4 +26,4 @@ cargo run --locked -q -p sriov-e2e --bin sriov-lab -- gc || true
 # podman and runc, busybox-static.
 e2e/scripts/install-cni-test-deps.sh
 
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"

@@ -1,22 +1,15 @@
 //! Finding the workspace's binaries from tests and benchmarks.
 //!
 //! `cargo test --workspace` does not always build other packages' binaries, so the first call
-//! builds the one asked for (same profile as the caller), then returns its path under target/.
+//! builds all of the workspace's binaries (same profile as the caller), then returns the path
+//! of the one asked for under target/.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
-/// Which package holds each binary.
-fn package_of(bin: &str) -> &'static str {
-    match bin {
-        "sriov-device-plugin" => "sriov-device-plugin",
-        "sriov" => "sriov-cni",
-        _ => "sriov-e2e",
-    }
-}
-
-static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Whether this process already built the workspace's binaries.
+static BUILT: Mutex<bool> = Mutex::new(false);
 
 /// Path of a workspace binary (`sriov-device-plugin`, `sriov`, `sriov-lab`), built if needed.
 ///
@@ -39,10 +32,12 @@ pub fn build_binary(bin: &str) -> Result<PathBuf, String> {
     let release = dir.ends_with("release");
     let path = dir.join(bin);
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|b| b == bin) {
+    if !*built {
+        // All of them in one build: building packages one by one unifies dependency features
+        // differently each time, and so rebuilds the shared crates once per package.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", package_of(bin), "--bin", bin])
+        cmd.args(["build", "--quiet", "--workspace", "--bins"])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if release {
             cmd.arg("--release");
@@ -52,11 +47,11 @@ pub fn build_binary(bin: &str) -> Result<PathBuf, String> {
             .map_err(|e| format!("running cargo build: {e}"))?;
         if !out.status.success() {
             return Err(format!(
-                "cargo build --bin {bin} failed:\n{}",
+                "cargo build --workspace --bins (for {bin}) failed:\n{}",
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        built.push(bin.to_string());
+        *built = true;
     }
     if !path.exists() {
         return Err(format!("{} was not built", path.display()));
