@@ -392,7 +392,7 @@ mod tests {
         let d = resolve(&sysfs, pci, pf, true);
         assert_eq!(d.rdma_device.as_deref(), Some("mlx5_3"));
         assert_eq!(d.rdma_char_devices, ["uverbs3", "umad3"]);
-        let nodes = device_nodes(&dev_root, &[d.clone()], false);
+        let nodes = device_nodes(&dev_root, std::slice::from_ref(&d), false);
         let paths: Vec<&str> = nodes.iter().map(|n| n.container_path.as_str()).collect();
         // umad3 has no node under /dev here: only what exists is offered.
         assert_eq!(
