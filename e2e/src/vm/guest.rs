@@ -139,21 +139,31 @@ if [ "$VFS" -gt 0 ]; then
 fi
 log "$pfs PFs x $VFS VFs ready at $(uptime_s)s"
 
-# The chroot: the host's root (read only) with this guest's kernel file systems, fresh tmpfs
-# on /run, /tmp and /var/tmp, and the run folder at its host path.
+# The chroot: the host's root (read only) with this guest's kernel file systems, a fresh tmpfs
+# on /run, writable /tmp and /var/tmp, and the run folder at its host path.
 for d in proc sys dev; do mount --rbind "/$d" "/host/$d" || die "cannot bind /$d"; done
 mount -t tmpfs -o mode=755 tmpfs /host/run || die "cannot mount /host/run"
 mkdir -p /host/run/netns /host/run/lock
-if [ -d /host/tmp ]; then
+# /tmp and /var/tmp: the host's content underneath (read only, so a checkout or a cargo target
+# folder there stays visible), a tmpfs on top for writes, which never reach the host. If
+# overlayfs refuses, a fresh tmpfs, with the working directory bound back in.
+mkdir -p /ovl && mount -t tmpfs -o mode=755 tmpfs /ovl || die "cannot mount /ovl"
+for d in tmp var/tmp; do
+    [ -d "/host/$d" ] && [ ! -L "/host/$d" ] || continue
+    n=$(echo "$d" | tr / _)
+    mkdir -p "/ovl/$n/upper" "/ovl/$n/work" && chmod 1777 "/ovl/$n/upper"
+    if mount -t overlay overlay -o "lowerdir=/host/$d,upperdir=/ovl/$n/upper,workdir=/ovl/$n/work" "/host/$d"; then
+        continue
+    fi
+    log "overlay on /$d refused: a fresh tmpfs instead"
     case "$CWD/" in
-        /tmp/*) mkdir -p /oldtmp && mount --bind /host/tmp /oldtmp ;;
+        "/$d/"*) mkdir -p "/old_$n" && mount --bind "/host/$d" "/old_$n" ;;
     esac
-    mount -t tmpfs -o mode=1777 tmpfs /host/tmp
+    mount -t tmpfs -o mode=1777 tmpfs "/host/$d"
     case "$CWD/" in
-        /tmp/*) mkdir -p "/host$CWD" && mount --bind "/oldtmp${CWD#/tmp}" "/host$CWD" ;;
+        "/$d/"*) mkdir -p "/host$CWD" && mount --bind "/old_$n${CWD#/$d}" "/host$CWD" ;;
     esac
-fi
-[ -d /host/var/tmp ] && [ ! -L /host/var/tmp ] && mount -t tmpfs -o mode=1777 tmpfs /host/var/tmp
+done
 mkdir -p "/host$RUN_DIR" 2>/dev/null
 mount --bind /results "/host$RUN_DIR" || die "cannot bind the results share at $RUN_DIR"
 
