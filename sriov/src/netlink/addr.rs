@@ -160,15 +160,7 @@ impl NetlinkSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_core::NetlinkBuffer;
-
-    fn payload(req: &Request) -> Vec<u8> {
-        let bytes = req.to_bytes(1);
-        NetlinkBuffer::new_checked(&bytes[..])
-            .unwrap()
-            .payload()
-            .to_vec()
-    }
+    use crate::netlink::link::tests::payload;
 
     #[test]
     fn add_ipv4_sets_local_address_and_broadcast() {

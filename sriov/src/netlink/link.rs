@@ -252,6 +252,15 @@ pub(crate) fn parse_link(payload: &[u8]) -> Result<ParsedLink<'_>, RawError> {
 pub(crate) mod tests {
     use super::*;
 
+    /// The payload (the rtnetlink message after the netlink header) a request sends.
+    pub(crate) fn payload(req: &crate::netlink::socket::Request) -> Vec<u8> {
+        let bytes = req.to_bytes(1);
+        netlink_packet_core::NetlinkBuffer::new_checked(&bytes[..])
+            .unwrap()
+            .payload()
+            .to_vec()
+    }
+
     /// One attribute, padded.
     pub(crate) fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
         let mut out = ((4 + value.len()) as u16).to_ne_bytes().to_vec();

@@ -234,15 +234,7 @@ fn describe(dst: Option<(IpAddr, u8)>, gateway: Option<IpAddr>) -> String {
 mod tests {
     use super::*;
     use crate::netlink::link::tests::nla;
-    use netlink_packet_core::NetlinkBuffer;
-
-    fn payload(req: &Request) -> Vec<u8> {
-        let bytes = req.to_bytes(1);
-        NetlinkBuffer::new_checked(&bytes[..])
-            .unwrap()
-            .payload()
-            .to_vec()
-    }
+    use crate::netlink::link::tests::payload;
 
     #[test]
     fn default_route_via_gateway() {
