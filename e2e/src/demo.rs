@@ -8,6 +8,7 @@
 //! everything is torn down. Each step prints what it does; any failure stops the demo with a
 //! non-zero exit.
 
+use crate::cni::{run_in_node, Invocation, CNI_PATH};
 use crate::kubelet::{DaemonArgs, DaemonProcess, KubeletEmulator, RegistrationMode};
 use crate::sim::{unique_name, SimNode, SimSpec};
 use anyhow::{anyhow, bail, Context, Result};
@@ -16,13 +17,11 @@ use sriov::config::Config;
 use sriov::netlink::{NetlinkSocket, Netns};
 use sriov::report::StatusReport;
 use sriov::sysfs::Sysfs;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const CNI_PATH: &str = "/usr/lib/cni";
 const WAIT: Duration = Duration::from_secs(20);
 const CONFIG: &str = r#"{
   "resourceList": [
@@ -85,25 +84,20 @@ impl Cni {
 
     /// Runs one command; Ok(stdout JSON) on exit 0, Err(the error JSON) otherwise.
     fn call(&self, cmd: &str, container: &str, netns: &str, conf: &Value) -> Result<Value> {
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", self.node_netns.display()))
-            .arg(&self.bin)
-            .env("CNI_COMMAND", cmd)
-            .env("CNI_CONTAINERID", container)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", "net1")
-            .env("CNI_PATH", CNI_PATH)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running the sriov CNI plugin")?;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(conf.to_string().as_bytes())?;
-        let out = child.wait_with_output()?;
+        let call = Invocation {
+            command: cmd,
+            container_id: container,
+            ifname: "net1",
+            netns,
+        };
+        let out = run_in_node(
+            &self.bin,
+            &self.node_netns,
+            &call,
+            conf.to_string().as_bytes(),
+            &[],
+        )
+        .context("running the sriov CNI plugin")?;
         let json: Value = if out.stdout.is_empty() {
             Value::Null
         } else {

@@ -2,6 +2,7 @@
 //! ([`sim`]), and a QEMU guest with emulated Intel 82576 (igb) VFs ([`vm`]).
 
 pub mod bins;
+pub mod cni;
 pub mod demo;
 pub mod guest_checks;
 pub mod kubelet;

@@ -5,13 +5,12 @@
 #![allow(dead_code)]
 
 use serde_json::{json, Value};
+use sriov_e2e::cni::{run_in_node, Invocation};
 use sriov_e2e::sim::{self, SimNode, SimSpec};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 pub const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
-pub const CNI_PLUGINS: &str = "/usr/lib/cni";
 
 /// Installs containernetworking-plugins (static, host-local, host-device) and podman if absent.
 pub fn install_test_deps() {
@@ -129,17 +128,15 @@ impl CniLab {
         stdin: &[u8],
         env: &[(&str, &str)],
     ) -> Call {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.node.netns_path().display()))
-            .arg(&self.bin)
-            .env_remove("SRIOV_CNI_FAULT")
-            .env("CNI_COMMAND", cmd)
-            .env("CNI_CONTAINERID", cid)
-            .env("CNI_IFNAME", ifname)
-            .env("CNI_NETNS", netns)
-            .env("CNI_PATH", CNI_PLUGINS)
-            .envs(env.iter().copied());
-        run(c, stdin)
+        let call = Invocation {
+            command: cmd,
+            container_id: cid,
+            ifname,
+            netns,
+        };
+        let out = run_in_node(&self.bin, self.node.netns_path(), &call, stdin, env)
+            .expect("spawn plugin");
+        Call::from(out)
     }
 
     /// `ip -j -d link show` of the node (or of netns `ns`), by name.
@@ -226,19 +223,14 @@ impl CniLab {
     }
 }
 
-/// Runs a prepared command with `stdin`.
-pub fn run(mut c: Command, stdin: &[u8]) -> Call {
-    use std::os::unix::process::ExitStatusExt;
-    c.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("spawn plugin");
-    child.stdin.take().unwrap().write_all(stdin).ok();
-    let out = child.wait_with_output().unwrap();
-    Call {
-        code: out.status.code(),
-        signal: out.status.signal(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+impl From<std::process::Output> for Call {
+    fn from(out: std::process::Output) -> Call {
+        use std::os::unix::process::ExitStatusExt;
+        Call {
+            code: out.status.code(),
+            signal: out.status.signal(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 }
