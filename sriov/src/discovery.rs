@@ -498,11 +498,29 @@ fn read_vf(
     Ok(vf)
 }
 
-/// Interfaces that carry an IPv4 default route, from `/proc/net/route` (of the caller's network
-/// namespace). The upstream device plugin never hands those out; neither do we.
-pub fn default_route_interfaces(proc_net_route: &Path) -> std::io::Result<Vec<String>> {
-    let text = std::fs::read_to_string(proc_net_route)?;
-    Ok(parse_default_routes(&text))
+/// Interfaces that carry an IPv4 default route in network namespace `netns` (None: the calling
+/// thread's). The upstream device plugin never hands those out; neither do we. Best effort: no
+/// readable route table means no default route.
+///
+/// `/proc/thread-self/net/route` shows the calling thread's namespace, so for another one a
+/// short-lived thread enters it and reads there.
+pub fn default_route_interfaces(netns: Option<&Path>) -> Vec<String> {
+    let read = || {
+        std::fs::read_to_string("/proc/thread-self/net/route")
+            .map(|text| parse_default_routes(&text))
+            .unwrap_or_default()
+    };
+    let Some(path) = netns else { return read() };
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).ok()?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        Some(read())
+    })
+    .join()
+    .ok()
+    .flatten()
+    .unwrap_or_default()
 }
 
 fn parse_default_routes(text: &str) -> Vec<String> {

@@ -69,9 +69,8 @@ impl StatusReport {
         cni_state_dir: Option<&std::path::Path>,
     ) -> Result<StatusReport, crate::discovery::DiscoveryError> {
         let node = Node::discover(sysfs, &crate::pools::discovery_options(config))?;
-        // Only this network namespace's default route matters; no /proc/net means none.
-        let routes = crate::discovery::default_route_interfaces("/proc/net/route".as_ref())
-            .unwrap_or_default();
+        // Only this network namespace's default route matters.
+        let routes = crate::discovery::default_route_interfaces(None);
         let pools = crate::pools::assign(config, &node, prefix, &routes);
         let mut report = StatusReport::build(
             &sysfs.root().display().to_string(),

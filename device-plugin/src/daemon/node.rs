@@ -2,26 +2,6 @@
 
 use super::*;
 
-/// Interfaces carrying the default route in `netns` (None: ours). A thread enters the namespace
-/// because `/proc/thread-self/net` shows the calling thread's.
-fn default_routes(netns: Option<&Path>) -> Vec<String> {
-    let read = || {
-        sriov::discovery::default_route_interfaces(Path::new("/proc/thread-self/net/route"))
-            .unwrap_or_default()
-    };
-    let Some(path) = netns else { return read() };
-    let path = path.to_path_buf();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).ok()?;
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
-        Some(read())
-    })
-    .join()
-    .ok()
-    .flatten()
-    .unwrap_or_default()
-}
-
 pub(super) fn discover(
     sysfs: &Sysfs,
     config: &Config,
@@ -31,7 +11,7 @@ pub(super) fn discover(
     let node = Node::discover(sysfs, &pools::discovery_options(config))?;
     Ok(Discovered {
         node,
-        default_routes: default_routes(netns),
+        default_routes: sriov::discovery::default_route_interfaces(netns),
         took: start.elapsed(),
     })
 }
