@@ -28,10 +28,10 @@ if $prebuilt; then
     target_dir="${CARGO_TARGET_DIR:-target}"
     RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$target_dir" \
         cargo build --release --locked --target "$host" \
-        -p sriov-device-plugin -p sriov-cni -p sriov-deploy-tests \
-        --bin sriov-device-plugin --bin sriov --bin sriov-install-cni
+        -p sriov-device-plugin -p sriov-node-state -p sriov-cni -p sriov-deploy-tests \
+        --bin sriov-device-plugin --bin sriov-node-state --bin sriov --bin sriov-install-cni
     rm -rf "$out" && mkdir -p "$out"
-    for b in sriov-device-plugin sriov sriov-install-cni; do
+    for b in sriov-device-plugin sriov-node-state sriov sriov-install-cni; do
         cp "$target_dir/$host/release/$b" "$out/"
         if ldd "$out/$b" 2>&1 | grep -q '=>'; then
             echo "build-image.sh: $b is not static" >&2

@@ -50,6 +50,7 @@ fn default_values_render_the_daemon_set_and_least_privilege() {
         resource_prefix: "intel.com".into(),
         metrics_port: 9808,
         log_format: "json".into(),
+        node_state: true,
     };
     let ds = objs.daemon_set("sriov-rs");
     check_daemon_set(ds, &expect);
@@ -89,6 +90,43 @@ fn default_values_render_the_daemon_set_and_least_privilege() {
             ]
         )])
     );
+}
+
+#[test]
+fn without_the_node_state_sidecar_the_pod_has_no_api_access() {
+    let yaml = helm_ok(&[
+        "template",
+        "sriov-rs",
+        CHART,
+        "--namespace",
+        "sriov-rs",
+        "--set",
+        "nodeState.enabled=false",
+    ]);
+    let objs = parse_stream(&yaml, "helm template (nodeState off)");
+    let ds = objs.daemon_set("sriov-rs");
+    check_daemon_set(
+        ds,
+        &Expect {
+            namespace: "sriov-rs".into(),
+            image: "ghcr.io/sriov-rs/sriov-rs:0.1.0".into(),
+            pull_policy: "IfNotPresent".into(),
+            service_account: "sriov-rs".into(),
+            config_map: "sriov-rs-config".into(),
+            config_key: Some("config.json".into()),
+            kubelet_dir: "/var/lib/kubelet".into(),
+            cni_bin_dir: "/opt/cni/bin".into(),
+            resource_prefix: "intel.com".into(),
+            metrics_port: 9808,
+            log_format: "json".into(),
+            node_state: false,
+        },
+    );
+    let volumes = ds.spec.template.spec.as_ref().unwrap().volumes.as_ref();
+    assert!(volumes
+        .unwrap()
+        .iter()
+        .all(|v| v.projected.is_none() && v.empty_dir.is_none()));
 }
 
 #[test]
@@ -152,6 +190,7 @@ fn full_values_change_everything_they_name() {
         resource_prefix: "example.com".into(),
         metrics_port: 19808,
         log_format: "text".into(),
+        node_state: true,
     };
     // (DaemonSet, ConfigMap key, node affinity operator, nodes)
     let cases = [

@@ -97,6 +97,7 @@ fn node_daemon_manifests() {
             resource_prefix: "intel.com".into(),
             metrics_port: 9808,
             log_format: "json".into(),
+            node_state: true,
         },
     );
 }

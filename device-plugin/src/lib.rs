@@ -9,12 +9,11 @@
 //! - [`pool`]: the snapshot shared by the daemon and the servers;
 //! - [`mtu_locks`]: enforcing the CNI's MTU locks in pods;
 //! - [`node_state`]: the SriovNodeState object, when running in a cluster;
-//! - [`metrics`], [`logging`], [`options`].
+//! - [`metrics`], [`options`] (logging is `sriov::logging`).
 
 pub mod allocate;
 pub mod daemon;
 pub mod fswatch;
-pub mod logging;
 pub mod metrics;
 pub mod mtu_locks;
 pub mod node_state;
@@ -25,4 +24,5 @@ pub mod registration;
 pub mod uevent;
 
 pub use daemon::{run, DaemonError};
-pub use options::{LogFormat, Options, RegistrationMode};
+pub use options::{Options, RegistrationMode};
+pub use sriov::logging::LogFormat;

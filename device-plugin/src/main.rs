@@ -101,6 +101,10 @@ struct RunArgs {
     /// The CNI plugin's state folder (its `stateDir`): MTU locks recorded there are enforced.
     #[arg(long, default_value = "/var/lib/cni/sriov-rs")]
     cni_state_dir: PathBuf,
+    /// Write the node's adapters, pools and allocations here, as JSON, whenever they change:
+    /// the sriov-node-state sidecar publishes the file as the node's SriovNodeState.
+    #[arg(long)]
+    node_state_file: Option<PathBuf>,
 }
 
 fn run(args: RunArgs) -> Result<()> {
@@ -108,7 +112,7 @@ fn run(args: RunArgs) -> Result<()> {
         LogFormatArg::Text => LogFormat::Text,
         LogFormatArg::Json => LogFormat::Json,
     };
-    sriov_device_plugin::logging::init(format);
+    sriov::logging::init("sriov-device-plugin", format);
     let opts = Options {
         config: args.config,
         sysfs_root: args.sysfs_root,
@@ -125,6 +129,7 @@ fn run(args: RunArgs) -> Result<()> {
         },
         resync_interval: Duration::from_secs(args.resync_seconds.max(1)),
         cni_state_dir: args.cni_state_dir,
+        node_state_file: args.node_state_file,
     };
     // One thread runs every task: the daemon does little work per event, and fewer threads means
     // fewer malloc arenas and stacks (the idle daemon stays under 10 MiB resident). Discovery and

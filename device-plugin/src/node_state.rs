@@ -1,7 +1,7 @@
-//! The node's SR-IOV state in the cluster: when the daemon runs in Kubernetes (the service
-//! environment is set and `NODE_NAME` names the node), every change of adapters, pools,
-//! health or allocations is handed to the `SriovNodeState` publisher, which coalesces and
-//! rate-limits the API writes.
+//! The node's SR-IOV state for the cluster: with `--node-state-file`, every change of adapters,
+//! pools, health or allocations is written to that file, which the `sriov-node-state` sidecar
+//! publishes as the node's `SriovNodeState` (the daemon itself links no Kubernetes client and
+//! needs no API credentials).
 //!
 //! Allocations come from kubelet's pod resources API (the truth about which pod holds which
 //! device), read on the resync tick.
@@ -9,52 +9,35 @@
 use crate::pool::PoolSnapshot;
 use sriov::discovery::Node;
 use sriov::pools::{Pool, Pools};
-use sriov_node_state::{
-    build_status, PoolCounts, Publisher, PublisherConfig, SriovNodeStateStatus,
-};
+use sriov_node_state::{build_status, status_file, PoolCounts, SriovNodeStateStatus};
 use sriov_proto::podresources::v1::{
     pod_resources_lister_client::PodResourcesListerClient, ListPodResourcesRequest,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// How long a pod resources `List` may take.
 const LIST_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct NodeState {
-    tx: watch::Sender<Option<SriovNodeStateStatus>>,
+    file: PathBuf,
+    /// What the file holds now (`None`: unknown, e.g. after a failed write).
+    written: Option<SriovNodeStateStatus>,
     pod_resources_socket: PathBuf,
     allocated: BTreeMap<String, u32>,
 }
 
 impl NodeState {
-    /// Starts publishing when running in a cluster; `None` (and a log line saying why) otherwise.
-    pub async fn start(kubelet_dir: &Path) -> Option<NodeState> {
-        std::env::var_os("KUBERNETES_SERVICE_HOST")?;
-        let Ok(node) = std::env::var("NODE_NAME") else {
-            tracing::warn!("in a cluster but NODE_NAME is not set: no SriovNodeState is published");
-            return None;
-        };
-        let client = match kube::Client::try_default().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("no Kubernetes client ({e}): no SriovNodeState is published");
-                return None;
-            }
-        };
-        let (tx, rx) = watch::channel(None);
-        tracing::info!(node = %node, "publishing SriovNodeState");
-        tokio::spawn(sriov_node_state::run(
-            Publisher::new(client, PublisherConfig::new(node)),
-            rx,
-        ));
-        Some(NodeState {
-            tx,
+    /// Writes the node state to `file` from now on.
+    pub fn new(file: PathBuf, kubelet_dir: &Path) -> NodeState {
+        tracing::info!(file = %file.display(), "writing the node state for the sriov-node-state sidecar");
+        NodeState {
+            file,
+            written: None,
             pod_resources_socket: kubelet_dir.join("pod-resources/kubelet.sock"),
             allocated: BTreeMap::new(),
-        })
+        }
     }
 
     /// Re-reads how many devices of each resource pods hold now.
@@ -65,14 +48,14 @@ impl NodeState {
         }
     }
 
-    /// Hands the current state to the publisher (which writes only what changed).
+    /// Writes the current state if it differs from what the file holds; `Err` names the file.
     pub fn update<'a>(
-        &self,
+        &mut self,
         node: &Node,
         pools: impl Iterator<Item = &'a PoolSnapshot>,
         zero_config: bool,
         last_error: Option<String>,
-    ) {
+    ) -> Result<(), status_file::StatusFileError> {
         let mut counts = BTreeMap::new();
         let pools = Pools {
             pools: pools
@@ -95,14 +78,13 @@ impl NodeState {
             zero_config,
         };
         let status = build_status(node, &pools, &counts, last_error);
-        self.tx.send_if_modified(|cur| {
-            if cur.as_ref() == Some(&status) {
-                false
-            } else {
-                *cur = Some(status);
-                true
-            }
-        });
+        if self.written.as_ref() == Some(&status) {
+            return Ok(());
+        }
+        self.written = None;
+        status_file::write(&self.file, &status)?;
+        self.written = Some(status);
+        Ok(())
     }
 }
 

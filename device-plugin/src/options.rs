@@ -16,14 +16,6 @@ pub enum RegistrationMode {
     PluginWatcher,
 }
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
 /// Everything the daemon needs to know from outside.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -45,6 +37,8 @@ pub struct Options {
     pub resync_interval: Duration,
     /// The CNI plugin's state folder (`stateDir`), where MTU locks are recorded.
     pub cni_state_dir: PathBuf,
+    /// Where the node state for the `sriov-node-state` sidecar is written (none = not at all).
+    pub node_state_file: Option<PathBuf>,
 }
 
 impl Options {

@@ -3,6 +3,7 @@
 
 pub mod bins;
 pub mod cni;
+pub mod cri;
 pub mod demo;
 pub mod guest_checks;
 pub mod kubelet;

@@ -1,16 +1,16 @@
-//! The daemon publishes `SriovNodeState` when it runs in a cluster: the real daemon process on
-//! a simulated node, a kubelet emulator (whose pod resources API reports an allocation), and an
-//! in-test HTTP server standing in for the Kubernetes API server (there is none here). The
-//! server answers as the API server does and records what it was sent.
-//!
-//! Its own test binary: the daemon inherits this process's environment (in-cluster variables,
-//! KUBECONFIG), which must not leak into other tests.
+//! `SriovNodeState` as a cluster gets it: the real daemon process on a simulated node writes its
+//! node-state file, the real `sriov-node-state` sidecar publishes it. Around them: a kubelet
+//! emulator (whose pod resources API reports an allocation) and an in-test HTTP server
+//! standing in for the Kubernetes API server (there is none here), which answers as the API
+//! server does and records what it was sent.
 
 use serde_json::{json, Value};
 use sriov_e2e::kubelet::{DaemonArgs, DaemonProcess, KubeletEmulator, RegistrationMode};
 use sriov_e2e::sim::{unique_name, SimNode, SimSpec};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -135,25 +135,62 @@ fn wait_status(api: &Mutex<Api>, what: &str, ok: impl Fn(&Value) -> bool) -> Val
     }
 }
 
-#[test]
-fn daemon_publishes_node_state_in_a_cluster() {
-    let lab = SimNode::up(&SimSpec::new(unique_name("nstate")).pfs(2).vfs(4)).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let (port, api) = start_api();
-    let kubeconfig = tmp.path().join("kubeconfig");
+/// The sidecar process, killed when dropped (also when the test fails).
+struct Sidecar(Child);
+
+impl Sidecar {
+    fn spawn(kubeconfig: &Path, status_file: &Path, node: &str, log: &Path) -> Sidecar {
+        let log = std::fs::File::create(log).unwrap();
+        let child = Command::new(sriov_e2e::workspace_binary("sriov-node-state"))
+            .arg("--status-file")
+            .arg(status_file)
+            .args(["--min-interval-seconds", "1", "--resync-seconds", "1"])
+            .env("KUBECONFIG", kubeconfig)
+            .env("NODE_NAME", node)
+            .env("RUST_LOG", "debug")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Sidecar(child)
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn kubeconfig(dir: &Path, port: u16) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
     std::fs::write(
-        &kubeconfig,
+        &path,
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://127.0.0.1:{port}\n\
              users:\n- name: t\n  user: {{}}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\n"
         ),
     )
     .unwrap();
-    // What a pod in a cluster sees; the daemon inherits it.
-    std::env::set_var("KUBERNETES_SERVICE_HOST", "127.0.0.1");
-    std::env::set_var("KUBERNETES_SERVICE_PORT", port.to_string());
-    std::env::set_var("KUBECONFIG", &kubeconfig);
-    std::env::set_var("NODE_NAME", NODE);
+    path
+}
+
+#[test]
+fn daemon_and_sidecar_publish_node_state() {
+    let lab = SimNode::up(&SimSpec::new(unique_name("nstate")).pfs(2).vfs(4)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (port, api) = start_api();
+    let kubeconfig = kubeconfig(tmp.path(), port);
+    let status_file = tmp.path().join("node-state.json");
+    let _sidecar = Sidecar::spawn(
+        &kubeconfig,
+        &status_file,
+        NODE,
+        &tmp.path().join("sidecar.log"),
+    );
 
     let kubelet_dir = tmp.path().join("kubelet");
     let kubelet = KubeletEmulator::start(&kubelet_dir, RegistrationMode::KubeletSocket).unwrap();
@@ -165,7 +202,12 @@ fn daemon_publishes_node_state_in_a_cluster() {
         dev_root: lab.paths().dev(),
         netns: Some(lab.netns_path().to_path_buf()),
         metrics_address: None,
-        extra: vec!["--resync-seconds".into(), "1".into()],
+        extra: vec![
+            "--resync-seconds".into(),
+            "1".into(),
+            "--node-state-file".into(),
+            status_file.display().to_string(),
+        ],
     };
     let bin = sriov_e2e::workspace_binary("sriov-device-plugin");
     let mut daemon = DaemonProcess::spawn(&bin, &args, &tmp.path().join("daemon.log")).unwrap();
@@ -234,4 +276,33 @@ fn daemon_publishes_node_state_in_a_cluster() {
     let n = api.lock().unwrap().requests.len();
     daemon.terminate(Duration::from_secs(5));
     assert!(n < 20, "too many API requests for two changes: {n}");
+
+    // A damaged file is not published (the last good status stays); the next good one is.
+    std::fs::write(&status_file, "{\"pools\": 7").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        api.lock().unwrap().requests.len(),
+        n,
+        "a damaged file was published"
+    );
+    let mut next = status.clone();
+    next["lastError"] = json!("config /etc/sriov-rs/config.json refused: test");
+    std::fs::write(&status_file, next.to_string()).unwrap();
+    wait_status(&api, "the new last error", |s| {
+        s["lastError"] == next["lastError"]
+    });
+    let log = std::fs::read_to_string(tmp.path().join("sidecar.log")).unwrap();
+    assert!(log.contains("not a node status"), "{log}");
+}
+
+#[test]
+fn sidecar_refuses_a_bad_node_name() {
+    let out = Command::new(sriov_e2e::workspace_binary("sriov-node-state"))
+        .args(["--node-name", "../../nodes/x"])
+        .env_remove("NODE_NAME")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid node name \"../../nodes/x\""), "{err}");
 }

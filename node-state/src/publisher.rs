@@ -13,7 +13,8 @@
 //! ownerReference to the Node (the garbage collector deletes the state with the Node), and
 //! applies the status again.
 
-use crate::crd::{SriovNodeState, SriovNodeStateSpec, SriovNodeStateStatus};
+use crate::crd::{SriovNodeState, SriovNodeStateSpec};
+use crate::status::SriovNodeStateStatus;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Resource};

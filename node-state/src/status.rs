@@ -1,9 +1,102 @@
 //! Builds a [`SriovNodeStateStatus`] from what the daemon knows; no I/O.
 
-use crate::crd::{PfStatus, PoolStatus, SriovNodeStateStatus, SriovState, Summary};
+use serde::{Deserialize, Serialize};
 use sriov::discovery::{Node, PciNetDevice, SriovStatus};
 use sriov::pools::Pools;
 use std::collections::BTreeMap;
+
+/// What the daemon sees on its node.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "api", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct SriovNodeStateStatus {
+    /// Physical network devices (SR-IOV PFs and plain NICs), in PCI order.
+    #[serde(default)]
+    pub pfs: Vec<PfStatus>,
+    /// The device plugin resource pools, in config order.
+    #[serde(default)]
+    pub pools: Vec<PoolStatus>,
+    /// The table columns.
+    #[serde(default)]
+    pub summary: Summary,
+    /// The daemon's last error (config refused, discovery or provisioning failure), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// SR-IOV state of a physical device.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "api", derive(schemars::JsonSchema))]
+pub enum SriovState {
+    /// No SR-IOV capability.
+    #[default]
+    NotSupported,
+    /// Capable, no VFs enabled.
+    Disabled,
+    /// VFs enabled.
+    Enabled,
+}
+
+/// One physical network device, as a hypervisor's adapter table shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "api", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct PfStatus {
+    /// Netdev name, or the PCI address when it has none.
+    pub name: String,
+    pub pci_address: String,
+    /// `8086:1593`
+    pub vendor_device: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    pub sriov: SriovState,
+    pub vfs_total: u32,
+    pub vfs_enabled: u32,
+    /// `up`, `down`, or `none` (no netdev, e.g. a PF bound to vfio-pci).
+    pub link: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa_node: Option<u32>,
+}
+
+/// One resource pool.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "api", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStatus {
+    /// Full resource name, `intel.com/sriov_netdevice`.
+    pub name: String,
+    /// Devices (VFs, or whole PFs) in the pool.
+    pub vfs: u32,
+    pub healthy: u32,
+    pub allocated: u32,
+}
+
+/// Precomputed printer columns: per-PF values joined by commas, in the order of `pfs`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "api", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub adapters: String,
+    pub sriov: String,
+    pub links: String,
+    pub mtus: String,
+    pub numa: String,
+    pub drivers: String,
+    pub pci_addresses: String,
+    pub pools: u32,
+    /// `healthy/total` over all pools.
+    pub healthy: String,
+    pub allocated: u32,
+}
+
+impl SriovNodeStateStatus {
+    /// Whether the node has an SR-IOV-enabled PF (the Node label's value).
+    pub fn sriov_capable(&self) -> bool {
+        self.pfs.iter().any(|pf| pf.sriov == SriovState::Enabled)
+    }
+}
 
 /// A pool's live counts, which only the daemon knows (health checks, kubelet allocations).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

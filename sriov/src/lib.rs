@@ -15,6 +15,7 @@
 //! - [`state`]: the CNI's crash-safe per-VF records and locks.
 //! - [`vf_attach`]: the CNI dataplane: save, attach, restore a VF.
 //! - [`mtu_lock`]: enforcing `mtuLock` MTUs in pods (driven by the node daemon).
+//! - [`logging`]: stderr logging, text or JSON, for the long-running programs.
 
 pub mod allocation;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod devinfo;
 pub mod discovery;
 pub mod health;
 pub mod linkwatch;
+pub mod logging;
 pub mod mtu_lock;
 pub mod names;
 pub mod netlink;

@@ -19,6 +19,8 @@ pub enum NameError {
     Resource { name: String, why: &'static str },
     #[error("invalid resource prefix {name:?}: {why}")]
     Prefix { name: String, why: &'static str },
+    #[error("invalid node name {name:?}: {why}")]
+    Node { name: String, why: &'static str },
 }
 
 /// A PCI address `domain:bus:device.function`, always in the kernel's lower-case long form.
@@ -147,34 +149,48 @@ pub fn validate_resource_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-/// Checks a resource prefix: a DNS subdomain such as `intel.com` (kubelet's rule for the domain
-/// part of an extended resource name).
-pub fn validate_resource_prefix(prefix: &str) -> Result<(), NameError> {
-    let bad = |why| {
-        Err(NameError::Prefix {
-            name: prefix.to_string(),
-            why,
-        })
-    };
-    if prefix.is_empty() {
-        return bad("empty");
+/// What is wrong with `name` as a lower-case DNS subdomain (RFC 1123), if anything.
+fn dns_subdomain_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("empty");
     }
-    if prefix.len() > 253 {
-        return bad("longer than 253 characters");
+    if name.len() > 253 {
+        return Some("longer than 253 characters");
     }
-    for label in prefix.split('.') {
-        let ok = !label.is_empty()
+    let label_ok = |label: &str| {
+        !label.is_empty()
             && label.len() <= 63
             && label
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !label.starts_with('-')
-            && !label.ends_with('-');
-        if !ok {
-            return bad("must be a lower-case DNS subdomain such as intel.com");
-        }
+            && !label.ends_with('-')
+    };
+    (!name.split('.').all(label_ok))
+        .then_some("must be a lower-case DNS subdomain such as intel.com")
+}
+
+/// Checks a resource prefix: a DNS subdomain such as `intel.com` (kubelet's rule for the domain
+/// part of an extended resource name).
+pub fn validate_resource_prefix(prefix: &str) -> Result<(), NameError> {
+    match dns_subdomain_problem(prefix) {
+        Some(why) => Err(NameError::Prefix {
+            name: prefix.to_string(),
+            why,
+        }),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Checks a Kubernetes node name (a DNS subdomain), which names an API object and a URL path.
+pub fn validate_node_name(name: &str) -> Result<(), NameError> {
+    match dns_subdomain_problem(name) {
+        Some(why) => Err(NameError::Node {
+            name: name.to_string(),
+            why,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Turns an arbitrary string (a PF netdev name) into a valid resource name: characters outside
@@ -271,6 +287,11 @@ mod tests {
         validate_resource_prefix("openshift.io").unwrap();
         for bad in ["", "Intel.com", "a..b", "-a.com", "a/b", "../x"] {
             assert!(validate_resource_prefix(bad).is_err(), "{bad:?} accepted");
+        }
+        validate_node_name("worker-1.rack3.example").unwrap();
+        for bad in ["", "Worker-1", "a/../b", "node_1", &"n".repeat(254)] {
+            let err = validate_node_name(bad).unwrap_err().to_string();
+            assert!(err.starts_with("invalid node name"), "{bad:?}: {err}");
         }
         assert_eq!(sanitize_resource_name("enp3s0f0.100"), "enp3s0f0_100");
         assert_eq!(sanitize_resource_name(""), "_");

@@ -149,7 +149,12 @@ pub struct Expect {
     pub resource_prefix: String,
     pub metrics_port: i32,
     pub log_format: String,
+    /// The node-state sidecar is deployed.
+    pub node_state: bool,
 }
+
+/// Where the daemon writes the node state the sidecar publishes.
+const NODE_STATE_FILE: &str = "/run/sriov-rs/node-state.json";
 
 fn mount_target(spec_volumes: &[Volume], name: &str) -> String {
     let v = spec_volumes
@@ -160,9 +165,114 @@ fn mount_target(spec_volumes: &[Volume], name: &str) -> String {
         format!("hostPath:{}:{}", h.path, h.type_.as_deref().unwrap_or(""))
     } else if let Some(c) = &v.config_map {
         format!("configMap:{}", c.name)
+    } else if let Some(d) = &v.empty_dir {
+        format!("emptyDir:{}", d.medium.as_deref().unwrap_or(""))
+    } else if let Some(p) = &v.projected {
+        let sources: Vec<String> = p
+            .sources
+            .iter()
+            .flatten()
+            .map(|s| {
+                if let Some(t) = &s.service_account_token {
+                    format!("token:{}", t.path)
+                } else if let Some(c) = &s.config_map {
+                    format!("configMap:{}", c.name)
+                } else if let Some(d) = &s.downward_api {
+                    let items = d.items.iter().flatten();
+                    let paths: Vec<&str> = items.map(|i| i.path.as_str()).collect();
+                    format!("downwardAPI:{}", paths.join("+"))
+                } else {
+                    panic!("volume {name}: unexpected projection {s:?}")
+                }
+            })
+            .collect();
+        format!("projected:{}", sources.join(","))
     } else {
         panic!("volume {name}: unexpected source {v:?}")
     }
+}
+
+/// The sidecar publishes the daemon's file with the pod's only token, unprivileged.
+fn check_node_state_sidecar(
+    containers: &[Container],
+    volumes: &[Volume],
+    e: &Expect,
+    at: &dyn Fn(&str) -> String,
+) {
+    let c = container(containers, "node-state");
+    assert_eq!(
+        c.image.as_deref(),
+        Some(e.image.as_str()),
+        "{}",
+        at("sidecar image")
+    );
+    assert_eq!(
+        c.command.as_deref(),
+        Some(&["/usr/local/bin/sriov-node-state".to_string()][..])
+    );
+    let args = c.args.clone().unwrap();
+    let flags = flags(&args);
+    assert_eq!(
+        flags,
+        BTreeMap::from([
+            ("status-file", NODE_STATE_FILE),
+            ("log-format", e.log_format.as_str())
+        ]),
+        "{}",
+        at("sidecar flags")
+    );
+    let env = c.env.clone().unwrap();
+    assert_eq!(env.len(), 1, "{}", at("sidecar env"));
+    let field = env[0]
+        .value_from
+        .as_ref()
+        .unwrap()
+        .field_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (env[0].name.as_str(), field.field_path.as_str()),
+        ("NODE_NAME", "spec.nodeName")
+    );
+    let sc = c.security_context.as_ref().unwrap();
+    assert_ne!(sc.privileged, Some(true), "{}", at("sidecar unprivileged"));
+    assert_eq!(sc.run_as_non_root, Some(true), "{}", at("sidecar non-root"));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
+    let mounts: BTreeMap<String, (String, Option<bool>)> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| {
+            (
+                m.mount_path.clone(),
+                (mount_target(volumes, &m.name), m.read_only),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mounts,
+        BTreeMap::from([
+            (
+                "/run/sriov-rs".to_string(),
+                ("emptyDir:Memory".to_string(), Some(true))
+            ),
+            (
+                "/var/run/secrets/kubernetes.io/serviceaccount".to_string(),
+                (
+                    "projected:token:token,configMap:kube-root-ca.crt,downwardAPI:namespace"
+                        .to_string(),
+                    Some(true)
+                )
+            ),
+        ]),
+        "{}",
+        at("sidecar mounts")
+    );
 }
 
 /// `--flag=value` arguments as a map (and the bare ones with an empty value).
@@ -224,7 +334,18 @@ pub fn check_daemon_set(ds: &DaemonSet, e: &Expect) {
         "{}",
         at("serviceAccountName")
     );
-    assert_eq!(pod.containers.len(), 1, "{}", at("one container"));
+    assert_eq!(
+        pod.containers.len(),
+        1 + usize::from(e.node_state),
+        "{}",
+        at("the daemon, and the node-state sidecar when enabled")
+    );
+    assert_eq!(
+        pod.automount_service_account_token,
+        Some(false),
+        "{}",
+        at("no token in the privileged daemon")
+    );
     let volumes = pod.volumes.clone().unwrap_or_default();
 
     // The daemon.
@@ -250,7 +371,7 @@ pub fn check_daemon_set(ds: &DaemonSet, e: &Expect) {
     let args = c.args.clone().unwrap();
     assert_eq!(args[0], "run", "{}", at("subcommand"));
     let flags = flags(&args[1..]);
-    let known: BTreeSet<&str> = [
+    let mut known: BTreeSet<&str> = [
         "config",
         "sysfs-root",
         "kubelet-dir",
@@ -260,6 +381,9 @@ pub fn check_daemon_set(ds: &DaemonSet, e: &Expect) {
         "devinfo-dir",
     ]
     .into();
+    if e.node_state {
+        known.insert("node-state-file");
+    }
     assert_eq!(
         flags.keys().copied().collect::<BTreeSet<_>>(),
         known,
@@ -276,19 +400,7 @@ pub fn check_daemon_set(ds: &DaemonSet, e: &Expect) {
         "{}",
         at("metrics port")
     );
-    let env = c.env.clone().unwrap();
-    let node = env
-        .iter()
-        .find(|v| v.name == "NODE_NAME")
-        .expect("NODE_NAME env");
-    let field = node
-        .value_from
-        .as_ref()
-        .unwrap()
-        .field_ref
-        .as_ref()
-        .unwrap();
-    assert_eq!(field.field_path, "spec.nodeName");
+    assert!(c.env.is_none(), "{}", at("the daemon needs no env"));
 
     // Probes on /healthz at the port the daemon serves.
     let ports = c.ports.clone().unwrap();
@@ -348,8 +460,10 @@ pub fn check_daemon_set(ds: &DaemonSet, e: &Expect) {
             "/var/lib/cni/sriov-rs",
             "hostPath:/var/lib/cni/sriov-rs:DirectoryOrCreate".into(),
         ),
+        ("/run/sriov-rs", "emptyDir:Memory".into()),
     ]
     .into_iter()
+    .filter(|(k, _)| e.node_state || *k != "/run/sriov-rs")
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let mounts = c.volume_mounts.clone().unwrap();
@@ -389,6 +503,10 @@ pub fn check_daemon_set(ds: &DaemonSet, e: &Expect) {
     assert_eq!(flags["sysfs-root"], "/host/sys");
     assert_eq!(flags["kubelet-dir"], "/var/lib/kubelet");
     assert_eq!(flags["devinfo-dir"], "/var/run/k8s.cni.cncf.io/devinfo/dp");
+    if e.node_state {
+        assert_eq!(flags["node-state-file"], NODE_STATE_FILE);
+        check_node_state_sidecar(&pod.containers, &volumes, e, &at);
+    }
 
     // The config volume and the key it projects.
     let config = volumes
@@ -459,8 +577,10 @@ pub fn check_daemon_set(ds: &DaemonSet, e: &Expect) {
     );
 
     // No volume defined for nothing.
-    let used: BTreeSet<&str> = mounts
+    let used: BTreeSet<&str> = pod
+        .containers
         .iter()
+        .flat_map(|c| c.volume_mounts.iter().flatten())
         .chain(&init_mounts)
         .map(|m| m.name.as_str())
         .collect();

@@ -429,16 +429,20 @@ impl Daemon {
         }
     }
 
-    /// Hands the current state to the SriovNodeState publisher, if there is one.
-    fn publish_node_state(&self) {
-        if let Some(ns) = &self.node_state {
+    /// Writes the current state to the node-state file, if there is one.
+    fn publish_node_state(&mut self) {
+        if let Some(ns) = &mut self.node_state {
             let snapshots: Vec<_> = self.pools.values().map(|rt| rt.shared.current()).collect();
-            ns.update(
+            let written = ns.update(
                 &self.node,
                 snapshots.iter().map(|s| &**s),
                 self.config.resources.is_none(),
                 self.last_error.clone(),
             );
+            if let Err(e) = written {
+                self.ctx.metrics.error("node_state");
+                tracing::warn!("node state not written: {e}");
+            }
         }
     }
 
@@ -521,7 +525,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         "sriov-device-plugin running"
     );
 
-    d.node_state = crate::node_state::NodeState::start(&d.opts.kubelet_dir).await;
+    d.node_state = d
+        .opts
+        .node_state_file
+        .clone()
+        .map(|file| crate::node_state::NodeState::new(file, &d.opts.kubelet_dir));
     if let Some(ns) = &mut d.node_state {
         ns.refresh_allocations().await;
     }

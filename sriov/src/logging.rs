@@ -1,28 +1,37 @@
-//! Logging: `tracing` to stderr, as text or JSON lines.
+//! Logging of the long-running programs (the node daemon, the node-state sidecar): `tracing`
+//! to stderr, as text or JSON lines.
 //!
 //! `RUST_LOG` filters with `target=level` directives (default `info`). It is parsed as
 //! [`Targets`], not `EnvFilter`: no span-field regexes, which keeps a regex engine out of the
 //! daemon (and out of its resident memory).
 
-use crate::options::LogFormat;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 /// The filter from `RUST_LOG`; a malformed value falls back to `info` (and says so).
-fn filter() -> Targets {
+fn filter(program: &str) -> Targets {
     match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => v.parse().unwrap_or_else(|e| {
-            eprintln!("sriov-device-plugin: ignoring RUST_LOG={v:?}: {e}");
+            eprintln!("{program}: ignoring RUST_LOG={v:?}: {e}");
             Targets::new().with_default(LevelFilter::INFO)
         }),
         _ => Targets::new().with_default(LevelFilter::INFO),
     }
 }
 
-/// Installs the global subscriber; a second call (tests) is a no-op.
-pub fn init(format: LogFormat) {
-    let registry = tracing_subscriber::registry().with(filter());
+/// Installs the global subscriber for `program` (named in warnings about `RUST_LOG`); a second
+/// call (tests) is a no-op.
+pub fn init(program: &str, format: LogFormat) {
+    let registry = tracing_subscriber::registry().with(filter(program));
     let _ = match format {
         LogFormat::Text => registry
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
