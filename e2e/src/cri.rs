@@ -1,11 +1,14 @@
 //! A small blocking client of the Kubernetes Container Runtime Interface (CRI), for tests that
-//! drive a container runtime (containerd) the way kubelet does: pod sandboxes only.
+//! drive a container runtime (containerd) the way kubelet does: pod sandboxes only. Plus the
+//! sandbox ("pause") image such a runtime needs, built locally since no registry is reachable.
 //!
 //! The bindings come from `e2e/proto/cri/runtime/v1/api.proto`, a subset of the real
 //! `runtime.v1` API with the same field names and numbers.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
@@ -190,5 +193,113 @@ pub fn pod_sandbox_config(
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// Builds a pause image named `name` as an OCI image layout archive in `work` (created) and
+/// returns the archive's path, for `ctr images import`. One layer: a static busybox
+/// (`/bin/busybox`, from busybox-static) whose entrypoint sleeps forever. Uses `tar` and
+/// `sha256sum`.
+pub fn pause_image_archive(work: &Path, name: &str) -> Result<PathBuf, String> {
+    let io = |what: &str, e: std::io::Error| format!("pause image: {what}: {e}");
+    let rootfs = work.join("rootfs");
+    let layout = work.join("oci");
+    for sub in ["bin", "dev", "proc", "sys", "etc", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(sub)).map_err(|e| io("rootfs", e))?;
+    }
+    std::fs::create_dir_all(layout.join("blobs/sha256")).map_err(|e| io("layout", e))?;
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).map_err(|e| io("/bin/busybox", e))?;
+    let layer_tar = work.join("layer.tar");
+    tar(&rootfs, &layer_tar)?;
+    let layer = blob(
+        &layout,
+        &std::fs::read(&layer_tar).map_err(|e| io("layer", e))?,
+    )?;
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    // busybox runs the applet named by argv[1] when argv[0] is `busybox`.
+    let config = serde_json::json!({
+        "architecture": arch, "os": "linux",
+        "config": {"Entrypoint": ["/bin/busybox", "sleep", "2147483647"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer.0]},
+    });
+    let config = blob(&layout, config.to_string().as_bytes())?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.0, "size": config.1},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.0, "size": layer.1}],
+    });
+    let manifest = blob(&layout, manifest.to_string().as_bytes())?;
+    // containerd names the image after `io.containerd.image.name`.
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest.0, "size": manifest.1,
+            "annotations": {"io.containerd.image.name": name},
+        }],
+    });
+    std::fs::write(layout.join("index.json"), index.to_string()).map_err(|e| io("index", e))?;
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .map_err(|e| io("oci-layout", e))?;
+    let archive = work.join("pause.tar");
+    tar(&layout, &archive)?;
+    Ok(archive)
+}
+
+/// `tar -cf archive -C dir .`, owned by root.
+fn tar(dir: &Path, archive: &Path) -> Result<(), String> {
+    let out = Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+        .arg(dir)
+        .arg("-cf")
+        .arg(archive)
+        .arg(".")
+        .output()
+        .map_err(|e| format!("tar: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "tar {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// Stores `bytes` as a blob of the OCI layout; returns its digest and size.
+fn blob(layout: &Path, bytes: &[u8]) -> Result<(String, usize), String> {
+    let hex = sha256_hex(bytes)?;
+    std::fs::write(layout.join("blobs/sha256").join(&hex), bytes)
+        .map_err(|e| format!("blob {hex}: {e}"))?;
+    Ok((format!("sha256:{hex}"), bytes.len()))
+}
+
+/// SHA-256 of `bytes` in hex, by `sha256sum`.
+fn sha256_hex(bytes: &[u8]) -> Result<String, String> {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("sha256sum: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(bytes)
+            .map_err(|e| format!("sha256sum: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("sha256sum: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.split_whitespace().next() {
+        Some(hex) if out.status.success() && hex.len() == 64 => Ok(hex.to_string()),
+        _ => Err(format!("sha256sum printed {text:?}")),
     }
 }

@@ -26,7 +26,7 @@ const RUN_DIR: &str = "/run/containerd";
 const SHIM_SOCKETS: &str = "/run/containerd/s";
 
 /// One plugin call as the wrapper recorded it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 struct PluginCall {
     command: String,
     container_id: String,
@@ -172,73 +172,10 @@ impl Containerd {
         .unwrap();
     }
 
-    /// Builds the pause image (OCI layout: one layer with a static busybox that sleeps) and
-    /// imports it into the CRI namespace.
+    /// Builds the pause image and imports it into the CRI namespace.
     fn import_pause_image(&self) {
-        let work = self.dir.join("image");
-        let rootfs = work.join("rootfs");
-        let layout = work.join("oci");
-        for sub in ["bin", "dev", "proc", "sys", "etc", "tmp"] {
-            std::fs::create_dir_all(rootfs.join(sub)).unwrap();
-        }
-        std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-        let layer = work.join("layer.tar");
-        run(Command::new("tar")
-            .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&layer)
-            .arg("."));
-        let layer = blob(&layout, &std::fs::read(&layer).unwrap());
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            other => other,
-        };
-        // busybox picks its applet from argv[1] when argv[0] is `busybox`.
-        let config = blob(
-            &layout,
-            json!({
-                "architecture": arch, "os": "linux",
-                "config": {"Entrypoint": ["/bin/busybox", "sleep", "2147483647"], "Env": ["PATH=/bin"]},
-                "rootfs": {"type": "layers", "diff_ids": [layer.0]},
-            })
-            .to_string()
-            .as_bytes(),
-        );
-        let manifest = blob(
-            &layout,
-            json!({
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.0, "size": config.1},
-                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.0, "size": layer.1}],
-            })
-            .to_string()
-            .as_bytes(),
-        );
-        let index = json!({
-            "schemaVersion": 2,
-            "manifests": [{
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": manifest.0, "size": manifest.1,
-                "annotations": {"io.containerd.image.name": PAUSE_IMAGE, "org.opencontainers.image.ref.name": "1"},
-            }],
-        });
-        std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
-        std::fs::write(
-            layout.join("oci-layout"),
-            r#"{"imageLayoutVersion":"1.0.0"}"#,
-        )
-        .unwrap();
-        let tar = work.join("pause.tar");
-        run(Command::new("tar")
-            .arg("-C")
-            .arg(&layout)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."));
+        let tar = cri::pause_image_archive(&self.dir.join("image"), PAUSE_IMAGE)
+            .unwrap_or_else(|e| panic!("{e}"));
         run(Command::new("ctr")
             .arg("--address")
             .arg(self.socket())
@@ -307,9 +244,27 @@ impl Containerd {
             .collect()
     }
 
+    /// (command, CNI_NETNS, exit code) of one sandbox's calls.
+    fn summary(&self, id: &str) -> Vec<(String, String, i32)> {
+        self.calls_of(id)
+            .into_iter()
+            .map(|k| (k.command, k.netns, k.rc))
+            .collect()
+    }
+
     fn calls(&self) -> Vec<PluginCall> {
         calls_in(&self.dir)
     }
+}
+
+/// What containerd 1.6 calls for a pod: ADD; DEL at StopPodSandbox; DEL without a netns at
+/// RemovePodSandbox (the netns is gone by then). All succeed.
+fn containerd_sequence(netns: &str) -> Vec<(String, String, i32)> {
+    vec![
+        ("ADD".into(), netns.into(), 0),
+        ("DEL".into(), netns.into(), 0),
+        ("DEL".into(), String::new(), 0),
+    ]
 }
 
 impl Drop for Containerd {
@@ -356,43 +311,38 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Stores `bytes` as a blob of the OCI layout; returns its digest and size.
-fn blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
-    let hex = sha256_hex(bytes);
-    std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
-    (format!("sha256:{hex}"), bytes.len())
-}
-
-/// `sha256sum` of `bytes`, in hex.
-fn sha256_hex(bytes: &[u8]) -> String {
+/// `sha256sum` of `bytes`, in hex (never panics: used while dropping).
+fn sha256_hex(bytes: &[u8]) -> Option<String> {
     use std::io::Write;
     let mut child = Command::new("sha256sum")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("sha256sum");
-    child.stdin.take().unwrap().write_all(bytes).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "sha256sum failed");
-    let hex = String::from_utf8_lossy(&out.stdout);
-    hex.split_whitespace().next().unwrap().to_string()
+        .ok()?;
+    child.stdin.take()?.write_all(bytes).ok()?;
+    let out = child.wait_with_output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(text.split_whitespace().next()?.to_string())
 }
 
+/// The wrapper's records (lines it could not have written are skipped: used while dropping).
 fn calls_in(dir: &Path) -> Vec<PluginCall> {
     std::fs::read_to_string(dir.join("calls.log"))
         .unwrap_or_default()
         .lines()
-        .map(|l| {
+        .filter_map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
-            assert_eq!(f.len(), 6, "calls.log line {l:?}");
-            PluginCall {
-                command: f[0].into(),
-                container_id: f[1].into(),
-                ifname: f[2].into(),
-                netns: f[3].into(),
-                args: f[4].into(),
-                rc: f[5].parse().unwrap(),
-            }
+            let [command, container_id, ifname, netns, args, rc] = f[..] else {
+                return None;
+            };
+            Some(PluginCall {
+                command: command.into(),
+                container_id: container_id.into(),
+                ifname: ifname.into(),
+                netns: netns.into(),
+                args: args.into(),
+                rc: rc.parse().ok()?,
+            })
         })
         .collect()
 }
@@ -469,8 +419,9 @@ fn remove_instance(dir: &Path) {
             arg_after(&args, "-id"),
             arg_after(&args, "-address"),
         ) {
-            let hash = sha256_hex(format!("{address}/{ns}/{id}").as_bytes());
-            let _ = std::fs::remove_file(Path::new(SHIM_SOCKETS).join(hash));
+            if let Some(hash) = sha256_hex(format!("{address}/{ns}/{id}").as_bytes()) {
+                let _ = std::fs::remove_file(Path::new(SHIM_SOCKETS).join(hash));
+            }
         }
     }
     let mut netns: Vec<String> = calls_in(dir)
@@ -486,38 +437,20 @@ fn remove_instance(dir: &Path) {
             let _ = std::fs::remove_file(&ns);
         }
     }
+    // Overlay rootfs and /dev/shm of the sandboxes. The paths have no characters that
+    // mountinfo escapes (temp name, hex IDs).
     let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
         .filter(|m| Path::new(m).starts_with(dir))
+        .map(str::to_string)
         .collect();
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for m in mounts {
         let _ = umount2(Path::new(&m), MntFlags::MNT_DETACH);
     }
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// mountinfo writes space, tab, newline and backslash in paths as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('\\') {
-        out.push_str(&rest[..i]);
-        match u8::from_str_radix(rest.get(i + 1..i + 4).unwrap_or(""), 8) {
-            Ok(b) => {
-                out.push(b as char);
-                rest = &rest[i + 4..];
-            }
-            Err(_) => {
-                out.push('\\');
-                rest = &rest[i + 1..];
-            }
-        }
-    }
-    out + rest
 }
 
 /// Instances of test processes that died without cleaning up (killed by a timeout).
@@ -644,26 +577,12 @@ fn containerd_cri_pods_get_a_vf_and_give_it_back() {
     let b = c.run_pod("web-b", "sriov-test", "uid-b");
     assert_attached(&c, &b, vf, &mac);
     c.remove(&a.id);
-    let seen: Vec<(String, String, i32)> = c
-        .calls_of(&a.id)
-        .into_iter()
-        .map(|k| (k.command, k.netns, k.rc))
-        .collect();
-    assert_eq!(
-        seen,
-        vec![
-            ("ADD".into(), a.netns.clone(), 0),
-            ("DEL".into(), a.netns.clone(), 0),
-            ("DEL".into(), String::new(), 0),
-        ],
-        "containerd's calls for the first pod"
-    );
+    assert_eq!(c.summary(&a.id), containerd_sequence(&a.netns));
     assert_attached(&c, &b, vf, &mac);
 
     c.stop(&b.id);
     c.remove(&b.id);
-    let commands: Vec<String> = c.calls_of(&b.id).into_iter().map(|k| k.command).collect();
-    assert_eq!(commands, ["ADD", "DEL", "DEL"]);
+    assert_eq!(c.summary(&b.id), containerd_sequence(&b.netns));
     assert!(c.calls().iter().all(|k| k.rc == 0), "{:#?}", c.calls());
     assert_back_and_clean(&c.lab, vf, &before);
     assert!(!Path::new(&b.netns).exists(), "{} left", b.netns);
