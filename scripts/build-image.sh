@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
 # Builds the sriov-rs image with podman (daemonless; `apt-get install podman` on Debian), or
 # buildah when podman is missing.
-#   scripts/build-image.sh [--prebuilt] [TAG]
+#   scripts/build-image.sh [--prebuilt | --binaries-only] [TAG]
 # Default: builds the binaries inside the Rust image (Containerfile stage `builder`).
 # --prebuilt: builds static binaries on this machine (cargo, crt-static) and only copies them
 # into the empty base, which needs no image registry at all.
+# --binaries-only: builds those static binaries into target/image/bin and stops (the daemon
+# benchmark measures the binary the image ships).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 prebuilt=false
-if [ "${1:-}" = "--prebuilt" ]; then prebuilt=true; shift; fi
+binaries_only=false
+case "${1:-}" in
+    --prebuilt) prebuilt=true; shift ;;
+    --binaries-only) prebuilt=true; binaries_only=true; shift ;;
+esac
 tag="${1:-ghcr.io/sriov-rs/sriov-rs:$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/sriov-rs/Chart.yaml)}"
 
-if command -v podman >/dev/null 2>&1; then
+if $binaries_only; then
+    build=()
+elif command -v podman >/dev/null 2>&1; then
     build=(podman build)
 elif command -v buildah >/dev/null 2>&1; then
     build=(buildah bud)
@@ -38,6 +46,10 @@ if $prebuilt; then
             exit 1
         fi
     done
+    if $binaries_only; then
+        echo "built $out"
+        exit 0
+    fi
     "${build[@]}" -f Containerfile --target prebuilt -t "$tag" .
 else
     "${build[@]}" -f Containerfile -t "$tag" .

@@ -1,5 +1,7 @@
 //! The node daemon on a simulated node of 8 PFs x 128 VFs (1,024 VFs), driven by the kubelet
-//! emulator over real sockets. `cargo bench -p sriov-e2e --bench device_plugin` (root).
+//! emulator over real sockets. `cargo bench -p sriov-e2e --bench device_plugin` (root). The
+//! daemon measured is the image's (static) binary, built by `scripts/build-image.sh
+//! --binaries-only`.
 //!
 //! Prints, against the targets of the daemon's issue:
 //! - cold start to the first ListAndWatch answer (< 50 ms);
@@ -62,8 +64,12 @@ fn start(bin: &Path, lab: &SimNode) -> Run {
         devinfo_dir: tmp.path().join("devinfo"),
         dev_root: lab.paths().dev(),
         netns: Some(lab.netns_path().to_path_buf()),
-        metrics_address: None,
-        extra: vec![],
+        // As deployed: metrics served, the node-state file written.
+        metrics_address: Some(free_local_port()),
+        extra: vec![
+            "--node-state-file".into(),
+            tmp.path().join("node-state.json").display().to_string(),
+        ],
     };
     let log = tmp.path().join("daemon.log");
     std::env::set_var("RUST_LOG", "warn");
@@ -73,6 +79,12 @@ fn start(bin: &Path, lab: &SimNode) -> Run {
         kubelet,
         _tmp: tmp,
     }
+}
+
+/// A local address nobody listens on right now.
+fn free_local_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
 }
 
 /// A `/proc/PID/status` field in KiB (VmRSS, RssAnon, RssFile).
@@ -85,13 +97,61 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+fn print_rss(label: &str, pid: u32, target: &str) {
+    let mib = |field| status_kib(pid, field) as f64 / 1024.0;
+    println!(
+        "{label:<44} {:.1} MiB (anonymous {:.1}, file-backed {:.1})  ({target})",
+        mib("VmRSS"),
+        mib("RssAnon"),
+        mib("RssFile")
+    );
+}
+
+/// The node-state sidecar following the daemon's file, with no API server to reach (none
+/// exists here): it reads and parses the status, fails to publish, and waits to retry.
+fn sidecar_rss(run: &Run) {
+    let bin = sriov_e2e::image_binary("sriov-node-state").unwrap_or_else(|e| panic!("{e}"));
+    let dir = run._tmp.path();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://{}\n\
+             users:\n- name: t\n  user: {{}}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\n",
+            free_local_port()
+        ),
+    )
+    .expect("kubeconfig");
+    let mut child = Command::new(bin)
+        .arg("--status-file")
+        .arg(dir.join("node-state.json"))
+        .args(["--node-name", "bench-node", "--min-interval-seconds", "0"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sriov-node-state");
+    std::thread::sleep(Duration::from_secs(3));
+    print_rss(
+        "node-state sidecar, idle (API unreachable)",
+        child.id(),
+        "-",
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn main() {
     assert!(
         nix::unistd::geteuid().is_root(),
         "the device plugin benchmark needs root (simulated node)"
     );
     sriov_e2e::sim::gc().expect("gc");
-    let bin: PathBuf = sriov_e2e::workspace_binary("sriov-device-plugin");
+    // The binary the image ships: static, built by `scripts/build-image.sh --binaries-only`.
+    let bin: PathBuf =
+        sriov_e2e::image_binary("sriov-device-plugin").unwrap_or_else(|e| panic!("{e}"));
+    println!("daemon binary: {} (as in the image)", bin.display());
     let spec = SimSpec::new(unique_name("bench-dp"))
         .pfs(8)
         .vfs(128)
@@ -176,15 +236,12 @@ fn main() {
 
     // Idle memory.
     std::thread::sleep(Duration::from_secs(2));
-    let pid = run.daemon.pid().expect("pid");
-    let mib = |field| status_kib(pid, field) as f64 / 1024.0;
-    println!(
-        "{:<44} {:.1} MiB (anonymous {:.1}, file-backed {:.1})  (target < 10 MiB)",
+    print_rss(
         "resident memory, idle, 1,024 VFs",
-        mib("VmRSS"),
-        mib("RssAnon"),
-        mib("RssFile")
+        run.daemon.pid().expect("pid"),
+        "target < 10 MiB",
     );
+    sidecar_rss(&run);
 
     // Link down -> Unhealthy: a long-lived `ip -batch` so no process start is measured.
     let mut ip = Command::new("ip")

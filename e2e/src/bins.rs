@@ -58,3 +58,28 @@ pub fn build_binary(bin: &str) -> Result<PathBuf, String> {
     }
     Ok(path)
 }
+
+/// Path of a binary as the image ships it (static, `target/image/bin/`), built by
+/// `scripts/build-image.sh --binaries-only`: benchmarks measure what runs on nodes.
+pub fn image_binary(bin: &str) -> Result<PathBuf, String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace folder")?;
+    let out = Command::new("bash")
+        .arg(root.join("scripts/build-image.sh"))
+        .arg("--binaries-only")
+        .current_dir(root)
+        .output()
+        .map_err(|e| format!("running scripts/build-image.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "scripts/build-image.sh --binaries-only failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let path = root.join("target/image/bin").join(bin);
+    if !path.exists() {
+        return Err(format!("{} was not built", path.display()));
+    }
+    Ok(path)
+}

@@ -11,4 +11,4 @@ pub mod ping;
 pub mod sim;
 pub mod vm;
 
-pub use bins::workspace_binary;
+pub use bins::{image_binary, workspace_binary};
