@@ -1,7 +1,8 @@
 //! ADD and DEL latency of the `sriov` CNI plugin (exec to exit) against Debian's `host-device`
 //! plugin doing the same move of a VF netdev into a pod, on a simulated node, in one run.
 //!
-//! `cargo bench -p sriov-e2e --bench cni` (root). The benchmark process enters the node's netns
+//! `cargo bench -p sriov-e2e --bench cni` (root). Our plugin is the image's static binary (built
+//! by `scripts/build-image.sh --binaries-only`). The benchmark process enters the node's netns
 //! itself, so both plugins are exec'ed directly (no nsenter in the measurement). Rounds alternate
 //! between the plugins so both see the same machine noise. Target: our median ADD without IPAM
 //! under 2 ms and at most a tenth of host-device's.
@@ -136,7 +137,8 @@ fn main() {
         "{}",
         deps.display()
     );
-    let ours = sriov_e2e::workspace_binary("sriov");
+    // The plugin as the image ships it (static), like Debian's statically linked Go plugins.
+    let ours = sriov_e2e::image_binary("sriov").unwrap_or_else(|e| panic!("{e}"));
     let host_device = PathBuf::from(CNI_PATH).join("host-device");
     let node =
         SimNode::up(&SimSpec::new(unique_name("bench-cni")).pfs(1).vfs(3).vfio(1)).expect("lab up");

@@ -101,9 +101,24 @@ pub struct NetlinkSocket {
 impl NetlinkSocket {
     /// A socket in the calling thread's network namespace.
     pub fn new() -> Result<Self> {
+        Self::configure(Self::open_bound()?)
+    }
+
+    /// A socket inside `netns`. Only the `socket(2)` and `bind(2)` calls run on a short-lived
+    /// thread that enters the namespace (the calling thread's namespace never changes); the
+    /// rest, which allocates, stays on the caller's thread, so the helper thread is cheap.
+    pub fn new_in(netns: &Netns) -> Result<Self> {
+        Self::configure(netns.run_in(Self::open_bound)??)
+    }
+
+    fn open_bound() -> Result<Socket> {
         let socket_err = |op| move |source| NetlinkError::Socket { op, source };
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(socket_err("open"))?;
         socket.bind_auto().map_err(socket_err("bind"))?;
+        Ok(socket)
+    }
+
+    fn configure(socket: Socket) -> Result<Self> {
         // CAP_ACK: error replies carry only our request's header, not the
         // whole request back. EXT_ACK: the kernel explains refusals
         // ("Invalid MTU", "Name already in use"...). STRICT_CHK: the kernel
@@ -126,12 +141,6 @@ impl NetlinkSocket {
             seq: 0,
             buf: Vec::with_capacity(32 * 1024),
         })
-    }
-
-    /// A socket inside `netns`, created on a short-lived thread that enters
-    /// the namespace; the calling thread's namespace never changes.
-    pub fn new_in(netns: &Netns) -> Result<Self> {
-        netns.run_in(Self::new)?
     }
 
     /// Send a plain request and wait for its ACK.
