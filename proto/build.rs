@@ -9,8 +9,16 @@ const PROTOS: &[&str] = &[
     "proto/podresources/v1/api.proto",
 ];
 
+/// A subset of the Container Runtime Interface (kubelet's client side of the runtime), for the
+/// tests that drive containerd as kubelet does (feature `cri`).
+const CRI_PROTO: &str = "proto/cri/runtime/v1/api.proto";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    for p in PROTOS {
+    let mut protos = PROTOS.to_vec();
+    if std::env::var_os("CARGO_FEATURE_CRI").is_some() {
+        protos.push(CRI_PROTO);
+    }
+    for p in PROTOS.iter().chain([&CRI_PROTO]) {
         println!("cargo:rerun-if-changed={p}");
     }
     println!("cargo:rerun-if-changed=build.rs");
@@ -21,6 +29,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_with_config(config, PROTOS, &["proto"])?;
+        .compile_with_config(config, &protos, &["proto"])?;
     Ok(())
 }

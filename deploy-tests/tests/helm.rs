@@ -15,6 +15,24 @@ fn kinds(list: &[(&str, usize)]) -> BTreeMap<String, usize> {
     list.iter().map(|(k, n)| (k.to_string(), *n)).collect()
 }
 
+/// What `helm template sriov-rs CHART --namespace sriov-rs` must render with default values.
+fn default_expect() -> Expect {
+    Expect {
+        namespace: "sriov-rs".into(),
+        image: "ghcr.io/sriov-rs/sriov-rs:0.1.0".into(),
+        pull_policy: "IfNotPresent".into(),
+        service_account: "sriov-rs".into(),
+        config_map: "sriov-rs-config".into(),
+        config_key: Some("config.json".into()),
+        kubelet_dir: "/var/lib/kubelet".into(),
+        cni_bin_dir: "/opt/cni/bin".into(),
+        resource_prefix: "intel.com".into(),
+        metrics_port: 9808,
+        log_format: "json".into(),
+        node_state: true,
+    }
+}
+
 #[test]
 fn lint_passes_with_default_and_full_values() {
     let out = helm_ok(&["lint", "--strict", CHART]);
@@ -38,22 +56,8 @@ fn default_values_render_the_daemon_set_and_least_privilege() {
         ])
     );
     check_rbac(&objs, "sriov-rs", "sriov-rs");
-    let expect = Expect {
-        namespace: "sriov-rs".into(),
-        image: "ghcr.io/sriov-rs/sriov-rs:0.1.0".into(),
-        pull_policy: "IfNotPresent".into(),
-        service_account: "sriov-rs".into(),
-        config_map: "sriov-rs-config".into(),
-        config_key: Some("config.json".into()),
-        kubelet_dir: "/var/lib/kubelet".into(),
-        cni_bin_dir: "/opt/cni/bin".into(),
-        resource_prefix: "intel.com".into(),
-        metrics_port: 9808,
-        log_format: "json".into(),
-        node_state: true,
-    };
     let ds = objs.daemon_set("sriov-rs");
-    check_daemon_set(ds, &expect);
+    check_daemon_set(ds, &default_expect());
     let pod = ds.spec.template.spec.as_ref().unwrap();
     // No node affinity without per-node configs; every node, whatever its taints.
     assert!(pod.affinity.is_none());
@@ -108,18 +112,8 @@ fn without_the_node_state_sidecar_the_pod_has_no_api_access() {
     check_daemon_set(
         ds,
         &Expect {
-            namespace: "sriov-rs".into(),
-            image: "ghcr.io/sriov-rs/sriov-rs:0.1.0".into(),
-            pull_policy: "IfNotPresent".into(),
-            service_account: "sriov-rs".into(),
-            config_map: "sriov-rs-config".into(),
-            config_key: Some("config.json".into()),
-            kubelet_dir: "/var/lib/kubelet".into(),
-            cni_bin_dir: "/opt/cni/bin".into(),
-            resource_prefix: "intel.com".into(),
-            metrics_port: 9808,
-            log_format: "json".into(),
             node_state: false,
+            ..default_expect()
         },
     );
     let volumes = ds.spec.template.spec.as_ref().unwrap().volumes.as_ref();

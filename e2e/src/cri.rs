@@ -2,7 +2,7 @@
 //! drive a container runtime (containerd) the way kubelet does: pod sandboxes only. Plus the
 //! sandbox ("pause") image such a runtime needs, built locally since no registry is reachable.
 //!
-//! The bindings come from `e2e/proto/cri/runtime/v1/api.proto`, a subset of the real
+//! The bindings are `sriov_proto::cri::runtime::v1` (feature `cri`), a subset of the real
 //! `runtime.v1` API with the same field names and numbers.
 
 use std::collections::HashMap;
@@ -13,10 +13,7 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 
-/// CRI `runtime.v1` messages and `runtime_service_client` (the subset we use).
-pub mod runtime_v1 {
-    tonic::include_proto!("runtime.v1");
-}
+pub use sriov_proto::cri::runtime::v1 as runtime_v1;
 
 use runtime_v1 as cri;
 use runtime_v1::runtime_service_client::RuntimeServiceClient;

@@ -6,7 +6,10 @@
 //! - [`pluginregistration`]: the plugin watcher API (`Registration` served by
 //!   the plugin in `plugins_registry/`);
 //! - [`podresources::v1`]: the pod resources API (`PodResourcesLister` served
-//!   by the kubelet).
+//!   by the kubelet);
+//! - `cri::runtime::v1` (feature `cri`): a subset of the Container Runtime
+//!   Interface (`RuntimeService` served by the runtime), for the tests that
+//!   drive containerd as kubelet does.
 //!
 //! Each module holds the messages plus `*_client` and `*_server` submodules.
 //! Field names are prost's snake-case forms of the kubelet's names, e.g.
@@ -42,6 +45,18 @@ pub mod podresources {
     /// Messages and `pod_resources_lister_{client,server}`.
     pub mod v1 {
         tonic::include_proto!("v1");
+    }
+}
+
+/// Container Runtime Interface, version v1 (proto package `runtime.v1`): the subset the tests
+/// use (`Version` and pod sandboxes), same field names and numbers as kubelet's.
+#[cfg(feature = "cri")]
+pub mod cri {
+    pub mod runtime {
+        /// Messages and `runtime_service_{client,server}`.
+        pub mod v1 {
+            tonic::include_proto!("runtime.v1");
+        }
     }
 }
 
