@@ -497,16 +497,7 @@ fn addresses(netns: &str, ifname: &str) -> Vec<String> {
 /// The VF is back on the node as it was, and neither our state nor IPAM holds anything.
 fn assert_back_and_clean(lab: &CniLab, vf: &str, before: &Value) {
     assert_eq!(&lab.fingerprint(vf), before, "{vf} back and clean");
-    assert!(
-        lab.records().is_empty(),
-        "state records left: {:?}",
-        lab.records()
-    );
-    assert!(
-        lab.reservations().is_empty(),
-        "IPs left: {:?}",
-        lab.reservations()
-    );
+    lab.assert_nothing_held();
 }
 
 /// The VF is the pod's eth0 with its IP and MTU, and gone from the node.

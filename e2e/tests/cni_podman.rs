@@ -103,16 +103,7 @@ fn assert_clean(lab: &CniLab, vfs: &[(&str, &serde_json::Value)]) {
             "{name} back and clean after the container exited"
         );
     }
-    assert!(
-        lab.records().is_empty(),
-        "state records left: {:?}",
-        lab.records()
-    );
-    assert!(
-        lab.reservations().is_empty(),
-        "IPs left: {:?}",
-        lab.reservations()
-    );
+    lab.assert_nothing_held();
 }
 
 #[test]

@@ -186,6 +186,20 @@ impl CniLab {
         }
     }
 
+    /// Neither our state nor host-local holds anything any more.
+    pub fn assert_nothing_held(&self) {
+        assert!(
+            self.records().is_empty(),
+            "state records left: {:?}",
+            self.records()
+        );
+        assert!(
+            self.reservations().is_empty(),
+            "IPs left: {:?}",
+            self.reservations()
+        );
+    }
+
     /// IP reservations host-local holds (files named after IPs).
     pub fn reservations(&self) -> Vec<String> {
         let mut out = vec![];
