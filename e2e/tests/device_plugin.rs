@@ -60,6 +60,32 @@ impl Env {
         mode: RegistrationMode,
         emulate_kernel: bool,
     ) -> Env {
+        Env::start(prefix, spec, config, mode, emulate_kernel, None)
+    }
+
+    /// The daemon runs inside the node's netns (so its uevent socket hears only what is sent
+    /// there), with `extra` flags.
+    fn in_node_netns(prefix: &str, spec: SimSpec, config: &str, extra: &[&str]) -> Env {
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        Env::start(
+            prefix,
+            spec,
+            config,
+            RegistrationMode::KubeletSocket,
+            false,
+            Some(extra),
+        )
+    }
+
+    /// `in_netns`: `Some(extra flags)` runs the daemon inside the node's netns.
+    fn start(
+        prefix: &str,
+        spec: SimSpec,
+        config: &str,
+        mode: RegistrationMode,
+        emulate_kernel: bool,
+        in_netns: Option<Vec<String>>,
+    ) -> Env {
         assert!(
             nix::unistd::geteuid().is_root(),
             "the device plugin tests need root (they build a simulated node)"
@@ -86,10 +112,14 @@ impl Env {
             dev_root: lab.paths().dev(),
             netns: Some(lab.netns_path().to_path_buf()),
             metrics_address: Some(metrics),
-            extra: vec![],
+            extra: in_netns.clone().unwrap_or_default(),
         };
-        let daemon = DaemonProcess::spawn(&bin, &args, &tmp.path().join("daemon.log"))
-            .expect("spawn daemon");
+        let log = tmp.path().join("daemon.log");
+        let daemon = match in_netns {
+            Some(_) => DaemonProcess::spawn_in_netns(lab.netns_path(), &bin, &args, &log),
+            None => DaemonProcess::spawn(&bin, &args, &log),
+        }
+        .expect("spawn daemon");
         Env {
             daemon,
             _kernel: kernel,
@@ -761,4 +791,65 @@ fn provisioning_sets_vf_counts_at_start_and_on_reload() {
         .sysfs_root()
         .join("bus/pci/devices/0000:3b:00.0/sriov_numvfs");
     assert_eq!(std::fs::read_to_string(numvfs).unwrap().trim(), "3");
+}
+
+/// Sends `datagram` to the kernel uevent multicast group inside `netns`, as the kernel does
+/// when it binds a driver (root may send there; only sockets of that netns receive it).
+fn send_uevent(netns: &Path, datagram: &[u8]) {
+    use netlink_sys::{protocols::NETLINK_KOBJECT_UEVENT, Socket, SocketAddr};
+    let ns = sriov::netlink::Netns::open(netns).unwrap();
+    let sent = ns
+        .run_in(|| -> std::io::Result<usize> {
+            let socket = Socket::new(NETLINK_KOBJECT_UEVENT)?;
+            socket.send_to(datagram, &SocketAddr::new(0, 1), 0)
+        })
+        .unwrap();
+    assert_eq!(sent.expect("sending a uevent"), datagram.len());
+}
+
+#[test]
+fn a_kernel_uevent_triggers_rediscovery() {
+    // Real sysfs has no inotify: a driver bound by the kernel is known from its uevent. The
+    // resync backstop is an hour away, and the change below is made where no inotify watch
+    // looks (only the VF's own `driver` link), so only the uevent can reveal it.
+    let config =
+        r#"{"resourceList": [{"resourceName": "net", "selectors": {"drivers": ["iavf"]}}]}"#;
+    let env = Env::in_node_netns(
+        "dp-uevent",
+        SimSpec::default().pfs(1).vfs(4),
+        config,
+        &["--resync-seconds", "3600"],
+    );
+    env.wait_devices("intel.com/net", |d| d.len() == 4 && all_healthy(d));
+    let target = vf(0, 1);
+    let dev = env.lab.sysfs_root().join("bus/pci/devices").join(&target);
+    std::fs::remove_file(dev.join("driver")).unwrap();
+    symlink("../../../bus/pci/drivers/vfio-pci", dev.join("driver")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = env
+        .kubelet
+        .wait_devices("intel.com/net", WAIT, |_| true)
+        .unwrap();
+    assert!(all_healthy(&before), "changed without a uevent: {before:?}");
+
+    // What the kernel sends when vfio-pci binds the VF (an unrelated subsystem first, which
+    // must not matter).
+    send_uevent(
+        env.lab.netns_path(),
+        b"add@/devices/virtual/block/loop9\0ACTION=add\0SUBSYSTEM=block\0SEQNUM=1\0",
+    );
+    let devpath = format!("/devices/pci0000:00/{target}");
+    let event = format!(
+        "bind@{devpath}\0ACTION=bind\0DEVPATH={devpath}\0SUBSYSTEM=pci\0DRIVER=vfio-pci\0SEQNUM=2\0"
+    );
+    let sent = Instant::now();
+    send_uevent(env.lab.netns_path(), event.as_bytes());
+    env.kubelet
+        .wait_devices("intel.com/net", Duration::from_secs(5), |d| {
+            d.iter()
+                .any(|d| d.id == target && d.health == sriov_proto::UNHEALTHY)
+        })
+        .unwrap_or_else(|e| panic!("no update after the uevent: {e}"));
+    assert!(sent.elapsed() < Duration::from_secs(5));
+    env.wait_log("uevent");
 }

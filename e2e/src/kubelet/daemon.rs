@@ -32,7 +32,27 @@ pub struct DaemonProcess {
 impl DaemonProcess {
     /// Spawns `bin run ...`, logging (RUST_LOG, default debug for the daemon) to `log`.
     pub fn spawn(bin: &Path, args: &DaemonArgs, log: &Path) -> std::io::Result<DaemonProcess> {
-        let mut cmd = Command::new(bin);
+        Self::spawn_command(Command::new(bin), args, log)
+    }
+
+    /// Like [`DaemonProcess::spawn`], with the daemon inside the network namespace `netns`
+    /// (`nsenter --net`, which execs the daemon: the PID is the daemon's).
+    pub fn spawn_in_netns(
+        netns: &Path,
+        bin: &Path,
+        args: &DaemonArgs,
+        log: &Path,
+    ) -> std::io::Result<DaemonProcess> {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", netns.display())).arg(bin);
+        Self::spawn_command(cmd, args, log)
+    }
+
+    fn spawn_command(
+        mut cmd: Command,
+        args: &DaemonArgs,
+        log: &Path,
+    ) -> std::io::Result<DaemonProcess> {
         cmd.arg("run")
             .arg("--config")
             .arg(&args.config)
