@@ -42,6 +42,43 @@ fn status_ready_only_with_state_and_vfs() {
 }
 
 #[test]
+fn log_file_gets_the_steps_at_debug_and_only_errors_at_error() {
+    let lab = lab("cni-log");
+    let pod = lab.pod("a");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sriov.log");
+    let conf = |level: &str| {
+        lab.conf(
+            "1.1.0",
+            json!({"deviceID": VF0, "logLevel": level, "logFile": log}),
+        )
+    };
+    lab.call("ADD", "c1", "net1", &pod, &conf("debug")).ok();
+    lab.call("DEL", "c1", "net1", &pod, &conf("debug")).ok();
+    let text = std::fs::read_to_string(&log).unwrap();
+    for line in [
+        "DEBUG VF 0000:3b:02.0: original state saved",
+        "DEBUG VF 0000:3b:02.0: step move done",
+        "INFO ADD c1 net1: ok in",
+        "INFO DEL c1 net1: ok in",
+    ] {
+        assert!(text.contains(line), "{line:?} not in the log:\n{text}");
+    }
+    std::fs::remove_file(&log).unwrap();
+    lab.call("ADD", "c2", "net1", &pod, &conf("error")).ok();
+    // The VF is c2's: refused.
+    lab.call("ADD", "c3", "net1", &pod, &conf("error"))
+        .err(101, "belongs to container c2");
+    lab.call("DEL", "c2", "net1", &pod, &conf("error")).ok();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("ERROR ADD c3 net1: deviceID: VF 0000:3b:02.0 belongs to container c2"),
+        "{text}"
+    );
+}
+
+#[test]
 fn device_info_file_is_written_when_absent() {
     let lab = lab("cni-devinfo");
     let pod = lab.pod("a");

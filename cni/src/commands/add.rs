@@ -109,6 +109,7 @@ pub fn add(ctx: &Ctx) -> Result<Value, CniError> {
         orphaned: false,
     };
     ctx.state.save(&lock, &record, true).map_err(state_err)?;
+    tracing::debug!("VF {pci}: original state saved");
     fault::point("save");
 
     let mut ipam_ran = false;
@@ -171,7 +172,10 @@ fn attach(
         &pod,
         pod_ns,
         pod_sock,
-        &mut |step| fault::point(step.name()),
+        &mut |step| {
+            tracing::debug!("VF {pci}: step {} done", step.name());
+            fault::point(step.name())
+        },
     )
     .map_err(attach_err(&pci))?;
     if mac.is_some() && !out.admin_mac {

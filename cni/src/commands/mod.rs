@@ -156,6 +156,7 @@ pub fn run(
         }
         let env = CniEnv::load(command, &get_env)?;
         let ctx = Ctx::new(conf, env, stdin);
+        let started = std::time::Instant::now();
         let out = match command {
             crate::spec::Command::Add => add(&ctx),
             crate::spec::Command::Del => del(&ctx),
@@ -164,8 +165,19 @@ pub fn run(
             crate::spec::Command::Status => status(&ctx),
             crate::spec::Command::Version => unreachable!("answered above"),
         };
-        if let Err(e) = &out {
-            tracing::error!("{command} {} {}: {e}", ctx.env.container_id, ctx.env.ifname);
+        let (cid, ifname, took) = (&ctx.env.container_id, &ctx.env.ifname, started.elapsed());
+        match &out {
+            Err(e) => tracing::error!("{command} {cid} {ifname}: {e}"),
+            // Runtimes call CHECK and STATUS often: only ADD, DEL and GC are worth a line.
+            Ok(_)
+                if matches!(
+                    command,
+                    crate::spec::Command::Check | crate::spec::Command::Status
+                ) =>
+            {
+                tracing::debug!("{command} {cid} {ifname}: ok in {took:.1?}")
+            }
+            Ok(_) => tracing::info!("{command} {cid} {ifname}: ok in {took:.1?}"),
         }
         crate::fault::point("result");
         let out = out?;
