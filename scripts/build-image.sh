@@ -46,6 +46,12 @@ if $prebuilt; then
             exit 1
         fi
     done
+    # The privileged daemon holds no Kubernetes client (the sidecar does): check that the linker
+    # kept it out even though both are built in one cargo call.
+    if grep -qa -e rustls -e kube_client "$out/sriov-device-plugin"; then
+        echo "build-image.sh: sriov-device-plugin links a Kubernetes client (rustls/kube)" >&2
+        exit 1
+    fi
     if $binaries_only; then
         echo "built $out"
         exit 0

@@ -24,6 +24,8 @@ pub struct NodeState {
     file: PathBuf,
     /// What the file holds now (`None`: unknown, e.g. after a failed write).
     written: Option<SriovNodeStateStatus>,
+    /// The last write error, logged once (writes are retried at every later update).
+    failing: Option<String>,
     pod_resources_socket: PathBuf,
     allocated: BTreeMap<String, u32>,
 }
@@ -35,6 +37,7 @@ impl NodeState {
         NodeState {
             file,
             written: None,
+            failing: None,
             pod_resources_socket: kubelet_dir.join("pod-resources/kubelet.sock"),
             allocated: BTreeMap::new(),
         }
@@ -48,14 +51,15 @@ impl NodeState {
         }
     }
 
-    /// Writes the current state if it differs from what the file holds; `Err` names the file.
+    /// Writes the current state if it differs from what the file holds. Returns true when a
+    /// write failed with an error not seen just before (logged here, once).
     pub fn update<'a>(
         &mut self,
         node: &Node,
         pools: impl Iterator<Item = &'a PoolSnapshot>,
         zero_config: bool,
         last_error: Option<String>,
-    ) -> Result<(), status_file::StatusFileError> {
+    ) -> bool {
         let mut counts = BTreeMap::new();
         let pools = Pools {
             pools: pools
@@ -79,12 +83,27 @@ impl NodeState {
         };
         let status = build_status(node, &pools, &counts, last_error);
         if self.written.as_ref() == Some(&status) {
-            return Ok(());
+            return false;
         }
         self.written = None;
-        status_file::write(&self.file, &status)?;
-        self.written = Some(status);
-        Ok(())
+        match status_file::write(&self.file, &status) {
+            Ok(()) => {
+                self.written = Some(status);
+                if self.failing.take().is_some() {
+                    tracing::info!(file = %self.file.display(), "node state written again");
+                }
+                false
+            }
+            Err(e) => {
+                let error = e.to_string();
+                let new = self.failing.as_deref() != Some(error.as_str());
+                if new {
+                    tracing::warn!("node state not written (retried at every change): {error}");
+                    self.failing = Some(error);
+                }
+                new
+            }
+        }
     }
 }
 

@@ -12,7 +12,8 @@ command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 # podman on this machine needs runc (crun 1.8 refuses hybrid cgroups), and containerd runs its
 # sandboxes with it; the container's rootfs (and the pause image's layer) is a static busybox.
 command -v runc >/dev/null 2>&1 || missing+=(runc)
-[ -x /bin/busybox ] || missing+=(busybox-static)
+# Static: a dynamically linked busybox (Debian's `busybox`) cannot run in an empty rootfs.
+if [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then missing+=(busybox-static); fi
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

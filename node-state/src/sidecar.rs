@@ -3,8 +3,9 @@
 //! coalesces and rate-limits the API writes.
 //!
 //! The file is re-read when inotify reports it replaced (the daemon renames a new file over
-//! it) and, as a backstop, every `resync`. A missing file means the daemon has not written yet;
-//! an unreadable one keeps the last good status and is logged once per distinct error.
+//! it) or lost events, and, as a backstop, every `resync`. A missing file means the daemon has
+//! not written yet; an unreadable one keeps the last good status and is logged once per distinct
+//! error.
 
 use crate::publisher::{Publisher, PublisherConfig};
 use crate::status::SriovNodeStateStatus;
@@ -34,7 +35,7 @@ pub async fn run(client: kube::Client, opts: SidecarOptions) -> Result<()> {
         file = %opts.status_file.display(),
         "publishing SriovNodeState"
     );
-    let publisher = tokio::spawn(crate::publisher::run(
+    let mut publisher = tokio::spawn(crate::publisher::run(
         Publisher::new(client, opts.publisher.clone()),
         rx,
     ));
@@ -42,6 +43,8 @@ pub async fn run(client: kube::Client, opts: SidecarOptions) -> Result<()> {
         .context("installing the SIGTERM handler")?;
     let result = tokio::select! {
         r = follow(&opts.status_file, opts.resync, &tx) => r,
+        // It only ends if it panicked: exit, so the kubelet restarts the container.
+        r = &mut publisher => Err(anyhow::anyhow!("the publisher stopped: {r:?}")),
         _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
         _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); Ok(()) }
     };
@@ -89,11 +92,13 @@ async fn follow(
                     changed
                 });
             }
-            Ok(None) => report(
-                &mut last_problem,
-                "waiting for the daemon to write it".into(),
-                path,
-            ),
+            Ok(None) => {
+                if last_problem.is_none() {
+                    // The usual start: the sidecar is up before the daemon's first write.
+                    tracing::info!(file = %path.display(), "waiting for the daemon to write it");
+                    last_problem = Some(String::new());
+                }
+            }
             Err(e) => report(&mut last_problem, e.to_string(), path),
         }
         // Wait for our file to be replaced, or for the backstop tick.
@@ -102,8 +107,14 @@ async fn follow(
                 _ = tick.tick() => break,
                 event = events.next() => match event {
                     Some(Ok(e)) if e.name.as_deref() == Some(name.as_os_str()) => break,
+                    // Overflow (events lost) or the folder went away: look now.
+                    Some(Ok(e)) if e.name.is_none() => break,
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => tracing::warn!("inotify: {e}"),
+                    Some(Err(e)) => {
+                        tracing::warn!("inotify: {e}; re-reading in a second");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        break;
+                    }
                     None => anyhow::bail!("inotify stream ended"),
                 },
             }

@@ -34,24 +34,44 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StatusFileError + '_ 
     }
 }
 
-/// Replaces `path` with `status` atomically (the folder must exist).
+/// Replaces `path` with `status` atomically (the folder must exist). The file is world-readable
+/// (0644): the sidecar runs as another user.
 pub fn write(path: &Path, status: &SriovNodeStateStatus) -> Result<(), StatusFileError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let name = path.file_name().ok_or_else(|| StatusFileError::Io {
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
     })?;
+    // Ours alone (the process id), created fresh (O_EXCL: never through a symlink left there).
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(".tmp");
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
     let body = serde_json::to_vec(status).map_err(|source| StatusFileError::Parse {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut file = std::fs::File::create(&tmp).map_err(io_error(&tmp))?;
-    file.write_all(&body).map_err(io_error(&tmp))?;
+    // A previous process with our id (containers restart as pid 1) may have died mid-write.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(&tmp)(e)),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(io_error(&tmp))?;
+    let written = file
+        .write_all(&body)
+        .and_then(|()| file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644)));
     drop(file);
-    std::fs::rename(&tmp, path).map_err(io_error(path))
+    written
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io_error(path)(e)
+        })
 }
 
 /// The status in `path`; `None` while the file does not exist.
@@ -91,6 +111,16 @@ mod tests {
         };
         write(&path, &status).unwrap();
         assert_eq!(read(&path).unwrap(), Some(status));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "readable by the sidecar's user");
+        // A temporary file left by a dead writer with our process id is replaced.
+        let stale = dir
+            .path()
+            .join(format!(".node-state.json.{}.tmp", std::process::id()));
+        std::fs::write(&stale, "half").unwrap();
+        write(&path, &SriovNodeStateStatus::default()).unwrap();
+        assert_eq!(read(&path).unwrap(), Some(SriovNodeStateStatus::default()));
         // Only the file itself is left: the temporary one was renamed over it.
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

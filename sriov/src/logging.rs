@@ -5,6 +5,7 @@
 //! [`Targets`], not `EnvFilter`: no span-field regexes, which keeps a regex engine out of the
 //! daemon (and out of its resident memory).
 
+use std::io::IsTerminal;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -33,8 +34,13 @@ fn filter(program: &str) -> Targets {
 pub fn init(program: &str, format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter(program));
     let _ = match format {
+        // Colours only on a terminal: container logs and files get plain text.
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(

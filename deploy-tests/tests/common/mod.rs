@@ -237,6 +237,12 @@ fn check_node_state_sidecar(
     let sc = c.security_context.as_ref().unwrap();
     assert_ne!(sc.privileged, Some(true), "{}", at("sidecar unprivileged"));
     assert_eq!(sc.run_as_non_root, Some(true), "{}", at("sidecar non-root"));
+    assert_eq!(
+        sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault"),
+        "{}",
+        at("sidecar seccomp")
+    );
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(

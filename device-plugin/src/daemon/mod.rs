@@ -433,15 +433,14 @@ impl Daemon {
     fn publish_node_state(&mut self) {
         if let Some(ns) = &mut self.node_state {
             let snapshots: Vec<_> = self.pools.values().map(|rt| rt.shared.current()).collect();
-            let written = ns.update(
+            let new_failure = ns.update(
                 &self.node,
                 snapshots.iter().map(|s| &**s),
                 self.config.resources.is_none(),
                 self.last_error.clone(),
             );
-            if let Err(e) = written {
+            if new_failure {
                 self.ctx.metrics.error("node_state");
-                tracing::warn!("node state not written: {e}");
             }
         }
     }

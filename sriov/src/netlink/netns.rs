@@ -2,16 +2,20 @@
 //!
 //! A [`Netns`] is an open file descriptor on a namespace (`/var/run/netns/X`,
 //! `/proc/<pid>/ns/net`, ...). Work that must happen *inside* a namespace
-//! runs on a short-lived thread that calls `setns(2)`: the namespace is a
-//! per-thread attribute, so the caller's thread never changes namespace and
-//! cannot be left in the wrong one by an error path.
+//! ([`Netns::run_in`]) runs, in a multi-threaded process (the daemon), on a
+//! short-lived thread that calls `setns(2)`: the namespace is a per-thread
+//! attribute, so the caller's thread never changes namespace and cannot be
+//! left in the wrong one by an error path.
 //!
 //! A single-threaded process (the CNI plugin) instead enters the namespace on
-//! its only thread and returns right after: starting a thread costs up to
-//! 1.5 ms on a VM (the new thread lands on an idle vCPU that must be woken),
-//! which is most of what a CNI call spends outside the kernel. No other thread
-//! can observe the switch, and a failed return aborts the process, which the
-//! CNI's state records make as safe as a `kill -9`.
+//! its only thread and returns right after (also on a panic): starting a
+//! thread costs up to 1.5 ms on a VM (the new thread lands on an idle vCPU
+//! that must be woken), which is most of what a CNI call spends outside the
+//! kernel. No other thread can observe the switch; a failed return aborts the
+//! process, which the CNI's state records make as safe as a `kill -9`. One
+//! difference shows: inside `f`, `/proc/self/net` is the target namespace's
+//! here and the caller's on the helper thread (`/proc/thread-self/net` is
+//! right in both).
 
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -87,8 +91,10 @@ impl Netns {
         Ok(self.id()? == other.id()?)
     }
 
-    /// Run `f` on a new thread inside this namespace and return its result.
-    /// The calling thread stays where it is. A panic in `f` is propagated.
+    /// Run `f` inside this namespace and return its result: on a new thread, or
+    /// on the calling thread when it is the process's only one (see the module
+    /// docs); the calling thread ends up where it was. A panic in `f` is
+    /// propagated.
     ///
     /// Only the network namespace changes: the mount namespace is shared,
     /// so `/sys/class/net` still shows the caller's namespace (use netlink,
@@ -99,7 +105,10 @@ impl Netns {
         T: Send,
     {
         if is_single_threaded() {
-            return self.run_on_this_thread(f);
+            // Without a handle on where we are, we could not come back: use a thread then.
+            if let Ok(home) = Self::current() {
+                return self.run_on_this_thread(home, f);
+            }
         }
         let fd = self.fd.as_fd();
         let outcome = std::thread::scope(|scope| {
@@ -131,7 +140,7 @@ impl Netns {
 
     /// [`Netns::run_in`] for a single-threaded process: enter, run `f`, return (also when `f`
     /// panics).
-    fn run_on_this_thread<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+    fn run_on_this_thread<T>(&self, home: Netns, f: impl FnOnce() -> T) -> Result<T> {
         /// Returns the thread to `home` when dropped.
         struct Return<'a> {
             home: Netns,
@@ -150,7 +159,6 @@ impl Netns {
                 }
             }
         }
-        let home = Self::current()?;
         setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|errno| NetlinkError::Netns {
             op: "enter netns",
             path: self.to_string(),
@@ -230,12 +238,12 @@ mod tests {
             setns(home.fd.as_fd(), CloneFlags::CLONE_NEWNET).unwrap();
             assert!(!home.same_as(&other).unwrap());
             let inside = other
-                .run_on_this_thread(|| Netns::current().unwrap())
+                .run_on_this_thread(Netns::current().unwrap(), || Netns::current().unwrap())
                 .unwrap();
             assert!(inside.same_as(&other).unwrap());
             assert!(Netns::current().unwrap().same_as(&home).unwrap());
             let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                other.run_on_this_thread(|| panic!("inside"))
+                other.run_on_this_thread(Netns::current().unwrap(), || panic!("inside"))
             }));
             assert!(panicked.is_err());
             assert!(Netns::current().unwrap().same_as(&home).unwrap());

@@ -104,9 +104,9 @@ impl NetlinkSocket {
         Self::configure(Self::open_bound()?)
     }
 
-    /// A socket inside `netns`. Only the `socket(2)` and `bind(2)` calls run on a short-lived
-    /// thread that enters the namespace (the calling thread's namespace never changes); the
-    /// rest, which allocates, stays on the caller's thread, so the helper thread is cheap.
+    /// A socket inside `netns`. Only the `socket(2)` and `bind(2)` calls run inside it
+    /// ([`Netns::run_in`]: a helper thread, or this thread when it is the process's only one);
+    /// the rest, which allocates, stays outside, so a helper thread stays cheap.
     pub fn new_in(netns: &Netns) -> Result<Self> {
         Self::configure(netns.run_in(Self::open_bound)??)
     }
