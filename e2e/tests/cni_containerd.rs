@@ -24,6 +24,8 @@ const K8S_NS: &str = "k8s.io";
 /// containerd 1.6's shims put their sockets in `RUN_DIR/s`, whatever its config says.
 const RUN_DIR: &str = "/run/containerd";
 const SHIM_SOCKETS: &str = "/run/containerd/s";
+/// Where libcni (in containerd) caches each attachment's result.
+const CNI_RESULTS: &str = "/var/lib/cni/results";
 
 /// One plugin call as the wrapper recorded it.
 #[derive(Debug)]
@@ -424,7 +426,23 @@ fn remove_instance(dir: &Path) {
             }
         }
     }
-    let mut netns: Vec<String> = calls_in(dir)
+    let calls = calls_in(dir);
+    // libcni's result cache (`<network>-<container>-<ifname>`, also loopback's), which a
+    // completed DEL removes.
+    for e in std::fs::read_dir(CNI_RESULTS)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if calls
+            .iter()
+            .any(|c| !c.container_id.is_empty() && name.contains(&format!("-{}-", c.container_id)))
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let mut netns: Vec<String> = calls
         .into_iter()
         .map(|c| c.netns)
         .filter(|n| !n.is_empty())
@@ -577,4 +595,12 @@ fn containerd_cri_pods_get_a_vf_and_give_it_back() {
     assert!(c.calls().iter().all(|k| k.rc == 0), "{:#?}", c.calls());
     assert_back_and_clean(&c.lab, vf, &before);
     assert!(!Path::new(&b.netns).exists(), "{} left", b.netns);
+    let cached: Vec<String> = std::fs::read_dir(CNI_RESULTS)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(&a.id) || n.contains(&b.id))
+        .collect();
+    assert!(cached.is_empty(), "libcni results left: {cached:?}");
 }
