@@ -60,6 +60,9 @@ const DISCOVERY_DEBOUNCE: Duration = Duration::from_millis(30);
 const CONFIG_DEBOUNCE: Duration = Duration::from_millis(50);
 /// Retry delay for a failed link watcher.
 const LINKWATCH_RETRY: Duration = Duration::from_secs(1);
+/// Wait after a change before writing the node-state file: kubelet's updates go out first, and
+/// a burst of link events is one write.
+const NODE_STATE_DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// What the main loop reacts to.
 pub enum Event {
@@ -106,6 +109,7 @@ pub struct Daemon {
     discovery_again: bool,
     config_due: Option<Instant>,
     linkwatch_due: Option<Instant>,
+    node_state_due: Option<Instant>,
     provisioning_running: bool,
     provisioning_again: bool,
     /// The last error worth showing in the cluster (rejected config, failed discovery).
@@ -175,6 +179,7 @@ impl Daemon {
             discovery_again: false,
             config_due: None,
             linkwatch_due: None,
+            node_state_due: None,
             provisioning_running: false,
             provisioning_again: false,
             last_error: None,
@@ -409,23 +414,45 @@ impl Daemon {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        [self.discovery_due, self.config_due, self.linkwatch_due]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.discovery_due,
+            self.config_due,
+            self.linkwatch_due,
+            self.node_state_due,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    fn on_timers(&mut self) {
+    /// Runs what is due; returns whether any of it may have changed the node's state.
+    fn on_timers(&mut self) -> bool {
         let now = Instant::now();
+        let mut changed = false;
         if self.config_due.is_some_and(|t| t <= now) {
             self.check_config();
+            changed = true;
         }
         if self.discovery_due.is_some_and(|t| t <= now) {
             self.start_discovery();
+            changed = true;
         }
         if self.linkwatch_due.is_some_and(|t| t <= now) {
             self.linkwatch_due = None;
             self.start_link_watcher();
+            changed = true;
+        }
+        if self.node_state_due.is_some_and(|t| t <= now) {
+            self.node_state_due = None;
+            self.publish_node_state();
+        }
+        changed
+    }
+
+    /// Writes the node-state file soon (once for a burst of changes).
+    fn node_state_soon(&mut self) {
+        if self.node_state.is_some() && self.node_state_due.is_none() {
+            self.node_state_due = Some(Instant::now() + NODE_STATE_DEBOUNCE);
         }
     }
 
@@ -553,11 +580,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         let deadline = d
             .next_deadline()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
+        let changed = tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break }
             event = rx.recv() => match event {
-                Some(e) => d.handle(e).await,
+                Some(e) => { d.handle(e).await; true }
                 None => break,
             },
             _ = tokio::time::sleep_until(deadline.into()) => d.on_timers(),
@@ -567,9 +594,12 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 if let Some(ns) = &mut d.node_state {
                     ns.refresh_allocations().await;
                 }
+                true
             }
+        };
+        if changed {
+            d.node_state_soon();
         }
-        d.publish_node_state();
     }
     d.shutdown().await;
     let _ = stop_metrics.send(true);
