@@ -59,6 +59,7 @@ impl NodeState {
         pools: impl Iterator<Item = &'a PoolSnapshot>,
         zero_config: bool,
         last_error: Option<String>,
+        live_link_up: &dyn Fn(&str) -> Option<bool>,
     ) -> bool {
         let mut counts = BTreeMap::new();
         let pools = Pools {
@@ -81,7 +82,7 @@ impl NodeState {
                 .collect(),
             zero_config,
         };
-        let status = build_status(node, &pools, &counts, last_error);
+        let status = build_status(node, &pools, &counts, last_error, live_link_up);
         if self.written.as_ref() == Some(&status) {
             return false;
         }

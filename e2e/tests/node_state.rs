@@ -306,3 +306,60 @@ fn sidecar_refuses_a_bad_node_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid node name \"../../nodes/x\""), "{err}");
 }
+
+#[test]
+fn an_unwritable_node_state_file_is_reported_once_and_retried() {
+    let lab = SimNode::up(&SimSpec::new(unique_name("nsfail")).pfs(1).vfs(2)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let kubelet_dir = tmp.path().join("kubelet");
+    let kubelet = KubeletEmulator::start(&kubelet_dir, RegistrationMode::KubeletSocket).unwrap();
+    // The folder does not exist (yet).
+    let dir = tmp.path().join("run-sriov-rs");
+    let file = dir.join("node-state.json");
+    let args = DaemonArgs {
+        config: tmp.path().join("missing-config.json"),
+        sysfs_root: lab.sysfs_root().to_path_buf(),
+        kubelet_dir,
+        devinfo_dir: tmp.path().join("devinfo"),
+        dev_root: lab.paths().dev(),
+        netns: Some(lab.netns_path().to_path_buf()),
+        metrics_address: None,
+        extra: vec!["--node-state-file".into(), file.display().to_string()],
+    };
+    let bin = sriov_e2e::workspace_binary("sriov-device-plugin");
+    let mut daemon = DaemonProcess::spawn(&bin, &args, &tmp.path().join("daemon.log")).unwrap();
+    kubelet
+        .wait_devices("intel.com/ens1f0", Duration::from_secs(10), |d| {
+            d.len() == 2
+        })
+        .unwrap();
+    // Changes keep coming (PF link flaps), each one a failed write.
+    for state in ["down", "up", "down", "up"] {
+        let out = lab.ip(&["link", "set", "ens1f0", state]).unwrap();
+        assert!(out.status.success());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("node state not written").count(),
+        1,
+        "one warning for one error:\n{log}"
+    );
+    // Once the folder exists, the next change is written.
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = lab.ip(&["link", "set", "ens1f0", "down"]).unwrap();
+    assert!(out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "never written:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(status["pfs"][1]["link"], "down", "{status}");
+    assert!(daemon.log().contains("node state written again"));
+    daemon.terminate(Duration::from_secs(5));
+}

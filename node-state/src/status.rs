@@ -105,7 +105,7 @@ pub struct PoolCounts {
     pub allocated: u32,
 }
 
-fn pf_status(dev: &PciNetDevice) -> PfStatus {
+fn pf_status(dev: &PciNetDevice, live_link_up: &dyn Fn(&str) -> Option<bool>) -> PfStatus {
     let (sriov, vfs_enabled, vfs_total) = match dev.sriov {
         SriovStatus::NotSupported => (SriovState::NotSupported, 0, 0),
         SriovStatus::Disabled { total } => (SriovState::Disabled, 0, total),
@@ -122,7 +122,7 @@ fn pf_status(dev: &PciNetDevice) -> PfStatus {
         vfs_enabled,
         link: match netdev {
             None => "none".into(),
-            Some(n) if n.is_link_up() => "up".into(),
+            Some(n) if live_link_up(&n.name).unwrap_or_else(|| n.is_link_up()) => "up".into(),
             Some(_) => "down".into(),
         },
         mtu: netdev.and_then(|n| n.mtu),
@@ -146,13 +146,20 @@ fn opt(v: Option<impl ToString>) -> String {
 
 /// The status for `node` and its `pools`. `counts` holds each pool's live counts by full
 /// resource name; a pool missing there counts all its devices healthy and none allocated.
+/// `live_link_up` answers, for a netdev name, what link notifications said since discovery
+/// (up: administratively up with carrier); `None` keeps what discovery read from sysfs.
 pub fn build_status(
     node: &Node,
     pools: &Pools,
     counts: &BTreeMap<String, PoolCounts>,
     last_error: Option<String>,
+    live_link_up: &dyn Fn(&str) -> Option<bool>,
 ) -> SriovNodeStateStatus {
-    let pfs: Vec<PfStatus> = node.devices.iter().map(pf_status).collect();
+    let pfs: Vec<PfStatus> = node
+        .devices
+        .iter()
+        .map(|d| pf_status(d, live_link_up))
+        .collect();
     let pools: Vec<PoolStatus> = pools
         .pools
         .iter()

@@ -102,6 +102,7 @@ fn status_reads_like_an_adapter_table() {
         &pools,
         &counts,
         Some("config: resourceList[2]: refused".into()),
+        &|_| None,
     );
 
     assert_eq!(s.pfs.len(), 3);
@@ -165,7 +166,9 @@ fn status_reads_like_an_adapter_table() {
 fn capable_only_with_vfs_enabled() {
     let mut node = node();
     node.devices.remove(0);
-    let s = build_status(&node, &Default::default(), &BTreeMap::new(), None);
+    let s = build_status(&node, &Default::default(), &BTreeMap::new(), None, &|_| {
+        None
+    });
     assert!(!s.sriov_capable(), "capable but disabled is not enabled");
     assert_eq!(s.summary.healthy, "0/0");
     let json = serde_json::to_value(&s).unwrap();
@@ -175,4 +178,22 @@ fn capable_only_with_vfs_enabled() {
     );
     assert_eq!(json["pfs"][0]["sriov"], "Disabled");
     assert_eq!(json["pfs"][0]["vfsTotal"], 64);
+}
+
+#[test]
+fn link_notifications_since_discovery_win() {
+    let node = node();
+    let from_sysfs = build_status(&node, &Default::default(), &BTreeMap::new(), None, &|_| {
+        None
+    });
+    let name = node.devices[0].netdevs[0].name.clone();
+    let was = from_sysfs.pfs[0].link.clone();
+    let flipped = was == "up";
+    let live = build_status(&node, &Default::default(), &BTreeMap::new(), None, &|n| {
+        (n == name).then_some(!flipped)
+    });
+    assert_eq!(live.pfs[0].link, if flipped { "down" } else { "up" });
+    assert_ne!(live.summary.links, from_sysfs.summary.links);
+    // Other adapters keep what sysfs said.
+    assert_eq!(live.pfs[1..], from_sysfs.pfs[1..]);
 }

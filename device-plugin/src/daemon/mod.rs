@@ -460,11 +460,13 @@ impl Daemon {
     fn publish_node_state(&mut self) {
         if let Some(ns) = &mut self.node_state {
             let snapshots: Vec<_> = self.pools.values().map(|rt| rt.shared.current()).collect();
+            let links = &self.links;
             let new_failure = ns.update(
                 &self.node,
                 snapshots.iter().map(|s| &**s),
                 self.config.resources.is_none(),
                 self.last_error.clone(),
+                &|name| links.get(name).map(|l| l.admin_up && l.carrier),
             );
             if new_failure {
                 self.ctx.metrics.error("node_state");
