@@ -178,6 +178,32 @@ fn kubeconfig(dir: &Path, port: u16) -> std::path::PathBuf {
     path
 }
 
+/// A kubelet emulator and the daemon (zero config) on `lab`, writing the node state to `file`.
+fn start_daemon(
+    lab: &SimNode,
+    tmp: &Path,
+    file: &Path,
+    extra: &[&str],
+) -> (KubeletEmulator, DaemonProcess) {
+    let kubelet_dir = tmp.join("kubelet");
+    let kubelet = KubeletEmulator::start(&kubelet_dir, RegistrationMode::KubeletSocket).unwrap();
+    let mut flags = vec!["--node-state-file".to_string(), file.display().to_string()];
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    let args = DaemonArgs {
+        config: tmp.join("missing-config.json"),
+        sysfs_root: lab.sysfs_root().to_path_buf(),
+        kubelet_dir,
+        devinfo_dir: tmp.join("devinfo"),
+        dev_root: lab.paths().dev(),
+        netns: Some(lab.netns_path().to_path_buf()),
+        metrics_address: None,
+        extra: flags,
+    };
+    let bin = sriov_e2e::workspace_binary("sriov-device-plugin");
+    let daemon = DaemonProcess::spawn(&bin, &args, &tmp.join("daemon.log")).unwrap();
+    (kubelet, daemon)
+}
+
 #[test]
 fn daemon_and_sidecar_publish_node_state() {
     let lab = SimNode::up(&SimSpec::new(unique_name("nstate")).pfs(2).vfs(4)).unwrap();
@@ -192,25 +218,8 @@ fn daemon_and_sidecar_publish_node_state() {
         &tmp.path().join("sidecar.log"),
     );
 
-    let kubelet_dir = tmp.path().join("kubelet");
-    let kubelet = KubeletEmulator::start(&kubelet_dir, RegistrationMode::KubeletSocket).unwrap();
-    let args = DaemonArgs {
-        config: tmp.path().join("missing-config.json"),
-        sysfs_root: lab.sysfs_root().to_path_buf(),
-        kubelet_dir,
-        devinfo_dir: tmp.path().join("devinfo"),
-        dev_root: lab.paths().dev(),
-        netns: Some(lab.netns_path().to_path_buf()),
-        metrics_address: None,
-        extra: vec![
-            "--resync-seconds".into(),
-            "1".into(),
-            "--node-state-file".into(),
-            status_file.display().to_string(),
-        ],
-    };
-    let bin = sriov_e2e::workspace_binary("sriov-device-plugin");
-    let mut daemon = DaemonProcess::spawn(&bin, &args, &tmp.path().join("daemon.log")).unwrap();
+    let (kubelet, mut daemon) =
+        start_daemon(&lab, tmp.path(), &status_file, &["--resync-seconds", "1"]);
 
     // First publish: the object (owned by the node), its status, the node label.
     let status = wait_status(&api, "two pools", |s| {
@@ -311,23 +320,10 @@ fn sidecar_refuses_a_bad_node_name() {
 fn an_unwritable_node_state_file_is_reported_once_and_retried() {
     let lab = SimNode::up(&SimSpec::new(unique_name("nsfail")).pfs(1).vfs(2)).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let kubelet_dir = tmp.path().join("kubelet");
-    let kubelet = KubeletEmulator::start(&kubelet_dir, RegistrationMode::KubeletSocket).unwrap();
     // The folder does not exist (yet).
     let dir = tmp.path().join("run-sriov-rs");
     let file = dir.join("node-state.json");
-    let args = DaemonArgs {
-        config: tmp.path().join("missing-config.json"),
-        sysfs_root: lab.sysfs_root().to_path_buf(),
-        kubelet_dir,
-        devinfo_dir: tmp.path().join("devinfo"),
-        dev_root: lab.paths().dev(),
-        netns: Some(lab.netns_path().to_path_buf()),
-        metrics_address: None,
-        extra: vec!["--node-state-file".into(), file.display().to_string()],
-    };
-    let bin = sriov_e2e::workspace_binary("sriov-device-plugin");
-    let mut daemon = DaemonProcess::spawn(&bin, &args, &tmp.path().join("daemon.log")).unwrap();
+    let (kubelet, mut daemon) = start_daemon(&lab, tmp.path(), &file, &[]);
     kubelet
         .wait_devices("intel.com/ens1f0", Duration::from_secs(10), |d| {
             d.len() == 2
