@@ -93,18 +93,8 @@ struct UpArgs {
 
 #[derive(Args)]
 struct VmArgs {
-    /// igb PFs, each on its own PCIe root port (1..=8).
-    #[arg(long, default_value_t = 1)]
-    pfs: u32,
-    /// VFs created on every PF before COMMAND starts (0..=7).
-    #[arg(long, default_value_t = 4)]
-    vfs: u32,
-    /// Two NUMA nodes; every second PF sits on node 1.
-    #[arg(long)]
-    numa: bool,
-    /// Emulated Intel vIOMMU (intel_iommu=on), for vfio-pci.
-    #[arg(long)]
-    iommu: bool,
+    #[command(flatten)]
+    guest: sriov_e2e::vm::GuestShape,
     /// Seconds before the guest is killed.
     #[arg(long, default_value_t = 180)]
     timeout: u64,
@@ -119,10 +109,10 @@ struct VmArgs {
 impl VmArgs {
     fn spec(&self) -> sriov_e2e::vm::VmSpec {
         sriov_e2e::vm::VmSpec {
-            pfs: self.pfs,
-            vfs: self.vfs,
-            numa: self.numa,
-            iommu: self.iommu,
+            pfs: self.guest.pfs,
+            vfs: self.guest.vfs,
+            numa: self.guest.numa,
+            iommu: self.guest.iommu,
             timeout: std::time::Duration::from_secs(self.timeout),
             kernel: self.kernel,
         }

@@ -1,7 +1,7 @@
 //! Scenario 1: discovery agrees with what the guest's sysfs says, read another way (from
 //! /sys/class/net, not /sys/bus/pci/devices).
 
-use super::{ensure, igb_pfs, Expect};
+use super::{ensure, igb_pfs, GuestShape};
 use anyhow::{Context, Result};
 use sriov::discovery::SriovStatus;
 use sriov::sysfs::Sysfs;
@@ -14,7 +14,7 @@ fn link_name(p: &Path) -> Option<String> {
         .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
 }
 
-pub fn run(expect: &Expect) -> Result<()> {
+pub fn run(expect: &GuestShape) -> Result<()> {
     let sysfs = Sysfs::new("/sys");
     let (node, pfs) = igb_pfs(&sysfs)?;
     ensure(pfs.len() == expect.pfs as usize, || {

@@ -30,7 +30,7 @@ pub const SCENARIOS: &[&str] = &[
 ];
 
 /// Runs one scenario (or `all`). `expect` carries what the VM was booted with.
-pub fn run(scenario: &str, expect: &Expect) -> Result<()> {
+pub fn run(scenario: &str, expect: &GuestShape) -> Result<()> {
     match scenario {
         "discovery" => discovery::run(expect),
         "vf-settings" => vf_settings::run(),
@@ -53,14 +53,8 @@ pub fn run(scenario: &str, expect: &Expect) -> Result<()> {
     }
 }
 
-/// What the guest was booted with.
-#[derive(Debug, Clone, Default)]
-pub struct Expect {
-    pub pfs: u32,
-    pub vfs: u32,
-    pub numa: bool,
-    pub iommu: bool,
-}
+/// What the guest was booted with (what the checks expect to find).
+pub use crate::vm::GuestShape;
 
 /// The guest's igb PFs, in PCI order.
 fn igb_pfs(sysfs: &Sysfs) -> Result<(Node, Vec<PciNetDevice>)> {

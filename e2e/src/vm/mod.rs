@@ -72,6 +72,23 @@ impl FromStr for KernelSeries {
     }
 }
 
+/// The hardware of a lab guest, as `sriov-lab vm` boots it and `sriov-guest-check` expects it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::Args)]
+pub struct GuestShape {
+    /// igb PFs, each on its own PCIe root port (1..=8).
+    #[arg(long, default_value_t = 1)]
+    pub pfs: u32,
+    /// VFs created on every PF before the command starts (0..=7).
+    #[arg(long, default_value_t = 4)]
+    pub vfs: u32,
+    /// Two NUMA nodes; every second PF sits on node 1.
+    #[arg(long)]
+    pub numa: bool,
+    /// Emulated Intel vIOMMU (intel_iommu=on), for vfio-pci.
+    #[arg(long)]
+    pub iommu: bool,
+}
+
 /// The guest to boot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmSpec {
