@@ -65,7 +65,7 @@ fn start(bin: &Path, lab: &SimNode) -> Run {
         dev_root: lab.paths().dev(),
         netns: Some(lab.netns_path().to_path_buf()),
         // As deployed: metrics served, the node-state file written.
-        metrics_address: Some(free_local_port()),
+        metrics_address: Some(sriov_e2e::local::unused_local_addr()),
         extra: vec![
             "--node-state-file".into(),
             tmp.path().join("node-state.json").display().to_string(),
@@ -79,12 +79,6 @@ fn start(bin: &Path, lab: &SimNode) -> Run {
         kubelet,
         _tmp: tmp,
     }
-}
-
-/// A local address nobody listens on right now.
-fn free_local_port() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
 }
 
 /// A `/proc/PID/status` field in KiB (VmRSS, RssAnon, RssFile).
@@ -112,16 +106,7 @@ fn print_rss(label: &str, pid: u32, target: &str) {
 fn sidecar_rss(run: &Run) {
     let bin = sriov_e2e::image_binary("sriov-node-state").unwrap_or_else(|e| panic!("{e}"));
     let dir = run._tmp.path();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://{}\n\
-             users:\n- name: t\n  user: {{}}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\n",
-            free_local_port()
-        ),
-    )
-    .expect("kubeconfig");
+    let kubeconfig = sriov_e2e::local::write_kubeconfig(dir, sriov_e2e::local::unused_local_addr());
     let mut child = Command::new(bin)
         .arg("--status-file")
         .arg(dir.join("node-state.json"))

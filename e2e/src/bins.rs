@@ -4,12 +4,14 @@
 //! builds all of the workspace's binaries (same profile as the caller), then returns the path
 //! of the one asked for under target/.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
 /// Whether this process already built the workspace's binaries.
 static BUILT: Mutex<bool> = Mutex::new(false);
+/// Whether this process already built the image's binaries.
+static IMAGE_BUILT: Mutex<bool> = Mutex::new(false);
 
 /// Path of a workspace binary (`sriov-device-plugin`, `sriov`, `sriov-lab`), built if needed.
 ///
@@ -29,57 +31,53 @@ pub fn build_binary(bin: &str) -> Result<PathBuf, String> {
     if dir.ends_with("deps") || dir.ends_with("examples") {
         dir.pop();
     }
-    let release = dir.ends_with("release");
-    let path = dir.join(bin);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !*built {
-        // All of them in one build: building packages one by one unifies dependency features
-        // differently each time, and so rebuilds the shared crates once per package.
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--workspace", "--bins"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if release {
-            cmd.arg("--release");
-        }
-        let out = cmd
-            .output()
-            .map_err(|e| format!("running cargo build: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "cargo build --workspace --bins (for {bin}) failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        *built = true;
+    // All of them in one build: building packages one by one unifies dependency features
+    // differently each time, and so rebuilds the shared crates once per package.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "--workspace", "--bins"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if dir.ends_with("release") {
+        cmd.arg("--release");
     }
-    if !path.exists() {
-        return Err(format!("{} was not built", path.display()));
-    }
-    Ok(path)
+    build_once(&BUILT, cmd, "cargo build --workspace --bins")?;
+    existing(dir.join(bin))
 }
 
 /// Path of a binary as the image ships it (static, `target/image/bin/`), built by
 /// `scripts/build-image.sh --binaries-only`: benchmarks measure what runs on nodes.
 pub fn image_binary(bin: &str) -> Result<PathBuf, String> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or("no workspace folder")?;
-    let out = Command::new("bash")
-        .arg(root.join("scripts/build-image.sh"))
+    let mut cmd = Command::new("bash");
+    cmd.arg(root.join("scripts/build-image.sh"))
         .arg("--binaries-only")
-        .current_dir(root)
-        .output()
-        .map_err(|e| format!("running scripts/build-image.sh: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "scripts/build-image.sh --binaries-only failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        .current_dir(root);
+    build_once(&IMAGE_BUILT, cmd, "scripts/build-image.sh --binaries-only")?;
+    existing(root.join("target/image/bin").join(bin))
+}
+
+/// Runs the build `cmd` unless `done` says this process already did.
+fn build_once(done: &Mutex<bool>, mut cmd: Command, what: &str) -> Result<(), String> {
+    let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
+    if !*done {
+        let out = cmd.output().map_err(|e| format!("running {what}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{what} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        *done = true;
     }
-    let path = root.join("target/image/bin").join(bin);
-    if !path.exists() {
-        return Err(format!("{} was not built", path.display()));
+    Ok(())
+}
+
+fn existing(path: PathBuf) -> Result<PathBuf, String> {
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!("{} was not built", path.display()))
     }
-    Ok(path)
 }

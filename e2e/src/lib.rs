@@ -7,6 +7,7 @@ pub mod cri;
 pub mod demo;
 pub mod guest_checks;
 pub mod kubelet;
+pub mod local;
 pub mod ping;
 pub mod sim;
 pub mod vm;

@@ -186,10 +186,7 @@ fn daemon_enforces_mtu_locks() {
     use sriov_e2e::kubelet::{DaemonArgs, DaemonProcess};
     let lab = lab("cni-dmtulock");
     let tmp = tempfile::tempdir().unwrap();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = sriov_e2e::local::unused_local_addr();
     let args = DaemonArgs {
         config: tmp.path().join("none.json"),
         sysfs_root: lab.node.sysfs_root().to_path_buf(),

@@ -8,12 +8,15 @@ use sriov_e2e::kubelet::{DaemonArgs, DaemonProcess, KubeletEmulator, Registratio
 use sriov_e2e::sim::{self, vf_pci, SimNode, SimSpec};
 use sriov_proto::deviceplugin::v1beta1 as dp;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
+/// One pool, `intel.com/net`, of the VFs bound to iavf.
+const IAVF_POOL: &str =
+    r#"{"resourceList": [{"resourceName": "net", "selectors": {"drivers": ["iavf"]}}]}"#;
 
 /// One test's world. Fields drop in order: daemon, kubelet, lab, temp folder.
 struct Env {
@@ -24,11 +27,6 @@ struct Env {
     tmp: tempfile::TempDir,
     config_version: u32,
     metrics: SocketAddr,
-}
-
-fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
 }
 
 /// Writes the config as Kubernetes updates a mounted ConfigMap: a new timestamped folder, then
@@ -104,7 +102,7 @@ impl Env {
         let kubelet = KubeletEmulator::start(&kubelet_dir, mode).expect("kubelet emulator");
         let config_dir = tmp.path().join("pcidp");
         write_configmap(&config_dir, 1, config);
-        let metrics = free_port();
+        let metrics = sriov_e2e::local::unused_local_addr();
         let args = DaemonArgs {
             config: config_dir.join("config.json"),
             sysfs_root: lab.sysfs_root().to_path_buf(),
@@ -266,12 +264,10 @@ fn registers_every_pool_and_lists_devices() {
 
 #[test]
 fn pf_link_down_makes_its_vfs_unhealthy_and_back() {
-    let config =
-        r#"{"resourceList": [{"resourceName": "net", "selectors": {"drivers": ["iavf"]}}]}"#;
     let env = Env::new(
         "dp-health",
         SimSpec::default().pfs(2).vfs(4),
-        config,
+        IAVF_POOL,
         RegistrationMode::KubeletSocket,
     );
     env.wait_devices("intel.com/net", |d| d.len() == 8 && all_healthy(d));
@@ -322,12 +318,10 @@ fn pf_link_down_makes_its_vfs_unhealthy_and_back() {
 
 #[test]
 fn vf_rebound_or_vanished_is_unhealthy_until_it_returns() {
-    let config =
-        r#"{"resourceList": [{"resourceName": "net", "selectors": {"drivers": ["iavf"]}}]}"#;
     let env = Env::new(
         "dp-rebind",
         SimSpec::default().pfs(1).vfs(4),
-        config,
+        IAVF_POOL,
         RegistrationMode::KubeletSocket,
     );
     env.wait_devices("intel.com/net", |d| d.len() == 4 && all_healthy(d));
@@ -745,12 +739,10 @@ fn vf_count_changes_update_the_device_lists() {
 
 #[test]
 fn plugin_watcher_registration() {
-    let config =
-        r#"{"resourceList": [{"resourceName": "net", "selectors": {"drivers": ["iavf"]}}]}"#;
     let env = Env::new(
         "dp-watcher",
         SimSpec::default().pfs(1).vfs(3),
-        config,
+        IAVF_POOL,
         RegistrationMode::PluginWatcher,
     );
     let d = env.wait_devices("intel.com/net", |d| d.len() == 3);
@@ -815,12 +807,10 @@ fn a_kernel_uevent_triggers_rediscovery() {
     // Real sysfs has no inotify: a driver bound by the kernel is known from its uevent. The
     // resync backstop is an hour away, and the change below is made where no inotify watch
     // looks (only the VF's own `driver` link), so only the uevent can reveal it.
-    let config =
-        r#"{"resourceList": [{"resourceName": "net", "selectors": {"drivers": ["iavf"]}}]}"#;
     let env = Env::in_node_netns(
         "dp-uevent",
         SimSpec::default().pfs(1).vfs(4),
-        config,
+        IAVF_POOL,
         &["--resync-seconds", "3600"],
     );
     env.wait_devices("intel.com/net", |d| d.len() == 4 && all_healthy(d));
@@ -849,15 +839,13 @@ fn a_kernel_uevent_triggers_rediscovery() {
     let event = format!(
         "bind@{devpath}\0ACTION=bind\0DEVPATH={devpath}\0SUBSYSTEM=pci\0DRIVER=vfio-pci\0SEQNUM=2\0"
     );
-    let sent = Instant::now();
     send_uevent(env.lab.netns_path(), event.as_bytes());
     env.kubelet
         .wait_devices("intel.com/net", Duration::from_secs(5), |d| {
             d.iter()
                 .any(|d| d.id == target && d.health == sriov_proto::UNHEALTHY)
         })
-        .unwrap_or_else(|e| panic!("no update after the uevent: {e}"));
-    assert!(sent.elapsed() < Duration::from_secs(5));
+        .unwrap_or_else(|e| panic!("no update within 5 s of the uevent: {e}"));
     env.wait_log(&format!(
         "uevent action=bind subsystem=pci devpath={devpath}"
     ));

@@ -165,19 +165,6 @@ impl Drop for Sidecar {
     }
 }
 
-fn kubeconfig(dir: &Path, port: u16) -> std::path::PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-             users:\n- name: t\n  user: {{}}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\n"
-        ),
-    )
-    .unwrap();
-    path
-}
-
 /// A kubelet emulator and the daemon (zero config) on `lab`, writing the node state to `file`.
 fn start_daemon(
     lab: &SimNode,
@@ -209,7 +196,7 @@ fn daemon_and_sidecar_publish_node_state() {
     let lab = SimNode::up(&SimSpec::new(unique_name("nstate")).pfs(2).vfs(4)).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (port, api) = start_api();
-    let kubeconfig = kubeconfig(tmp.path(), port);
+    let kubeconfig = sriov_e2e::local::write_kubeconfig(tmp.path(), ([127, 0, 0, 1], port).into());
     let status_file = tmp.path().join("node-state.json");
     let _sidecar = Sidecar::spawn(
         &kubeconfig,
