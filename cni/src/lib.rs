@@ -13,6 +13,7 @@ pub mod fault;
 pub mod ipam;
 pub mod logging;
 pub mod netconf;
+pub mod node_config;
 pub mod result;
 pub mod spec;
 pub mod vf_select;

@@ -1,8 +1,9 @@
 //! The network configuration the runtime passes on stdin: every sriov-cni field with its
-//! upstream meaning, plus ours (`mtu`, `mtuLock`, `resourceName`, `sysfsRoot`, `stateDir`).
+//! upstream meaning, plus ours (`mtu`, `mtuLock`, `resourceName`).
 //!
 //! Fields are read one by one from the JSON value so that each mistake names its field; fields
-//! we do not know are left alone (runtimes and Multus add their own).
+//! we do not know are left alone (runtimes and Multus add their own). The config is a tenant's:
+//! host paths and folders are node-local settings ([`crate::node_config`]) and refused here.
 
 use crate::spec::{CniError, CniVersion, ErrorCode};
 use serde_json::{Map, Value};
@@ -15,13 +16,6 @@ pub use sriov::netlink::{MacAddr, VfLinkState as LinkState, VlanProto};
 pub fn is_unicast(mac: &MacAddr) -> bool {
     mac.0[0] & 1 == 0 && !mac.is_zero()
 }
-
-/// Default folder for the plugin's per-VF state and locks.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/sriov-rs";
-/// Default device plugin config, for pools claimed without Kubernetes.
-pub const DEFAULT_POOL_CONFIG: &str = "/etc/pcidp/config.json";
-/// Default kubelet pod resources socket.
-pub const DEFAULT_POD_RESOURCES_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
 
 /// The parsed network configuration.
 #[derive(Debug, Clone)]
@@ -50,13 +44,9 @@ pub struct NetConf {
     pub log_file: Option<PathBuf>,
     /// A pool to take a VF from when no deviceID is given.
     pub resource_name: Option<String>,
+    /// `runtimeConfig.CNIDeviceInfoFile` (Multus): checked against the node's device-info
+    /// folder before ADD writes it.
     pub device_info_file: Option<PathBuf>,
-    pub sysfs_root: PathBuf,
-    pub state_dir: PathBuf,
-    /// `poolConfig`: the device plugin config naming the pools (`resourceName` without Kubernetes).
-    pub pool_config: PathBuf,
-    /// `podResourcesSocket`: kubelet's pod resources API.
-    pub pod_resources_socket: PathBuf,
     /// `prevResult` (CHECK, and DEL from some runtimes).
     pub prev_result: Option<Value>,
     /// The whole config as received, for IPAM delegation.
@@ -131,6 +121,7 @@ impl NetConf {
                 "network config must be a JSON object",
             ));
         };
+        crate::node_config::refuse_node_keys(&obj)?;
         let version_str =
             opt_str(&obj, "cniVersion", "")?.ok_or_else(|| bad("cniVersion", "is required"))?;
         let cni_version = CniVersion::parse(&version_str)?;
@@ -237,16 +228,6 @@ impl NetConf {
         let resource_name = opt_str(&obj, "resourceName", "")?;
         let device_info_file =
             opt_str(rc, "CNIDeviceInfoFile", "runtimeConfig.")?.map(PathBuf::from);
-        let abs = |key: &str, default: &str| -> Result<PathBuf, CniError> {
-            let p = PathBuf::from(opt_str(&obj, key, "")?.unwrap_or_else(|| default.to_string()));
-            if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
-                return Err(bad(
-                    key,
-                    format!("{} must be an absolute path without '..'", p.display()),
-                ));
-            }
-            Ok(p)
-        };
         Ok(NetConf {
             cni_version,
             cni_version_str: version_str,
@@ -268,10 +249,6 @@ impl NetConf {
             log_file: opt_str(&obj, "logFile", "")?.map(PathBuf::from),
             resource_name,
             device_info_file,
-            sysfs_root: abs("sysfsRoot", "/sys")?,
-            state_dir: abs("stateDir", DEFAULT_STATE_DIR)?,
-            pool_config: abs("poolConfig", DEFAULT_POOL_CONFIG)?,
-            pod_resources_socket: abs("podResourcesSocket", DEFAULT_POD_RESOURCES_SOCKET)?,
             prev_result: obj.get("prevResult").cloned().filter(|v| !v.is_null()),
             raw: obj,
         })
@@ -305,7 +282,7 @@ mod tests {
         assert_eq!(c.link_state, Some(LinkState::Enable));
         assert_eq!((c.min_tx_rate, c.max_tx_rate), (Some(100), Some(1000)));
         assert!(c.ipam.is_some());
-        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.log_file, Some(PathBuf::from("/tmp/x.log")));
     }
 
     #[test]
@@ -399,14 +376,14 @@ mod tests {
                 "ipam.type",
             ),
             (
-                r#"{"cniVersion":"1.0.0","stateDir":"relative"}"#,
+                r#"{"cniVersion":"1.0.0","stateDir":"/tmp"}"#,
                 ErrorCode::InvalidConfig,
-                "stateDir",
+                "stateDir: a node-local setting",
             ),
             (
-                r#"{"cniVersion":"1.0.0","sysfsRoot":"/a/../etc"}"#,
+                r#"{"cniVersion":"1.0.0","sysfsRoot":"/tmp/crafted"}"#,
                 ErrorCode::InvalidConfig,
-                "sysfsRoot",
+                "sysfsRoot: a node-local setting",
             ),
             (r#"{"cniVersion":"#, ErrorCode::Decode, "not valid JSON"),
             (r#"[1]"#, ErrorCode::Decode, "must be a JSON object"),

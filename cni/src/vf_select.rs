@@ -4,12 +4,13 @@
 //! 2. `resourceName` with `K8S_POD_NAME` and `K8S_POD_NAMESPACE`: the pod's VFs of that resource
 //!    from kubelet's pod resources API (works without Multus), the first one not yet attached;
 //! 3. `resourceName` without Kubernetes (podman): a free VF of that pool of the device plugin
-//!    config (`poolConfig`), claimed under its lock so parallel ADDs never pick the same VF.
+//!    config (the node-local `poolConfig`), claimed under its lock so parallel ADDs never pick the
+//!    same VF.
 //!
 //! The VF comes back with its lock held.
 
+use crate::commands::Ctx;
 use crate::env::CniEnv;
-use crate::netconf::NetConf;
 use crate::spec::{CniError, ErrorCode};
 use sriov::names::PciAddress;
 use sriov::state::{StateDir, VfLock};
@@ -21,12 +22,8 @@ fn state_err(e: sriov::state::StateError) -> CniError {
 }
 
 /// Picks and locks the VF for this ADD.
-pub fn select(
-    conf: &NetConf,
-    env: &CniEnv,
-    state: &StateDir,
-    sysfs: &Sysfs,
-) -> Result<(PciAddress, VfLock), CniError> {
+pub fn select(ctx: &Ctx) -> Result<(PciAddress, VfLock), CniError> {
+    let (conf, env, state) = (&ctx.conf, &ctx.env, &ctx.state);
     if let Some(pci) = conf.device_id {
         return Ok((pci, state.lock_vf(pci).map_err(state_err)?));
     }
@@ -36,10 +33,10 @@ pub fn select(
         ));
     };
     if let Some((pod, namespace)) = env.args.pod() {
-        let ids = pod_resources(conf, pod, namespace, resource)?;
+        let ids = pod_resources(&ctx.node.pod_resources_socket, pod, namespace, resource)?;
         return pick_for_pod(state, env, &ids, resource, pod, namespace);
     }
-    claim_from_pool(conf, state, sysfs, resource)
+    claim_from_pool(&ctx.node.pool_config, state, &ctx.sysfs, resource)
 }
 
 /// Multus' order: the pod's device IDs of the resource, sorted; the first one without a record
@@ -72,7 +69,7 @@ fn pick_for_pod(
 /// Asks kubelet which devices of `resource` the pod holds. The only path with an async runtime:
 /// a current-thread runtime built here, so plain ADDs never pay for one.
 fn pod_resources(
-    conf: &NetConf,
+    socket: &std::path::Path,
     pod: &str,
     namespace: &str,
     resource: &str,
@@ -81,7 +78,7 @@ fn pod_resources(
         pod_resources_lister_client::PodResourcesListerClient, GetPodResourcesRequest,
         ListPodResourcesRequest, PodResources,
     };
-    let socket = conf.pod_resources_socket.clone();
+    let socket = socket.to_path_buf();
     let unavailable = |msg: String| {
         CniError::new(
             ErrorCode::TryAgainLater,
@@ -147,13 +144,13 @@ fn pod_resources(
 /// Claims the first free VF of the pool: not locked by another call, no record, and its netdev
 /// (if it has a kernel driver) still on the node.
 fn claim_from_pool(
-    conf: &NetConf,
+    pool_config: &std::path::Path,
     state: &StateDir,
     sysfs: &Sysfs,
     resource: &str,
 ) -> Result<(PciAddress, VfLock), CniError> {
     use sriov::config::{Config, DEFAULT_RESOURCE_PREFIX};
-    let config = Config::load(&conf.pool_config, DEFAULT_RESOURCE_PREFIX)
+    let config = Config::load(pool_config, DEFAULT_RESOURCE_PREFIX)
         .map_err(|e| CniError::config(format!("poolConfig: {e}")))?;
     let node = sriov::discovery::Node::discover(sysfs, &sriov::pools::discovery_options(&config))
         .map_err(|e| CniError::new(ErrorCode::Io, format!("sysfsRoot: {e}")))?;
@@ -166,7 +163,7 @@ fn claim_from_pool(
             let known: Vec<String> = pools.pools.iter().map(|p| p.full_name()).collect();
             CniError::config(format!(
                 "resourceName: no pool {resource:?} in {} (pools: {})",
-                conf.pool_config.display(),
+                pool_config.display(),
                 known.join(", ")
             ))
         })?;

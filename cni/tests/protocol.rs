@@ -94,14 +94,23 @@ fn errors_are_spec_json_with_codes() {
     assert_eq!(e["code"], 1);
 }
 
+/// Node-local settings in `dir` (sysfs, state and logs there); returns the env var naming them.
+fn node_config(dir: &std::path::Path) -> (&'static str, String) {
+    let file = dir.join("cni.json");
+    let settings = json!({"sysfsRoot": dir.join("sys"), "stateDir": dir.join("state"),
+                          "logDir": dir, "deviceInfoDir": dir.join("devinfo")});
+    std::fs::write(&file, settings.to_string()).unwrap();
+    ("SRIOV_CNI_NODE_CONFIG", file.display().to_string())
+}
+
 #[test]
 fn status_needs_vfs_and_logs_stay_off_stdout() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("sys/bus/pci/devices")).unwrap();
     let log = dir.path().join("sriov.log");
-    let conf = json!({"cniVersion": "1.1.0", "name": "n", "sysfsRoot": dir.path().join("sys"),
-                      "stateDir": dir.path().join("state"), "logFile": log, "logLevel": "debug"});
-    let e = error(&[("CNI_COMMAND", "STATUS")], &conf.to_string());
+    let (k, v) = node_config(dir.path());
+    let conf = json!({"cniVersion": "1.1.0", "name": "n", "logFile": log, "logLevel": "debug"});
+    let e = error(&[("CNI_COMMAND", "STATUS"), (k, &v)], &conf.to_string());
     assert_eq!(e["code"], 50);
     assert!(
         std::fs::read_to_string(&log).unwrap().contains("STATUS"),
@@ -112,17 +121,19 @@ fn status_needs_vfs_and_logs_stay_off_stdout() {
     std::fs::create_dir_all(devs.join("0000:3b:00.0")).unwrap();
     std::fs::create_dir_all(devs.join("0000:3b:02.0")).unwrap();
     std::os::unix::fs::symlink("../0000:3b:00.0", devs.join("0000:3b:02.0/physfn")).unwrap();
-    let (code, out, err) = run(&[("CNI_COMMAND", "STATUS")], &conf.to_string());
+    let (code, out, err) = run(&[("CNI_COMMAND", "STATUS"), (k, &v)], &conf.to_string());
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
 }
 
 #[test]
 fn del_without_anything_to_do_succeeds() {
     let dir = tempfile::tempdir().unwrap();
-    let conf = json!({"cniVersion": "1.0.0", "name": "n", "deviceID": "0000:3b:02.0", "stateDir": dir.path()});
+    let (k, v) = node_config(dir.path());
+    let conf = json!({"cniVersion": "1.0.0", "name": "n", "deviceID": "0000:3b:02.0"});
     for netns in ["", "/var/run/netns/gone"] {
         let (code, out, err) = run(
             &[
+                (k, &v),
                 ("CNI_COMMAND", "DEL"),
                 ("CNI_CONTAINERID", "c"),
                 ("CNI_IFNAME", "net1"),

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 const ROUNDS: usize = 300;
 const CNI_PATH: &str = "/usr/lib/cni";
+/// Our plugin's node-local settings file (the lab's sysfs, the benchmark's state folder).
+static NODE_CONFIG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -35,6 +37,10 @@ fn call(bin: &Path, cmd: &str, cid: &str, netns: &str, conf: &[u8]) -> Duration 
         .env("CNI_NETNS", netns)
         .env("CNI_PATH", CNI_PATH)
         .env("CNI_ARGS", "")
+        .env(
+            "SRIOV_CNI_NODE_CONFIG",
+            NODE_CONFIG.get().expect("node config written"),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -146,6 +152,15 @@ fn main() {
     let pod_b = format!("/var/run/netns/{}", node.create_pod_netns("b").unwrap());
     let state = tempfile::tempdir().unwrap();
     let ipam_dir = tempfile::tempdir().unwrap();
+    let settings = state.path().join("cni.json");
+    std::fs::write(
+        &settings,
+        json!({"sysfsRoot": node.sysfs_root(), "stateDir": state.path().join("state"),
+               "logDir": state.path()})
+        .to_string(),
+    )
+    .unwrap();
+    NODE_CONFIG.set(settings).unwrap();
     // Both plugins run where the node's netdevs are.
     let node_ns = std::fs::File::open(node.netns_path()).unwrap();
     nix::sched::setns(&node_ns, nix::sched::CloneFlags::CLONE_NEWNET)
@@ -155,8 +170,7 @@ fn main() {
 
     let ours_conf = |ipam: Option<Value>| {
         let mut c = json!({"cniVersion": "1.0.0", "name": "bench", "type": "sriov",
-            "deviceID": sriov_e2e::sim::vf_pci(0, 0), "sysfsRoot": node.sysfs_root(),
-            "stateDir": state.path(), "logLevel": "error"});
+            "deviceID": sriov_e2e::sim::vf_pci(0, 0), "logLevel": "error"});
         if let Some(i) = ipam {
             c["ipam"] = i;
         }

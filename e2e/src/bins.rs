@@ -12,6 +12,8 @@ use std::sync::Mutex;
 static BUILT: Mutex<bool> = Mutex::new(false);
 /// Whether this process already built the image's binaries.
 static IMAGE_BUILT: Mutex<bool> = Mutex::new(false);
+/// Whether this process already built the release CNI plugin.
+static RELEASE_BUILT: Mutex<bool> = Mutex::new(false);
 
 /// Path of a workspace binary (`sriov-device-plugin`, `sriov`, `sriov-lab`), built if needed.
 ///
@@ -56,6 +58,32 @@ pub fn image_binary(bin: &str) -> Result<PathBuf, String> {
         .current_dir(root);
     build_once(&IMAGE_BUILT, cmd, "scripts/build-image.sh --binaries-only")?;
     existing(root.join("target/image/bin").join(bin))
+}
+
+/// Path of the CNI plugin `sriov` built in the release profile (what nodes run: no fault points),
+/// built if needed.
+pub fn release_cni_binary() -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace folder")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "--release",
+        "--locked",
+        "-p",
+        "sriov-cni",
+        "--bin",
+        "sriov",
+    ])
+    .current_dir(root);
+    build_once(&RELEASE_BUILT, cmd, "cargo build --release -p sriov-cni")?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    existing(target.join("release/sriov"))
 }
 
 /// Runs the build `cmd` unless `done` says this process already did.

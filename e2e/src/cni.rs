@@ -26,6 +26,19 @@ pub fn run_in_node(
     stdin: &[u8],
     env: &[(&str, &str)],
 ) -> io::Result<Output> {
+    spawn_in_node(plugin, node_netns, call, stdin, env)?.wait_with_output()
+}
+
+/// Like [`run_in_node`], without waiting: the plugin is running (its config already written to
+/// its stdin) when this returns. `nsenter` execs the plugin in its own process, so killing the
+/// child kills the plugin.
+pub fn spawn_in_node(
+    plugin: &Path,
+    node_netns: &Path,
+    call: &Invocation,
+    stdin: &[u8],
+    env: &[(&str, &str)],
+) -> io::Result<std::process::Child> {
     let mut child = Command::new("nsenter")
         .arg(format!("--net={}", node_netns.display()))
         .arg(plugin)
@@ -45,5 +58,5 @@ pub fn run_in_node(
         // A plugin that fails before reading its config closes stdin: not our error.
         let _ = input.write_all(stdin);
     }
-    child.wait_with_output()
+    Ok(child)
 }

@@ -62,20 +62,32 @@ fn ensure_ipam_plugins() -> Result<()> {
     Ok(())
 }
 
-/// The CNI plugin, run as a runtime runs it, inside the node's network namespace.
+/// The CNI plugin, run as a runtime runs it, inside the node's network namespace, with its
+/// node-local settings (the lab's sysfs, the demo's folders) in a file as the installer writes it.
 struct Cni {
     bin: PathBuf,
     node_netns: PathBuf,
-    sysfs_root: PathBuf,
-    state_dir: PathBuf,
+    node_config: PathBuf,
 }
 
 impl Cni {
-    fn conf(&self, extra: Value) -> Value {
-        let mut c = json!({
-            "cniVersion": "1.1.0", "name": "demo-net", "type": "sriov",
-            "sysfsRoot": self.sysfs_root, "stateDir": self.state_dir,
+    fn new(bin: &Path, lab: &SimNode, state_dir: &Path) -> Result<Cni> {
+        let dir = state_dir.parent().unwrap_or(state_dir);
+        let node_config = dir.join("cni.json");
+        let settings = json!({
+            "sysfsRoot": lab.sysfs_root(), "stateDir": state_dir,
+            "deviceInfoDir": dir.join("devinfo-cni"), "logDir": dir,
         });
+        std::fs::write(&node_config, settings.to_string())?;
+        Ok(Cni {
+            bin: bin.to_path_buf(),
+            node_netns: lab.netns_path().to_path_buf(),
+            node_config,
+        })
+    }
+
+    fn conf(&self, extra: Value) -> Value {
+        let mut c = json!({"cniVersion": "1.1.0", "name": "demo-net", "type": "sriov"});
         for (k, v) in extra.as_object().into_iter().flatten() {
             c[k] = v.clone();
         }
@@ -90,12 +102,13 @@ impl Cni {
             ifname: "net1",
             netns,
         };
+        let node_config = self.node_config.display().to_string();
         let out = run_in_node(
             &self.bin,
             &self.node_netns,
             &call,
             conf.to_string().as_bytes(),
-            &[],
+            &[("SRIOV_CNI_NODE_CONFIG", &node_config)],
         )
         .context("running the sriov CNI plugin")?;
         let json: Value = if out.stdout.is_empty() {
@@ -238,12 +251,7 @@ fn with_daemon(
         println!("kubelet sees {resource}: {} healthy devices", devices.len());
     }
 
-    let cni = Cni {
-        bin: cni_bin.to_path_buf(),
-        node_netns: lab.netns_path().to_path_buf(),
-        sysfs_root: lab.sysfs_root().to_path_buf(),
-        state_dir: state_dir.to_path_buf(),
-    };
+    let cni = Cni::new(cni_bin, lab, state_dir)?;
     let mut pods = Vec::new();
     let mut taken: Vec<String> = Vec::new();
     for (n, (pod, ip)) in [
@@ -346,6 +354,16 @@ fn with_daemon(
         .err()
         .context("a crafted deviceID was accepted")?;
     println!("bad input, CNI ADD with deviceID ../../x: {e}");
+    let e = cni
+        .call(
+            "ADD",
+            "pod-c",
+            &pods[0].netns,
+            &cni.conf(json!({"deviceID": pods[0].vf, "stateDir": "/etc"})),
+        )
+        .err()
+        .context("a network config choosing the state folder was accepted")?;
+    println!("a tenant's NAD naming a host folder (stateDir /etc): {e}");
     for pod in &pods {
         let conf = cni.conf(json!({"deviceID": pod.vf, "mtu": 9000, "mtuLock": true,
             "ipam": {"type": "static", "addresses": [{"address": format!("{}/24", pod.ip)}]}}));

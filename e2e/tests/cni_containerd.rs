@@ -87,6 +87,8 @@ impl Containerd {
             .arg("containerd")
             .arg("--config")
             .arg(c.dir.join("config.toml"))
+            // go-cni hands containerd's environment to the plugin: the node-local settings.
+            .env("SRIOV_CNI_NODE_CONFIG", c.lab.node_config())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

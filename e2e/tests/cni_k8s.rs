@@ -49,10 +49,10 @@ fn vfs_come_from_the_pod_resources_api() {
         .expect("Allocate");
 
     let pod = lab.pod("web");
-    let conf = lab.conf(
-        "1.1.0",
-        json!({"resourceName": RESOURCE, "podResourcesSocket": kubelet_dir.join("pod-resources/kubelet.sock")}),
+    lab.set_node_config(
+        json!({"podResourcesSocket": kubelet_dir.join("pod-resources/kubelet.sock")}),
     );
+    let conf = lab.conf("1.1.0", json!({"resourceName": RESOURCE}));
     let env = [("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=c1;K8S_POD_UID=u1")];
     let stdin = conf.to_string();
     let add = |ifname: &str| lab.call_env("ADD", "c1", ifname, &pod, stdin.as_bytes(), &env);

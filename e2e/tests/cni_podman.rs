@@ -37,8 +37,21 @@ impl Podman {
         for applet in ["sh", "ip", "cat", "sleep"] {
             std::os::unix::fs::symlink("busybox", d.join("rootfs/bin").join(applet)).unwrap();
         }
-        // The plugin is found as `sriov` in a plugin folder of ours.
-        std::os::unix::fs::symlink(&lab.bin, d.join("plugins/sriov")).unwrap();
+        // The plugin is found as `sriov` in a plugin folder of ours, as a wrapper that names
+        // the lab's node-local settings: podman runs DEL from its cleanup process (started by
+        // conmon), which does not inherit podman's environment.
+        let wrapper = d.join("plugins/sriov");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nSRIOV_CNI_NODE_CONFIG={} exec {} \"$@\"\n",
+                lab.node_config().display(),
+                lab.bin.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(
             d.join("containers.conf"),
             format!(
@@ -149,9 +162,10 @@ fn podman_claims_vfs_from_a_pool() {
         json!({"resourceList": [{"resourceName": "sriov_pool", "selectors": {"pfNames": ["ens1f0#2-3"]}}]}).to_string(),
     )
     .unwrap();
+    pm.lab.set_node_config(json!({"poolConfig": config}));
     pm.network(
         "pool-net",
-        json!({"type": "sriov", "resourceName": "intel.com/sriov_pool", "poolConfig": config,
+        json!({"type": "sriov", "resourceName": "intel.com/sriov_pool",
                "ipam": pm.lab.host_local("10.98.0.0/24")}),
     );
     // Two containers at once get the pool's two VFs; each sees its own interface.

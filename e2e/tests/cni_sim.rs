@@ -252,7 +252,7 @@ fn bad_inputs_get_the_right_code_and_leave_the_vf_untouched() {
             with(json!({"deviceID": "0000:99:02.0"})),
             vec![],
             7,
-            "deviceID: no PCI device",
+            "deviceID: no such PCI device",
         ),
         (
             "a PF is no VF",

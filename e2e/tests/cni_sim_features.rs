@@ -19,24 +19,15 @@ fn status_ready_only_with_state_and_vfs() {
         .ok();
     let empty = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(empty.path().join("bus/pci/devices")).unwrap();
-    lab.call(
-        "STATUS",
-        "",
-        "",
-        "",
-        &lab.conf("1.1.0", json!({"sysfsRoot": empty.path()})),
-    )
-    .err(50, "sysfsRoot: no SR-IOV VF");
+    lab.set_node_config(json!({"sysfsRoot": empty.path()}));
+    lab.call("STATUS", "", "", "", &lab.conf("1.1.0", json!({})))
+        .err(50, "sysfsRoot: no SR-IOV VF");
     let file = empty.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
-    lab.call(
-        "STATUS",
-        "",
-        "",
-        "",
-        &lab.conf("1.1.0", json!({"stateDir": file.join("state")})),
-    )
-    .err(50, "stateDir");
+    lab.set_node_config(json!({"stateDir": file.join("state")}));
+    lab.call("STATUS", "", "", "", &lab.conf("1.1.0", json!({})))
+        .err(50, "stateDir");
+    lab.set_node_config(json!({}));
     lab.call("STATUS", "", "", "", &lab.conf("1.0.0", json!({})))
         .err(1, "STATUS needs 1.1.0");
 }
@@ -45,8 +36,7 @@ fn status_ready_only_with_state_and_vfs() {
 fn log_file_gets_the_steps_at_debug_and_only_errors_at_error() {
     let lab = lab("cni-log");
     let pod = lab.pod("a");
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("sriov.log");
+    let log = lab.log_dir().join("sriov.log");
     let conf = |level: &str| {
         lab.conf(
             "1.1.0",
@@ -82,8 +72,7 @@ fn log_file_gets_the_steps_at_debug_and_only_errors_at_error() {
 fn device_info_file_is_written_when_absent() {
     let lab = lab("cni-devinfo");
     let pod = lab.pod("a");
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("intel.com-sriov-0000:3b:02.0-device.json");
+    let file = lab.device_info_dir().join("cni/default-sriov-net-c1_net1");
     let conf = lab.conf(
         "1.1.0",
         json!({"deviceID": VF0, "runtimeConfig": {"CNIDeviceInfoFile": file}}),
@@ -94,6 +83,12 @@ fn device_info_file_is_written_when_absent() {
     assert_eq!(info["pci"]["pf-pci-address"], "0000:3b:00.0");
     lab.call("DEL", "c1", "net1", &pod, &conf).ok();
     assert!(!file.exists(), "the file we wrote goes at DEL");
+    // One Multus wrote is left to Multus.
+    std::fs::write(&file, "{}").unwrap();
+    lab.call("ADD", "c1", "net1", &pod, &conf).ok();
+    lab.call("DEL", "c1", "net1", &pod, &conf).ok();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "{}");
+    assert!(lab.records().is_empty());
 }
 
 #[test]

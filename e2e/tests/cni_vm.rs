@@ -17,6 +17,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN_ENV: &str = "SRIOV_CNI_BIN";
+/// The plugin's node-local settings and folders in the guest (its /tmp is a throw-away layer).
+const NODE_DIR: &str = "/tmp/cni-vm";
+const STATE_DIR: &str = "/tmp/cni-vm/state";
 
 #[test]
 fn cni_on_real_igb_vfs() {
@@ -74,6 +77,7 @@ fn vf_state(nl: &mut NetlinkSocket, pf: u32, vf: &Vf, sysfs: &Sysfs) -> Value {
 fn plugin(cmd: &str, cid: &str, pod: &str, conf: &Value) -> (i32, Value) {
     let bin = std::env::var(BIN_ENV).expect("SRIOV_CNI_BIN");
     let mut child = Command::new(bin)
+        .env("SRIOV_CNI_NODE_CONFIG", format!("{NODE_DIR}/cni.json"))
         .env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", cid)
         .env("CNI_IFNAME", "net1")
@@ -100,7 +104,7 @@ fn plugin(cmd: &str, cid: &str, pod: &str, conf: &Value) -> (i32, Value) {
 
 fn conf(vf: &Vf, extra: Value, ip: Option<&str>) -> Value {
     let mut c = json!({"cniVersion": "1.1.0", "name": "igb", "type": "sriov", "deviceID": vf.pci,
-                       "stateDir": "/tmp/cni-vm-state", "logLevel": "debug", "logFile": "/tmp/cni-vm.log"});
+                       "logLevel": "debug", "logFile": format!("{NODE_DIR}/logs/cni-vm.log")});
     for (k, v) in extra.as_object().unwrap() {
         c[k] = v.clone();
     }
@@ -138,7 +142,20 @@ fn reachable(from: (&str, Ipv4Addr), to: (&str, Ipv4Addr)) -> bool {
     matches!(receiver.recv_from(&mut buf), Ok((8, _)))
 }
 
+/// The node-local settings the installer would write.
+fn write_node_config() {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [NODE_DIR, &format!("{NODE_DIR}/logs")] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let conf = json!({"stateDir": STATE_DIR, "logDir": format!("{NODE_DIR}/logs"),
+                      "deviceInfoDir": format!("{NODE_DIR}/devinfo")});
+    std::fs::write(format!("{NODE_DIR}/cni.json"), conf.to_string()).unwrap();
+}
+
 fn guest() {
+    write_node_config();
     let sysfs = Sysfs::new("/sys");
     let node = sriov::discovery::Node::discover(&sysfs, &Default::default()).unwrap();
     let pf = node
@@ -207,7 +224,7 @@ fn guest() {
     assert_eq!(plugin("CHECK", "ca", "pa", &check).0, 0, "CHECK A");
 
     // MTU lock: the watcher the node daemon runs puts a changed MTU back within a second.
-    let locks = sriov::mtu_lock::scan_locks(std::path::Path::new("/tmp/cni-vm-state")).unwrap();
+    let locks = sriov::mtu_lock::scan_locks(std::path::Path::new(STATE_DIR)).unwrap();
     assert_eq!(locks.len(), 1, "{locks:?}");
     let mut watcher =
         sriov::mtu_lock::MtuLockWatcher::open(locks[0].0, locks[0].1.clone()).unwrap();
@@ -330,7 +347,9 @@ fn guest() {
         );
     }
     assert_eq!(
-        std::fs::read_dir("/tmp/cni-vm-state/vfs").unwrap().count(),
+        std::fs::read_dir(format!("{STATE_DIR}/vfs"))
+            .unwrap()
+            .count(),
         0,
         "no state left"
     );

@@ -12,6 +12,7 @@
 //! - [`health`]: device health from discovery and link state.
 //! - [`linkwatch`]: rtnetlink link notifications in a given network namespace.
 //! - [`netlink`]: a small synchronous rtnetlink socket (links, netns moves, VF settings).
+//! - [`owned_dir`]: folders we own, and the one atomic, no-symlink way to write files there.
 //! - [`state`]: the CNI's crash-safe per-VF records and locks.
 //! - [`vf_attach`]: the CNI dataplane: save, attach, restore a VF.
 //! - [`mtu_lock`]: enforcing `mtuLock` MTUs in pods (driven by the node daemon).
@@ -27,6 +28,7 @@ pub mod logging;
 pub mod mtu_lock;
 pub mod names;
 pub mod netlink;
+pub mod owned_dir;
 pub mod pools;
 pub mod provision;
 pub mod report;

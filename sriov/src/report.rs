@@ -139,7 +139,9 @@ impl StatusReport {
     /// Fills in which pod holds each device, from the CNI plugin's state folder (`stateDir`).
     /// A missing folder means nothing is attached; unreadable records become warnings.
     pub fn add_cni_attachments(&mut self, state_dir: &std::path::Path) {
-        let records = match crate::state::StateDir::new(state_dir).records() {
+        let records = match crate::state::StateDir::open_existing(state_dir)
+            .and_then(|s| s.map_or(Ok(Vec::new()), |s| s.records()))
+        {
             Ok(r) => r,
             Err(e) => {
                 self.warnings

@@ -1,26 +1,28 @@
-//! Crash-safe per-VF records of the CNI plugin, and the per-VF lock.
+//! The CNI plugin's per-VF records, and the per-VF lock.
 //!
-//! Layout under the state folder (`stateDir`, default `/var/lib/cni/sriov-rs`):
+//! Layout under the state folder (node-local `stateDir`, default `/var/lib/cni/sriov-rs`, owned
+//! by root and writable by nobody else):
 //!
-//! - `vfs/<pci>.json`: one [`VfRecord`] per VF handed to a pod: who owns it, everything the VF
-//!   looked like before we touched it, what was attached, and the MTU lock. It is written
-//!   atomically (temp file, `fsync`, `rename`, `fsync` of the folder) *before* the first change to
-//!   the VF, so a crash at any later point leaves enough on disk to put the VF back. It is removed
-//!   only once the VF is clean again.
-//! - `locks/<pci>.lock`: `flock(2)`ed while one ADD/DEL/GC works on that VF. Lock files are never
-//!   removed (removing a lock file races with a process that just opened it); there is at most one
-//!   per VF the node ever had.
+//! - `vfs/<pci>.json` (folder 0700, files 0600): one [`VfRecord`] per VF handed to a pod: who owns
+//!   it, everything the VF looked like before we touched it, what was attached, and the MTU lock.
+//!   It is written atomically ([`crate::owned_dir`]) *before* the first change to the VF, so a
+//!   kill at any later point leaves enough on disk to put the VF back. It is removed only once
+//!   the VF is clean again.
+//! - `locks/<pci>.lock` (folder 0700): `flock(2)`ed while one ADD/DEL/GC works on that VF. Lock
+//!   files are never removed (removing a lock file races with a process that just opened it);
+//!   there is at most one per VF the node ever had.
 //!
 //! The kernel drops a flock when its holder dies (kill -9 included), so a crashed ADD never
-//! leaves a VF locked.
+//! leaves a VF locked. Every file is opened relative to the folder's descriptor without following
+//! symlinks: a symlink, a file of another owner or a non-regular file there is an error.
 
 use crate::names::PciAddress;
 use crate::netlink::{MacAddr, VfLinkState, VlanProto};
+use crate::owned_dir::{Access, FileError, OwnedDir};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// Version of the record format, bumped on incompatible changes.
@@ -28,6 +30,8 @@ pub const RECORD_FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    #[error("state folder: {0}")]
+    File(#[from] FileError),
     #[error("state folder {path}: {op}: {source}")]
     Io {
         op: &'static str,
@@ -40,14 +44,6 @@ pub enum StateError {
 }
 
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
-    move |source| StateError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 /// Who holds the VF: one CNI attachment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,8 +125,9 @@ pub struct Attached {
     pub rebound_ifindex: Option<u32>,
     /// The CNI result printed, for CHECK and for a repeated ADD.
     pub result: Option<serde_json::Value>,
-    /// The device-information file we wrote (removed at DEL).
-    #[serde(default)]
+    /// The device-information file we wrote, as records before `VfRecord::device_info_file`
+    /// kept it (read for their DEL; never written now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_info_file: Option<PathBuf>,
 }
 
@@ -159,6 +156,10 @@ pub struct VfRecord {
     /// clean yet, but nobody owns it any more; the next ADD or GC finishes the restore.
     #[serde(default)]
     pub orphaned: bool,
+    /// The device-information file ADD writes, recorded before it is written so that a release
+    /// from any point removes it.
+    #[serde(default)]
+    pub device_info_file: Option<PathBuf>,
 }
 
 /// The held lock of one VF; dropping it releases the lock.
@@ -174,168 +175,130 @@ impl VfLock {
     }
 }
 
-/// The plugin's state folder.
-#[derive(Debug, Clone)]
+/// The plugin's state folder, open.
+#[derive(Debug)]
 pub struct StateDir {
     root: PathBuf,
+    records: OwnedDir,
+    locks: OwnedDir,
+}
+
+fn record_name(pci: &PciAddress) -> String {
+    format!("{pci}.json")
 }
 
 impl StateDir {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        StateDir { root: root.into() }
+    /// Opens the state folder, creating it and its `vfs/` and `locks/` folders if needed.
+    pub fn open(root: &Path) -> Result<StateDir> {
+        let top = OwnedDir::open(root, Access::Shared, true)?;
+        Ok(StateDir {
+            root: root.to_path_buf(),
+            records: top.subdir("vfs", Access::Private, true)?,
+            locks: top.subdir("locks", Access::Private, true)?,
+        })
+    }
+
+    /// Opens an existing state folder for reading (the daemon, the status view); `None` when
+    /// the plugin never ran on this node.
+    pub fn open_existing(root: &Path) -> Result<Option<StateDir>> {
+        let top = match OwnedDir::open(root, Access::Shared, false) {
+            Ok(d) => d,
+            Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let sub = |name| match top.subdir(name, Access::Private, false) {
+            Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT) => Ok(None),
+            other => other.map(Some),
+        };
+        match (sub("vfs")?, sub("locks")?) {
+            (Some(records), Some(locks)) => Ok(Some(StateDir {
+                root: root.to_path_buf(),
+                records,
+                locks,
+            })),
+            _ => Ok(None),
+        }
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    fn records_dir(&self) -> PathBuf {
-        self.root.join("vfs")
-    }
-
-    fn locks_dir(&self) -> PathBuf {
-        self.root.join("locks")
-    }
-
     /// `vfs/<pci>.json`
     pub fn record_path(&self, pci: &PciAddress) -> PathBuf {
-        self.records_dir().join(format!("{pci}.json"))
+        self.records.path().join(record_name(pci))
     }
 
-    /// Creates the folders (mode 0700) if needed.
-    pub fn ensure(&self) -> Result<()> {
-        for dir in [self.records_dir(), self.locks_dir()] {
-            if !dir.is_dir() {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&dir)
-                    .map_err(io_err("create folder", &dir))?;
-            }
-        }
+    /// STATUS: a record can be written and removed.
+    pub fn check_usable(&self) -> Result<()> {
+        let probe = format!(".status-{}", std::process::id());
+        self.records.write_atomic(&probe, b"ok", 0o600)?;
+        self.records.remove(&probe)?;
         Ok(())
     }
 
-    /// STATUS: the folders exist (or can be made) and a file can be written, synced and removed.
-    pub fn check_usable(&self) -> Result<()> {
-        self.ensure()?;
-        let probe = self
-            .records_dir()
-            .join(format!(".status-{}", std::process::id()));
-        let mut f = File::create(&probe).map_err(io_err("create", &probe))?;
-        f.write_all(b"ok").map_err(io_err("write", &probe))?;
-        f.sync_all().map_err(io_err("fsync", &probe))?;
-        fs::remove_file(&probe).map_err(io_err("remove", &probe))
-    }
-
-    fn open_lock_file(&self, pci: &PciAddress) -> Result<File> {
-        let path = self.locks_dir().join(format!("{pci}.lock"));
-        let open = || {
-            OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .open(&path)
-        };
-        match open() {
-            Ok(f) => Ok(f),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.ensure()?;
-                open().map_err(io_err("open lock", &path))
-            }
-            Err(e) => Err(io_err("open lock", &path)(e)),
-        }
+    /// Removes temporary record files left by killed writers.
+    pub fn remove_stale_temps(&self) -> Result<usize> {
+        Ok(self.records.remove_stale_temps()?)
     }
 
     /// Waits for and takes the VF's lock.
     pub fn lock_vf(&self, pci: PciAddress) -> Result<VfLock> {
-        let file = self.open_lock_file(&pci)?;
-        let path = self.locks_dir().join(format!("{pci}.lock"));
-        let flock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| io_err("flock", &path)(io::Error::from(e)))?;
-        Ok(VfLock { pci, _flock: flock })
+        self.flock(pci, FlockArg::LockExclusive)?
+            .ok_or_else(|| unreachable_would_block(&self.locks, pci))
     }
 
     /// Takes the VF's lock if nobody holds it.
     pub fn try_lock_vf(&self, pci: PciAddress) -> Result<Option<VfLock>> {
-        let file = self.open_lock_file(&pci)?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        self.flock(pci, FlockArg::LockExclusiveNonblock)
+    }
+
+    fn flock(&self, pci: PciAddress, how: FlockArg) -> Result<Option<VfLock>> {
+        let name = format!("{pci}.lock");
+        let file = self.locks.open_lock(&name)?;
+        match Flock::lock(file, how) {
             Ok(flock) => Ok(Some(VfLock { pci, _flock: flock })),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-            Err((_, e)) => {
-                let path = self.locks_dir().join(format!("{pci}.lock"));
-                Err(io_err("flock", &path)(io::Error::from(e)))
-            }
+            Err((_, e)) => Err(StateError::Io {
+                op: "flock",
+                path: self.locks.path().join(name),
+                source: io::Error::from(e),
+            }),
         }
     }
 
     /// The VF's record, if it has one.
     pub fn load(&self, pci: &PciAddress) -> Result<Option<VfRecord>> {
-        read_record(&self.record_path(pci))
+        self.read_record(&record_name(pci))
     }
 
-    /// Writes the record under the VF's lock. `durable`: fsync file and folder before returning
-    /// (required before changing the VF; updates that only add information may skip it).
-    pub fn save(&self, lock: &VfLock, record: &VfRecord, durable: bool) -> Result<()> {
+    /// Writes the record under the VF's lock.
+    pub fn save(&self, lock: &VfLock, record: &VfRecord) -> Result<()> {
         debug_assert_eq!(lock.pci, record.pci);
-        self.ensure()?;
-        let path = self.record_path(&record.pci);
-        let tmp = self.records_dir().join(format!(".{}.json.tmp", record.pci));
-        let text = serde_json::to_vec_pretty(record)
-            .map_err(|e| io_err("encode", &path)(io::Error::other(e)))?;
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err("create", &tmp))?;
-        f.write_all(&text).map_err(io_err("write", &tmp))?;
-        if durable {
-            f.sync_all().map_err(io_err("fsync", &tmp))?;
-        }
-        drop(f);
-        fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
-        if durable {
-            let dir = self.records_dir();
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err("fsync folder", &dir))?;
-        }
-        Ok(())
+        let text = serde_json::to_vec_pretty(record).map_err(|e| StateError::Io {
+            op: "encode",
+            path: self.record_path(&record.pci),
+            source: io::Error::other(e),
+        })?;
+        Ok(self
+            .records
+            .write_atomic(&record_name(&record.pci), &text, 0o600)?)
     }
 
     /// Drops the record (the VF is clean). A missing record is fine.
     pub fn remove(&self, lock: &VfLock) -> Result<()> {
-        let path = self.record_path(&lock.pci);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", &path)(e)),
-            _ => Ok(()),
-        }
+        self.records.remove(&record_name(&lock.pci))?;
+        Ok(())
     }
 
     /// Every record, in PCI order. Unreadable records are returned as errors, not skipped.
     pub fn records(&self) -> Result<Vec<Result<VfRecord>>> {
-        let dir = self.records_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err("list", &dir)(e)),
-        };
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| {
-                p.extension().is_some_and(|x| x == "json")
-                    && p.file_name()
-                        .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        paths.sort();
-        Ok(paths
+        Ok(self
+            .records
+            .names()?
             .iter()
-            .filter_map(|p| read_record(p).transpose())
+            .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+            .filter_map(|n| self.read_record(n).transpose())
             .collect())
     }
 
@@ -347,33 +310,44 @@ impl StateDir {
             .filter_map(|r| r.ok())
             .find(|r| r.owner.is(container_id, ifname)))
     }
+
+    fn read_record(&self, name: &str) -> Result<Option<VfRecord>> {
+        let Some(text) = self.records.read(name)? else {
+            return Ok(None);
+        };
+        let path = self.records.path().join(name);
+        let record: VfRecord = serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if record.format != RECORD_FORMAT {
+            return Err(StateError::Corrupt {
+                path,
+                reason: format!(
+                    "format {} (this build reads {RECORD_FORMAT})",
+                    record.format
+                ),
+            });
+        }
+        Ok(Some(record))
+    }
 }
 
-fn read_record(path: &Path) -> Result<Option<VfRecord>> {
-    let text = match fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err("read", path)(e)),
-    };
-    let record: VfRecord = serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    if record.format != RECORD_FORMAT {
-        return Err(StateError::Corrupt {
-            path: path.to_path_buf(),
-            reason: format!(
-                "format {} (this build reads {RECORD_FORMAT})",
-                record.format
-            ),
-        });
+/// A blocking flock never answers EWOULDBLOCK; should a kernel do so, say which lock.
+fn unreachable_would_block(locks: &OwnedDir, pci: PciAddress) -> StateError {
+    StateError::Io {
+        op: "flock",
+        path: locks.path().join(format!("{pci}.lock")),
+        source: io::Error::from(nix::errno::Errno::EWOULDBLOCK),
     }
-    Ok(Some(record))
 }
 
 /// Every MTU lock recorded in `state_dir`, with its VF (for the node daemon).
 pub fn scan_locks(state_dir: &Path) -> Result<Vec<(PciAddress, MtuLock)>> {
-    Ok(StateDir::new(state_dir)
+    let Some(state) = StateDir::open_existing(state_dir)? else {
+        return Ok(Vec::new());
+    };
+    Ok(state
         .records()?
         .into_iter()
         .filter_map(|r| r.ok())
@@ -481,18 +455,19 @@ mod tests {
                 mtu: 9000,
             }),
             orphaned: false,
+            device_info_file: None,
         }
     }
 
     #[test]
     fn save_load_find_remove() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path().join("state"));
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
         state.check_usable().unwrap();
         let r = record("0000:3b:02.0", "c1");
         let lock = state.lock_vf(r.pci).unwrap();
         assert!(state.load(&r.pci).unwrap().is_none());
-        state.save(&lock, &r, true).unwrap();
+        state.save(&lock, &r).unwrap();
         assert_eq!(state.load(&r.pci).unwrap().as_ref(), Some(&r));
         assert_eq!(state.find_owned("c1", "net1").unwrap().as_ref(), Some(&r));
         assert!(state.find_owned("c1", "net2").unwrap().is_none());
@@ -504,7 +479,9 @@ mod tests {
         assert!(state.records().unwrap().is_empty());
         // Only the lock file stays.
         assert_eq!(
-            fs::read_dir(dir.path().join("state/vfs")).unwrap().count(),
+            std::fs::read_dir(dir.path().join("state/vfs"))
+                .unwrap()
+                .count(),
             0
         );
     }
@@ -512,7 +489,7 @@ mod tests {
     #[test]
     fn lock_is_exclusive_and_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path());
+        let state = StateDir::open(dir.path()).unwrap();
         let pci = PciAddress::parse("0000:3b:02.1").unwrap();
         let held = state.lock_vf(pci).unwrap();
         assert!(state.try_lock_vf(pci).unwrap().is_none());
@@ -525,13 +502,44 @@ mod tests {
     #[test]
     fn corrupt_records_are_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path());
-        state.ensure().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
         let pci = PciAddress::parse("0000:3b:02.3").unwrap();
-        fs::write(state.record_path(&pci), "{").unwrap();
+        std::fs::write(state.record_path(&pci), "{").unwrap();
         let e = state.load(&pci).unwrap_err();
         assert!(e.to_string().contains("unreadable"), "{e}");
         assert_eq!(state.records().unwrap().len(), 1);
         assert!(state.records().unwrap()[0].is_err());
+    }
+
+    #[test]
+    fn planted_symlinks_are_refused_and_their_targets_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let r = record("0000:3b:02.4", "c1");
+        std::os::unix::fs::symlink(&victim, state.record_path(&r.pci)).unwrap();
+        let lock = state.lock_vf(r.pci).unwrap();
+        let e = state.save(&lock, &r).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert!(state.load(&r.pci).is_err());
+        // A dangling lock link: the target is not created.
+        let pci = PciAddress::parse("0000:3b:02.5").unwrap();
+        std::os::unix::fs::symlink(
+            dir.path().join("created"),
+            dir.path().join("state/locks/0000:3b:02.5.lock"),
+        )
+        .unwrap();
+        assert!(state.lock_vf(pci).is_err());
+        assert!(!dir.path().join("created").exists());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        // Stale temporary records of a killed writer go.
+        std::fs::write(
+            dir.path()
+                .join("state/vfs/.0000:3b:02.4.json.999999999.0123456789abcdef.tmp"),
+            "{}",
+        )
+        .unwrap();
+        assert_eq!(state.remove_stale_temps().unwrap(), 1);
     }
 }

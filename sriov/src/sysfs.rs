@@ -163,6 +163,51 @@ impl Sysfs {
         }
     }
 
+    /// The device folder (canonical) that the netdev `ifname`'s `class/net` entry sits under:
+    /// the kernel links `class/net/IFNAME` to `<device folder>/net/IFNAME`, the same folder the
+    /// netdev's `device` link names. `None` when there is no such entry or it does not point into
+    /// a device's `net/` folder (virtual netdevs live under `devices/virtual/net`).
+    pub fn netdev_device_dir(&self, ifname: &str) -> Result<Option<PathBuf>> {
+        self.count();
+        let class = self.root.join("class/net");
+        let target = match fs::read_link(class.join(ifname)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(SysfsError::Io {
+                    path: class.join(ifname),
+                    source,
+                })
+            }
+        };
+        // Resolve the link's own `..` lexically: the entry it names may itself be a link (the
+        // labs' live netdevs), which must not be followed.
+        let mut entry = class.clone();
+        for part in target.components() {
+            match part {
+                std::path::Component::ParentDir => {
+                    entry.pop();
+                }
+                std::path::Component::Normal(p) => entry.push(p),
+                std::path::Component::RootDir => entry = PathBuf::from("/"),
+                _ => {}
+            }
+        }
+        let net = entry
+            .parent()
+            .filter(|p| p.file_name() == Some("net".as_ref()));
+        let Some(device) = net.and_then(Path::parent) else {
+            return Ok(None);
+        };
+        Ok(fs::canonicalize(device).ok())
+    }
+
+    /// The canonical path of `path`, if it exists.
+    pub fn canonical(&self, path: &Path) -> Option<PathBuf> {
+        self.count();
+        fs::canonicalize(path).ok()
+    }
+
     /// Entry names of a folder, sorted; `None` when it does not exist.
     pub fn list(&self, path: &Path) -> Result<Option<Vec<String>>> {
         Ok(self

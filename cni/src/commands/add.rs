@@ -1,6 +1,8 @@
 //! ADD: validate → lock → save → apply → (on any error) roll back.
 
-use super::{attach_err, joined, netlink_err, owner_alive, state_err, Ctx};
+use super::device_info::{self, Target};
+use super::release::{release, Problem, Problems, Whereabouts};
+use super::{attach_err, netlink_err, open_netns, owner_alive, state_err, Ctx};
 use crate::fault;
 use crate::result::{render, Interface, IpamResult};
 use crate::spec::{CniError, ErrorCode};
@@ -16,13 +18,11 @@ use std::time::Duration;
 pub fn add(ctx: &Ctx) -> Result<Value, CniError> {
     let env = &ctx.env;
     let conf = &ctx.conf;
-    let netns_path = env
-        .netns
-        .as_deref()
-        .ok_or_else(|| CniError::new(ErrorCode::InvalidEnv, "CNI_NETNS: required for ADD"))?;
-    let pod_ns = Netns::open(netns_path)
-        .map_err(|e| CniError::new(ErrorCode::InvalidEnv, format!("CNI_NETNS: {e}")))?;
-    let (pci, lock) = crate::vf_select::select(conf, env, &ctx.state, &ctx.sysfs)?;
+    let (pod_ns, mut pod_sock) = open_netns(env)?;
+    let netns_path = env.netns.as_deref().unwrap_or(Path::new(""));
+    let devinfo = device_info::target(ctx)?;
+    let (pci, lock) = crate::vf_select::select(ctx)?;
+    ctx.remove_stale_temps();
     let mut host = NetlinkSocket::new().map_err(netlink_err("open a netlink socket"))?;
 
     if let Some(old) = ctx.state.load(&pci).map_err(state_err)? {
@@ -51,14 +51,26 @@ pub fn add(ctx: &Ctx) -> Result<Value, CniError> {
             ));
         }
         // Left behind by a pod whose namespace is gone: finish its cleanup first.
-        let report = vf_attach::restore(&mut host, &ctx.sysfs, &old, None, Duration::ZERO);
-        if !report.is_clean() {
+        let at = Whereabouts {
+            pod_ns: None,
+            wait: Duration::ZERO,
+        };
+        if let Err(problems) = release(ctx, &old, &lock, at) {
             return Err(CniError::new(
                 ErrorCode::VfBusy,
                 format!(
                     "deviceID: VF {pci} was left by container {} (namespace gone) and cannot be cleaned: {}",
                     old.owner.container_id,
-                    joined(&report.errors)
+                    problems.message()
+                ),
+            ));
+        }
+        if ctx.state.load(&pci).map_err(state_err)?.is_some() {
+            return Err(CniError::new(
+                ErrorCode::VfBusy,
+                format!(
+                    "deviceID: VF {pci} was left by container {} (namespace gone) and its netdev is still missing",
+                    old.owner.container_id
                 ),
             ));
         }
@@ -66,11 +78,11 @@ pub fn add(ctx: &Ctx) -> Result<Value, CniError> {
             "VF {pci}: cleaned up after container {}",
             old.owner.container_id
         );
-        ctx.state.remove(&lock).map_err(state_err)?;
     }
 
     let loc = vf_attach::locate(&ctx.sysfs, pci).map_err(attach_err(&pci))?;
-    let (original, pf_link) = vf_attach::snapshot(&mut host, &loc).map_err(attach_err(&pci))?;
+    let (original, pf_link) =
+        vf_attach::snapshot(&mut host, &ctx.sysfs, &loc).map_err(attach_err(&pci))?;
     if let (Some(mtu), Some(pf)) = (conf.mtu, pf_link) {
         if mtu > pf.mtu {
             return Err(CniError::config(format!(
@@ -80,8 +92,6 @@ pub fn add(ctx: &Ctx) -> Result<Value, CniError> {
             )));
         }
     }
-    let mut pod_sock = NetlinkSocket::new_in(&pod_ns)
-        .map_err(netlink_err("open a netlink socket in CNI_NETNS"))?;
     if !loc.is_userspace() && pod_sock.link_by_name(&env.ifname).is_ok() {
         return Err(CniError::new(
             ErrorCode::InvalidEnv,
@@ -107,13 +117,14 @@ pub fn add(ctx: &Ctx) -> Result<Value, CniError> {
         attached: None,
         mtu_lock: None,
         orphaned: false,
+        device_info_file: devinfo.as_ref().filter(|t| t.ours).map(|t| t.path.clone()),
     };
-    ctx.state.save(&lock, &record, true).map_err(state_err)?;
+    ctx.state.save(&lock, &record).map_err(state_err)?;
     tracing::debug!("VF {pci}: original state saved");
     fault::point("save");
 
     let mut ipam_ran = false;
-    match attach(
+    let attached = attach(
         ctx,
         &mut host,
         &loc,
@@ -121,12 +132,15 @@ pub fn add(ctx: &Ctx) -> Result<Value, CniError> {
         &lock,
         &pod_ns,
         &mut pod_sock,
+        devinfo.as_ref(),
         &mut ipam_ran,
-    ) {
+    );
+    // The sockets hold references into the pod's namespace: close them before a rollback.
+    drop(pod_sock);
+    drop(host);
+    match attached {
         Ok(v) => Ok(v),
-        Err(e) => Err(rollback(
-            ctx, &mut host, &lock, &record, &pod_ns, ipam_ran, e,
-        )),
+        Err(e) => Err(rollback(ctx, &lock, &record, &pod_ns, ipam_ran, e)),
     }
 }
 
@@ -139,6 +153,7 @@ fn attach(
     lock: &VfLock,
     pod_ns: &Netns,
     pod_sock: &mut NetlinkSocket,
+    devinfo: Option<&Target>,
     ipam_ran: &mut bool,
 ) -> Result<Value, CniError> {
     let (env, conf, pci) = (&ctx.env, &ctx.conf, record.pci);
@@ -200,7 +215,10 @@ fn attach(
         );
     }
 
-    let device_info_file = write_device_info(conf.device_info_file.as_deref(), loc)?;
+    if let Some(target) = devinfo {
+        device_info::write(target, loc)?;
+        fault::point("device-info");
+    }
     let iface = Interface {
         name: env.ifname.clone(),
         mac: out.mac.map(|m| m.to_string()),
@@ -213,7 +231,7 @@ fn attach(
         pod_ifindex: out.pod_ifindex,
         rebound_ifindex: out.rebound_ifindex,
         result: Some(result.clone()),
-        device_info_file,
+        device_info_file: None,
     });
     if conf.mtu_lock {
         record.mtu_lock = Some(MtuLock {
@@ -223,9 +241,9 @@ fn attach(
             mtu: conf.mtu.unwrap_or_default(),
         });
     }
-    // Adds information only: the durable record written before the first change already lets a
-    // DEL restore everything, so no fsync here.
-    ctx.state.save(lock, record, false).map_err(state_err)?;
+    // Adds information only: the record written before the first change already lets a DEL
+    // restore everything.
+    ctx.state.save(lock, record).map_err(state_err)?;
     fault::point("record");
     Ok(result)
 }
@@ -307,46 +325,10 @@ fn announce_on_up(pod_ns: &Netns, ifname: &str, ipam: &IpamResult) -> Result<(),
         })
 }
 
-/// Writes the device-information file named by `runtimeConfig.CNIDeviceInfoFile` when it does
-/// not exist yet (the device plugin usually wrote it). Returns its path if we wrote it.
-fn write_device_info(
-    path: Option<&Path>,
-    loc: &VfLocation,
-) -> Result<Option<std::path::PathBuf>, CniError> {
-    let Some(path) = path else { return Ok(None) };
-    if path.exists() {
-        return Ok(None);
-    }
-    let dev = sriov::devinfo::AllocatedDevice {
-        pci: loc.pci,
-        pf_pci: loc.pf_pci,
-        driver: loc.driver.clone(),
-        iommu_group: None,
-        rdma_device: None,
-        rdma_char_devices: vec![],
-    };
-    let err = |e: std::io::Error| {
-        CniError::new(
-            ErrorCode::Io,
-            format!("runtimeConfig.CNIDeviceInfoFile {}: {e}", path.display()),
-        )
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let text = serde_json::to_vec(&sriov::devinfo::file_json(&dev))
-        .map_err(|e| err(std::io::Error::other(e)))?;
-    std::fs::write(&tmp, text).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    Ok(Some(path.to_path_buf()))
-}
-
-/// Undoes a failed ADD: IPAM DEL, VF restore, record dropped once clean. The ADD's error is
-/// returned, with what the rollback could not do in its details.
+/// Undoes a failed ADD: IPAM DEL, then the one release path. The ADD's error is returned, with
+/// what the rollback could not do in its details.
 fn rollback(
     ctx: &Ctx,
-    host: &mut NetlinkSocket,
     lock: &VfLock,
     record: &VfRecord,
     pod_ns: &Netns,
@@ -354,37 +336,34 @@ fn rollback(
     err: CniError,
 ) -> CniError {
     let pci: PciAddress = record.pci;
-    let mut problems: Vec<String> = Vec::new();
+    let mut problems = Problems::default();
     if ipam_ran {
         if let Err(e) = ctx.ipam_del(
             &ctx.env.container_id,
             &ctx.env.ifname,
             ctx.env.netns.as_deref(),
         ) {
-            problems.push(e.msg);
+            problems.push(Problem::Ipam(e));
         }
     }
-    let report = vf_attach::restore(host, &ctx.sysfs, record, Some(pod_ns), Duration::ZERO);
-    problems.extend(report.errors.iter().map(|e| e.to_string()));
-    // The record is about the VF: it goes once the VF is clean (an IPAM release that failed is
-    // retried by the runtime's DEL, which always calls IPAM DEL).
-    if report.is_clean() {
-        if let Err(e) = ctx.state.remove(lock) {
-            problems.push(e.to_string());
-        }
+    // The record goes once the VF is clean (an IPAM release that failed is retried by the
+    // runtime's DEL, which always calls IPAM DEL).
+    let at = Whereabouts {
+        pod_ns: Some(pod_ns),
+        wait: Duration::ZERO,
+    };
+    if let Err(p) = release(ctx, record, lock, at) {
+        problems.extend(p);
     }
     if problems.is_empty() {
         tracing::info!("VF {pci}: ADD failed and was rolled back: {err}");
         err
     } else {
-        tracing::error!(
-            "VF {pci}: ADD failed ({err}) and the rollback is incomplete: {}",
-            problems.join("; ")
-        );
         let details = format!(
             "rollback incomplete (a DEL will retry): {}",
-            problems.join("; ")
+            problems.message()
         );
+        tracing::error!("VF {pci}: ADD failed ({err}) and the {details}");
         err.with_details(details)
     }
 }

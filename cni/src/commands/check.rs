@@ -1,11 +1,11 @@
 //! CHECK: the pod interface against `prevResult` (and the MTU lock), the VF's PF-side settings
 //! against the config, then IPAM CHECK.
 
-use super::{joined, netlink_err, state_err, Ctx};
+use super::{netlink_err, open_netns, state_err, Ctx};
 use crate::result::IpamResult;
 use crate::spec::{CniError, ErrorCode};
 use serde_json::Value;
-use sriov::netlink::{NetlinkSocket, Netns};
+use sriov::netlink::NetlinkSocket;
 
 pub fn check(ctx: &Ctx) -> Result<Value, CniError> {
     let (env, conf) = (&ctx.env, &ctx.conf);
@@ -13,6 +13,7 @@ pub fn check(ctx: &Ctx) -> Result<Value, CniError> {
         .prev_result
         .as_ref()
         .ok_or_else(|| CniError::config("prevResult: required for CHECK"))?;
+    let (_ns, mut sock) = open_netns(env)?;
     let record = ctx
         .state
         .find_owned(&env.container_id, &env.ifname)
@@ -26,17 +27,11 @@ pub fn check(ctx: &Ctx) -> Result<Value, CniError> {
                 ),
             )
         })?;
+    // Findings, not errors: each says what differs from what ADD set up.
     let mut problems: Vec<String> = Vec::new();
-    let netns_path = env
-        .netns
-        .as_deref()
-        .ok_or_else(|| CniError::new(ErrorCode::InvalidEnv, "CNI_NETNS: required for CHECK"))?;
+    let netns_path = env.netns.as_deref().unwrap_or(std::path::Path::new(""));
 
     if record.original.netdev.is_some() {
-        let ns = Netns::open(netns_path)
-            .map_err(|e| CniError::new(ErrorCode::InvalidEnv, format!("CNI_NETNS: {e}")))?;
-        let mut sock = NetlinkSocket::new_in(&ns)
-            .map_err(netlink_err("open a netlink socket in CNI_NETNS"))?;
         match sock.link_by_name(&env.ifname) {
             Err(_) => problems.push(format!(
                 "{} is missing from {}",
@@ -108,7 +103,7 @@ pub fn check(ctx: &Ctx) -> Result<Value, CniError> {
     } else {
         Err(CniError::new(
             ErrorCode::Dataplane,
-            format!("CHECK failed: {}", joined(&problems)),
+            format!("CHECK failed: {}", problems.join("; ")),
         ))
     }
 }

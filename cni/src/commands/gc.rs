@@ -1,10 +1,11 @@
 //! GC: release the VF and IPAM allocation of every attachment of this network that is not in
 //! `cni.dev/valid-attachments`.
 
-use super::del::release;
-use super::{joined, state_err, Ctx};
-use crate::spec::{CniError, ErrorCode};
+use super::release::{release, Problem, Problems, Whereabouts};
+use super::{state_err, Ctx};
+use crate::spec::CniError;
 use serde_json::Value;
+use std::time::Duration;
 
 /// `{containerID, ifname}` pairs from `cni.dev/valid-attachments`.
 fn valid_attachments(ctx: &Ctx) -> Result<Vec<(String, String)>, CniError> {
@@ -36,12 +37,13 @@ fn valid_attachments(ctx: &Ctx) -> Result<Vec<(String, String)>, CniError> {
 pub fn gc(ctx: &Ctx) -> Result<Value, CniError> {
     let valid = valid_attachments(ctx)?;
     let is_valid = |cid: &str, ifname: &str| valid.iter().any(|(c, i)| c == cid && i == ifname);
-    let mut errors: Vec<String> = Vec::new();
+    let mut problems = Problems::default();
+    ctx.remove_stale_temps();
     for record in ctx.state.records().map_err(state_err)? {
         let record = match record {
             Ok(r) => r,
             Err(e) => {
-                errors.push(e.to_string());
+                problems.push(Problem::Record(e));
                 continue;
             }
         };
@@ -70,19 +72,21 @@ pub fn gc(ctx: &Ctx) -> Result<Value, CniError> {
                 &current.owner.ifname,
                 current.owner.netns.as_deref(),
             ) {
-                errors.push(e.msg);
+                problems.push(Problem::Ipam(e));
             }
         }
-        if let Err(e) = release(ctx, &current, &lock, None) {
-            errors.push(e);
+        let pod_ns = Whereabouts::open(None, &current);
+        let at = Whereabouts {
+            pod_ns: pod_ns.as_ref(),
+            wait: Duration::ZERO,
+        };
+        if let Err(p) = release(ctx, &current, &lock, at) {
+            problems.extend(p);
         }
     }
-    if errors.is_empty() {
+    if problems.is_empty() {
         Ok(Value::Null)
     } else {
-        Err(CniError::new(
-            ErrorCode::Dataplane,
-            format!("GC: {}", joined(&errors)),
-        ))
+        Err(problems.into_error("GC: "))
     }
 }

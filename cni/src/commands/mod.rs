@@ -4,7 +4,9 @@
 mod add;
 mod check;
 mod del;
+mod device_info;
 mod gc;
+mod release;
 mod status;
 
 pub use add::add;
@@ -16,15 +18,18 @@ pub use status::status;
 use crate::env::CniEnv;
 use crate::ipam::IpamCall;
 use crate::netconf::NetConf;
+use crate::node_config::NodeConfig;
 use crate::spec::{CniError, CniVersion, ErrorCode};
 use serde_json::Value;
-use sriov::netlink::{NetlinkError, Netns};
+use sriov::netlink::{NetlinkError, NetlinkSocket, Netns};
 use sriov::state::{StateDir, StateError, VfRecord};
 use sriov::sysfs::Sysfs;
 use sriov::vf_attach::AttachError;
 
 /// Everything one invocation works with.
 pub struct Ctx {
+    /// The node-local settings (paths and folders), never from the network config.
+    pub node: NodeConfig,
     pub conf: NetConf,
     pub env: CniEnv,
     pub state: StateDir,
@@ -35,7 +40,12 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(conf: NetConf, env: CniEnv, stdin: &[u8]) -> Ctx {
+    pub fn new(
+        node: NodeConfig,
+        conf: NetConf,
+        env: CniEnv,
+        stdin: &[u8],
+    ) -> Result<Ctx, CniError> {
         let ipam_config = if conf.ipam.is_some() && conf.cni_version == CniVersion::V110 {
             let mut raw = conf.raw.clone();
             raw.insert("cniVersion".into(), Value::String("1.0.0".into()));
@@ -46,13 +56,21 @@ impl Ctx {
         } else {
             stdin.to_vec()
         };
-        Ctx {
-            state: StateDir::new(&conf.state_dir),
-            sysfs: Sysfs::new(&conf.sysfs_root),
+        let code = if env.command == crate::spec::Command::Status {
+            ErrorCode::NotAvailable
+        } else {
+            ErrorCode::Io
+        };
+        let state = StateDir::open(&node.state_dir)
+            .map_err(|e| CniError::new(code, format!("stateDir ({}): {e}", node.describe())))?;
+        Ok(Ctx {
+            state,
+            sysfs: Sysfs::new(&node.sysfs_root),
+            node,
             conf,
             env,
             ipam_config,
-        }
+        })
     }
 
     /// The IPAM plugin, if the config has one.
@@ -77,6 +95,15 @@ impl Ctx {
             None => Ok(()),
         }
     }
+
+    /// Removes temporary record files left by killed calls (their writer's PID is gone).
+    pub fn remove_stale_temps(&self) {
+        match self.state.remove_stale_temps() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} temporary record file(s) of killed calls"),
+            Err(e) => tracing::warn!("cannot clean up temporary record files: {e}"),
+        }
+    }
 }
 
 pub(crate) fn state_err(e: StateError) -> CniError {
@@ -87,22 +114,19 @@ pub(crate) fn netlink_err(what: &str) -> impl FnOnce(NetlinkError) -> CniError +
     move |e| CniError::new(ErrorCode::Dataplane, format!("{what}: {e}"))
 }
 
-/// One mapping from dataplane errors to CNI codes.
+/// The one mapping from dataplane errors to CNI codes; the VF is named once, here.
 pub(crate) fn attach_err(
     pci: &sriov::names::PciAddress,
 ) -> impl FnOnce(AttachError) -> CniError + '_ {
-    move |e| {
-        let code = match &e {
-            AttachError::Busy(_) => ErrorCode::VfBusy,
-            AttachError::Invalid(_) => ErrorCode::InvalidConfig,
-            _ => ErrorCode::Dataplane,
-        };
-        let msg = e.to_string();
-        if msg.starts_with("VF ") || msg.contains(&pci.to_string()) {
-            CniError::new(code, msg)
-        } else {
-            CniError::new(code, format!("VF {pci}: {msg}"))
-        }
+    move |e| CniError::new(attach_code(&e), format!("VF {pci}: {e}"))
+}
+
+/// The CNI code of a dataplane error.
+pub(crate) fn attach_code(e: &AttachError) -> ErrorCode {
+    match e {
+        AttachError::Busy(_) => ErrorCode::VfBusy,
+        AttachError::Invalid(_) => ErrorCode::InvalidConfig,
+        _ => ErrorCode::Dataplane,
     }
 }
 
@@ -116,13 +140,22 @@ pub(crate) fn owner_alive(record: &VfRecord) -> bool {
             .is_some_and(|p| Netns::open(p).is_ok())
 }
 
-/// Joins collected errors into one message.
-pub(crate) fn joined<E: std::fmt::Display>(errors: &[E]) -> String {
-    errors
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("; ")
+/// Opens `CNI_NETNS` and a netlink socket inside it: code 4 when it is missing or not a network
+/// namespace (entering it is the final test: `setns` refuses any other kind with EINVAL).
+pub(crate) fn open_netns(env: &CniEnv) -> Result<(Netns, NetlinkSocket), CniError> {
+    let invalid = |e: NetlinkError| CniError::new(ErrorCode::InvalidEnv, format!("CNI_NETNS: {e}"));
+    let path = env.netns.as_deref().ok_or_else(|| {
+        CniError::new(
+            ErrorCode::InvalidEnv,
+            format!("CNI_NETNS: required for {}", env.command),
+        )
+    })?;
+    let ns = Netns::open(path).map_err(invalid)?;
+    let sock = NetlinkSocket::new_in(&ns).map_err(|e| match e.errno() {
+        Some(sriov::netlink::Errno::EINVAL) => invalid(e),
+        _ => netlink_err("open a netlink socket in CNI_NETNS")(e),
+    })?;
+    Ok((ns, sock))
 }
 
 /// One invocation, from the raw inputs: returns the `cniVersion` to print errors in and the
@@ -142,8 +175,13 @@ pub fn run(
         if command == crate::spec::Command::Version {
             return Ok(Some(crate::spec::version_json(&version)));
         }
+        let node = NodeConfig::load(&get_env)?;
         let conf = NetConf::parse(stdin)?;
-        crate::logging::init(conf.log_level.as_deref(), conf.log_file.as_deref());
+        crate::logging::init(
+            conf.log_level.as_deref(),
+            conf.log_file.as_deref(),
+            &node.log_dir,
+        );
         if conf.cni_version < command.min_version() {
             return Err(CniError::new(
                 ErrorCode::IncompatibleVersion,
@@ -155,7 +193,7 @@ pub fn run(
             ));
         }
         let env = CniEnv::load(command, &get_env)?;
-        let ctx = Ctx::new(conf, env, stdin);
+        let ctx = Ctx::new(node, conf, env, stdin)?;
         let started = std::time::Instant::now();
         let out = match command {
             crate::spec::Command::Add => add(&ctx),

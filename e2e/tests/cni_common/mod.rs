@@ -1,11 +1,12 @@
 //! Running the `sriov` CNI plugin against a simulated node: the plugin runs inside the node's
-//! netns (`nsenter --net=...`) with `sysfsRoot` on the lab's tree and `stateDir` in a temp dir,
-//! exactly as a runtime would exec it.
+//! netns (`nsenter --net=...`), exactly as a runtime would exec it, with its node-local settings
+//! (`SRIOV_CNI_NODE_CONFIG`) naming the lab's sysfs tree and temp folders for its state,
+//! device-information files and logs.
 
 #![allow(dead_code)]
 
 use serde_json::{json, Value};
-use sriov_e2e::cni::{run_in_node, Invocation};
+use sriov_e2e::cni::{run_in_node, spawn_in_node, Invocation};
 use sriov_e2e::sim::{self, SimNode, SimSpec};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -65,6 +66,8 @@ pub struct CniLab {
     pub bin: PathBuf,
     pub state: tempfile::TempDir,
     pub ipam_dir: tempfile::TempDir,
+    /// Holds `cni.json` (the node-local settings), `devinfo/` and `logs/`.
+    pub node_dir: tempfile::TempDir,
 }
 
 impl CniLab {
@@ -77,12 +80,43 @@ impl CniLab {
         sim::gc().expect("gc of dead labs");
         let bin = sriov_e2e::workspace_binary("sriov");
         let node = SimNode::up(&spec(SimSpec::new(sim::unique_name(prefix)))).expect("lab up");
-        CniLab {
+        let lab = CniLab {
             node,
             bin,
             state: tempfile::tempdir().unwrap(),
             ipam_dir: tempfile::tempdir().unwrap(),
+            node_dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir(lab.log_dir()).unwrap();
+        lab.set_node_config(json!({}));
+        lab
+    }
+
+    /// The plugin's node-local settings file.
+    pub fn node_config(&self) -> PathBuf {
+        self.node_dir.path().join("cni.json")
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.node_dir.path().join("logs")
+    }
+
+    pub fn device_info_dir(&self) -> PathBuf {
+        self.node_dir.path().join("devinfo")
+    }
+
+    /// Writes the node-local settings: the lab's sysfs and folders, plus `extra`'s keys.
+    pub fn set_node_config(&self, extra: Value) {
+        let mut c = json!({
+            "sysfsRoot": self.node.sysfs_root(),
+            "stateDir": self.state.path(),
+            "deviceInfoDir": self.device_info_dir(),
+            "logDir": self.log_dir(),
+        });
+        for (k, v) in extra.as_object().expect("extra must be an object") {
+            c[k] = v.clone();
         }
+        std::fs::write(self.node_config(), c.to_string()).unwrap();
     }
 
     /// A new pod netns; returns its path.
@@ -96,14 +130,12 @@ impl CniLab {
         path.rsplit('/').next().unwrap()
     }
 
-    /// `{cniVersion, name, type, sysfsRoot, stateDir}` plus `extra`'s keys.
+    /// `{cniVersion, name, type}` plus `extra`'s keys.
     pub fn conf(&self, version: &str, extra: Value) -> Value {
         let mut c = json!({
             "cniVersion": version,
             "name": "sriov-net",
             "type": "sriov",
-            "sysfsRoot": self.node.sysfs_root(),
-            "stateDir": self.state.path(),
         });
         for (k, v) in extra.as_object().expect("extra must be an object") {
             c[k] = v.clone();
@@ -134,9 +166,38 @@ impl CniLab {
             ifname,
             netns,
         };
-        let out = run_in_node(&self.bin, self.node.netns_path(), &call, stdin, env)
+        let node_config = self.node_config().display().to_string();
+        let mut full_env = vec![("SRIOV_CNI_NODE_CONFIG", node_config.as_str())];
+        full_env.extend(env.iter().copied());
+        let out = run_in_node(&self.bin, self.node.netns_path(), &call, stdin, &full_env)
             .expect("spawn plugin");
         Call::from(out)
+    }
+
+    /// Starts one plugin call without waiting for it (to kill it at a random time).
+    pub fn spawn(
+        &self,
+        cmd: &str,
+        cid: &str,
+        ifname: &str,
+        netns: &str,
+        conf: &Value,
+    ) -> std::process::Child {
+        let call = Invocation {
+            command: cmd,
+            container_id: cid,
+            ifname,
+            netns,
+        };
+        let node_config = self.node_config().display().to_string();
+        spawn_in_node(
+            &self.bin,
+            self.node.netns_path(),
+            &call,
+            conf.to_string().as_bytes(),
+            &[("SRIOV_CNI_NODE_CONFIG", node_config.as_str())],
+        )
+        .expect("spawn plugin")
     }
 
     /// `ip -j -d link show` of the node (or of netns `ns`), by name.
@@ -170,13 +231,34 @@ impl CniLab {
         let l = self
             .node_link(name)
             .unwrap_or_else(|| panic!("{name} is not on the node"));
+        // `ip` shows NO-CARRIER for an up link the kernel has not marked running yet, which
+        // lags behind LOWER_UP (linkwatch): not state a restore sets, and it comes and goes.
+        let flags: Vec<&Value> = l["flags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| *f != "NO-CARRIER")
+            .collect();
         json!({
             "ifname": l["ifname"], "ifindex": l["ifindex"], "address": l["address"], "mtu": l["mtu"],
-            "flags": l["flags"], "promiscuity": l["promiscuity"], "altnames": l.get("altnames"),
+            "flags": flags, "promiscuity": l["promiscuity"], "altnames": l.get("altnames"),
         })
     }
 
-    /// State records left (lock files do not count).
+    /// Everything in the plugin's state folder but the lock files: records and temporary files.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut out = self.records();
+        let devinfo = self.device_info_dir().join("cni");
+        for f in std::fs::read_dir(devinfo).into_iter().flatten() {
+            out.push(format!(
+                "devinfo/{}",
+                f.unwrap().file_name().to_string_lossy()
+            ));
+        }
+        out
+    }
+
+    /// State records left, temporary files included (lock files do not count).
     pub fn records(&self) -> Vec<String> {
         match std::fs::read_dir(self.state.path().join("vfs")) {
             Ok(d) => d

@@ -51,22 +51,35 @@ pub struct Netns {
 impl Netns {
     /// Open the namespace bound at `path` (e.g. `/var/run/netns/X`, a CNI
     /// `CNI_NETNS`, `/proc/<pid>/ns/net`).
+    /// The path is looked at before it is opened for real (`O_PATH`): a device node or FIFO
+    /// named by mistake (or on purpose) is refused without the side effects of opening it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let fd =
-            open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|errno| {
-                NetlinkError::Netns {
-                    op: "open netns",
-                    path: path.display().to_string(),
-                    errno,
-                }
-            })?;
-        let netns = Self {
-            fd,
+        let err = |op: &'static str| {
+            move |errno| NetlinkError::Netns {
+                op,
+                path: path.display().to_string(),
+                errno,
+            }
+        };
+        let probe = open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(err("open netns"))?;
+        let probe = Self {
+            fd: probe,
             path: Some(path.to_path_buf()),
         };
-        netns.check_is_netns()?;
-        Ok(netns)
+        probe.check_is_netns()?;
+        // The namespace file itself, reopened through the probe (same file, no second lookup).
+        let fd = open(
+            format!("/proc/self/fd/{}", probe.fd.as_raw_fd()).as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(err("open netns"))?;
+        Ok(Self {
+            fd,
+            path: Some(path.to_path_buf()),
+        })
     }
 
     /// The namespace of the calling thread.
@@ -180,9 +193,9 @@ impl Netns {
         Ok((st.st_dev as u64, st.st_ino as u64))
     }
 
-    /// Refuse files that are not namespaces (a typo'd path, a directory, a
-    /// CNI_NETNS that was unmounted and is now an empty file) when opening,
-    /// with a clear error, rather than later inside `setns`.
+    /// Refuse files that are not network namespaces (a typo'd path, a directory, a
+    /// CNI_NETNS that was unmounted and is now an empty file, another kind of namespace such as
+    /// `/proc/self/ns/mnt`) when opening, with a clear error, rather than later inside `setns`.
     fn check_is_netns(&self) -> Result<()> {
         let fs = fstatfs(&self.fd).map_err(|errno| NetlinkError::Netns {
             op: "stat netns",
@@ -192,6 +205,22 @@ impl Netns {
         if fs.filesystem_type() != NSFS_MAGIC {
             return Err(NetlinkError::Netns {
                 op: "not a namespace file:",
+                path: self.to_string(),
+                errno: Errno::EINVAL,
+            });
+        }
+        // A namespace file opened through /proc/PID/ns reads as "<type>:[<inode>]" through
+        // /proc/self/fd; one bind-mounted elsewhere (/run/netns/X) reads as that path, and its
+        // type shows only when it is entered (`setns` refuses another type with EINVAL).
+        let kind = std::fs::read_link(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+            .map(|k| k.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let typed = kind
+            .split_once(":[")
+            .filter(|(t, rest)| !t.contains('/') && rest.ends_with(']'));
+        if typed.is_some_and(|(t, _)| t != "net") {
+            return Err(NetlinkError::Netns {
+                op: "not a network namespace:",
                 path: self.to_string(),
                 errno: Errno::EINVAL,
             });
@@ -282,8 +311,8 @@ mod tests {
     }
 
     #[test]
-    fn plain_files_are_not_netns() {
-        for path in ["/", "/proc/self/status"] {
+    fn plain_files_and_other_namespaces_are_not_netns() {
+        for path in ["/", "/proc/self/status", "/proc/self/ns/mnt", "/dev/null"] {
             let e = Netns::open(path).unwrap_err();
             assert_eq!(e.errno(), Some(Errno::EINVAL), "{path}");
         }

@@ -97,10 +97,12 @@ pub(crate) fn host_netdev(host: &mut NetlinkSocket, loc: &VfLocation) -> Option<
         .find_map(|name| host.link_by_name(name).ok())
 }
 
-/// Reads everything [`super::restore`] needs. Fails with [`AttachError::Busy`] when the VF's
-/// netdev is not in this namespace (another pod or namespace holds it).
+/// Reads everything [`super::restore`] needs, after checking that the netdev found for the VF is
+/// the VF's own and not the node's uplink ([`super::verify`]). Fails with [`AttachError::Busy`]
+/// when the VF's netdev is not in this namespace (another pod or namespace holds it).
 pub fn snapshot(
     host: &mut NetlinkSocket,
+    sysfs: &Sysfs,
     loc: &VfLocation,
 ) -> Result<(OriginalState, Option<PfLink>), AttachError> {
     let pf_link = match &loc.pf_name {
@@ -135,11 +137,11 @@ pub fn snapshot(
     } else {
         let link = host_netdev(host, loc).ok_or_else(|| {
             AttachError::Busy(format!(
-                "VF {}: its netdev ({}) is not in this network namespace: another pod or namespace holds it",
-                loc.pci,
+                "its netdev ({}) is not in this network namespace: another pod or namespace holds it",
                 if loc.netdev_names.is_empty() { "none in sysfs".to_string() } else { loc.netdev_names.join(", ") }
             ))
         })?;
+        super::verify::check_netdev(host, sysfs, loc, &link, pf_link.map(|p| p.index))?;
         Some(netdev_state(&link))
     };
     let original = OriginalState {
@@ -218,8 +220,8 @@ pub fn attach(
     let pf_index = original.pf.ifindex;
     let no_pf = |setting: &'static str| {
         AttachError::Invalid(format!(
-            "{setting}: PF {} of VF {} has no netdev, so per-VF settings cannot be set",
-            loc.pf_pci, loc.pci
+            "{setting}: the PF {} has no netdev, so per-VF settings cannot be set",
+            loc.pf_pci
         ))
     };
     let cur = original.pf_side.clone();
@@ -304,13 +306,12 @@ pub fn attach(
                         "VF {}: netdev refuses the MAC ({e}); rebinding its driver",
                         loc.pci
                     );
-                    link = rebind(host, sysfs, loc)?;
+                    link = rebind(host, sysfs, loc, checkpoint)?;
                     out.rebound_ifindex = Some(link.index);
                     checkpoint(Step::Rebind);
                     if link.mac != Some(mac) {
                         return Err(AttachError::Invalid(format!(
-                            "mac: VF {} came back from a driver rebind with MAC {} instead of {mac}",
-                            loc.pci,
+                            "mac: the VF came back from a driver rebind with MAC {} instead of {mac}",
                             link.mac.map_or("none".into(), |m| m.to_string())
                         )));
                     }
@@ -367,25 +368,46 @@ pub fn attach(
 }
 
 /// Unbinds and binds the VF's driver so it probes again (and picks up the admin MAC); returns
-/// the new netdev, down.
+/// the new netdev, down. A kill between the two leaves the VF without a driver (and without a
+/// netdev anywhere); [`super::restore`] binds it back.
 pub(crate) fn rebind(
     host: &mut NetlinkSocket,
     sysfs: &Sysfs,
     loc: &VfLocation,
+    checkpoint: &mut dyn FnMut(Step),
 ) -> Result<LinkInfo, AttachError> {
-    let driver = loc.driver.as_deref().ok_or_else(|| {
-        AttachError::Invalid(format!("mac: VF {} has no driver to rebind", loc.pci))
-    })?;
+    let driver = loc
+        .driver
+        .as_deref()
+        .ok_or_else(|| AttachError::Invalid("mac: the VF has no driver to rebind".into()))?;
     let dev = sysfs.pci_device(&loc.pci);
-    let pci = loc.pci.to_string();
-    sysfs.write(&dev.join("driver/unbind"), &pci)?;
+    sysfs.write(&dev.join("driver/unbind"), &loc.pci.to_string())?;
+    checkpoint(Step::Unbind);
+    bind_driver(host, sysfs, loc.pci, driver, "mac")
+}
+
+/// Binds `driver` to the VF and waits (5 s at most) for its netdev to show up in this
+/// namespace; returns it, down.
+pub(crate) fn bind_driver(
+    host: &mut NetlinkSocket,
+    sysfs: &Sysfs,
+    pci: crate::names::PciAddress,
+    driver: &str,
+    setting: &str,
+) -> Result<LinkInfo, AttachError> {
+    if !crate::names::is_plain_file_name(driver) {
+        return Err(AttachError::Invalid(format!(
+            "{setting}: {driver:?} is not a driver name"
+        )));
+    }
+    let dev = sysfs.pci_device(&pci);
     sysfs.write(
         &sysfs
             .root()
             .join("bus/pci/drivers")
             .join(driver)
             .join("bind"),
-        &pci,
+        &pci.to_string(),
     )?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -399,7 +421,7 @@ pub(crate) fn rebind(
         }
         if Instant::now() > deadline {
             return Err(AttachError::Lost(format!(
-                "mac: VF {pci} has no netdev 5 s after rebinding {driver}"
+                "{setting}: no netdev 5 s after binding {driver}"
             )));
         }
         std::thread::sleep(Duration::from_millis(10));

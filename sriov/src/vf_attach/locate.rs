@@ -49,18 +49,17 @@ pub fn locate(sysfs: &Sysfs, pci: PciAddress) -> Result<VfLocation, AttachError>
     let dir = sysfs.pci_device(&pci);
     if !sysfs.exists(&dir) {
         return Err(AttachError::Invalid(format!(
-            "deviceID: no PCI device {pci} under {}",
+            "deviceID: no such PCI device under {}",
             sysfs.pci_devices_dir().display()
         )));
     }
     let Some(pf_name) = sysfs.link_name(&dir.join("physfn"))? else {
-        return Err(AttachError::Invalid(format!(
-            "deviceID: {pci} is not an SR-IOV VF (it has no physfn)"
-        )));
+        return Err(AttachError::Invalid(
+            "deviceID: not an SR-IOV VF (it has no physfn)".into(),
+        ));
     };
-    let pf_pci = PciAddress::parse(&pf_name).map_err(|e| {
-        AttachError::Invalid(format!("deviceID: {pci}: its physfn link is odd: {e}"))
-    })?;
+    let pf_pci = PciAddress::parse(&pf_name)
+        .map_err(|e| AttachError::Invalid(format!("deviceID: its physfn link is odd: {e}")))?;
     let pf_dir = sysfs.pci_device(&pf_pci);
     let pci_text = pci.to_string();
     let vf_index = sysfs
@@ -77,7 +76,9 @@ pub fn locate(sysfs: &Sysfs, pci: PciAddress) -> Result<VfLocation, AttachError>
                 == Some(pci_text.as_str())
         })
         .ok_or_else(|| {
-            AttachError::Invalid(format!("deviceID: PF {pf_pci} has no virtfn link to {pci}"))
+            AttachError::Invalid(format!(
+                "deviceID: its PF {pf_pci} has no virtfn link back to it"
+            ))
         })?;
     Ok(VfLocation {
         pci,
@@ -129,6 +130,6 @@ mod tests {
         let e = locate(&sysfs, PciAddress::parse("0000:3b:00.0").unwrap()).unwrap_err();
         assert!(e.to_string().contains("not an SR-IOV VF"), "{e}");
         let e = locate(&sysfs, PciAddress::parse("0000:99:00.0").unwrap()).unwrap_err();
-        assert!(e.to_string().contains("no PCI device"), "{e}");
+        assert!(e.to_string().contains("no such PCI device"), "{e}");
     }
 }

@@ -28,10 +28,11 @@
 mod attach;
 mod locate;
 mod restore;
+mod verify;
 
 pub use attach::{attach, snapshot, AttachOutcome, PfSettings, PodSettings};
 pub use locate::{locate, temp_name, VfLocation};
-pub use restore::{restore, RestoreReport};
+pub use restore::{restore, RestoreReport, RestoreStep};
 
 use crate::netlink::{Errno, NetlinkError};
 use crate::sysfs::SysfsError;
@@ -49,6 +50,8 @@ pub enum Step {
     LinkState,
     Down,
     Mac,
+    /// Inside a rebind: the driver is unbound, the VF has no netdev anywhere.
+    Unbind,
     Rebind,
     TempName,
     Altnames,
@@ -70,6 +73,7 @@ impl Step {
             Step::LinkState => "link-state",
             Step::Down => "down",
             Step::Mac => "mac",
+            Step::Unbind => "unbind",
             Step::Rebind => "rebind",
             Step::TempName => "temp-name",
             Step::Altnames => "altnames",
@@ -80,7 +84,7 @@ impl Step {
     }
 
     /// Every step, in the order [`attach`] runs them.
-    pub const ALL: [Step; 15] = [
+    pub const ALL: [Step; 16] = [
         Step::Vlan,
         Step::AdminMac,
         Step::MaxTxRate,
@@ -90,6 +94,7 @@ impl Step {
         Step::LinkState,
         Step::Down,
         Step::Mac,
+        Step::Unbind,
         Step::Rebind,
         Step::TempName,
         Step::Altnames,
@@ -99,7 +104,8 @@ impl Step {
     ];
 }
 
-/// What went wrong, with the step and the setting named.
+/// What went wrong, with the step and the setting named. Messages never name the VF itself: the
+/// caller puts it in front once, at its boundary (`VF 0000:3b:02.1: ...`).
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
     /// The PF driver refused a per-VF knob, e.g. `min_tx_rate: the igb driver rejects it (EINVAL)`.
@@ -124,7 +130,8 @@ pub enum AttachError {
     /// The VF belongs to someone else (another netns holds its netdev).
     #[error("{0}")]
     Busy(String),
-    /// The request cannot be met by this VF (the config is wrong for this node).
+    /// The request cannot be met by this VF (the config is wrong for this node), or the device
+    /// is not a VF of this node we may hand out.
     #[error("{0}")]
     Invalid(String),
     /// The VF's netdev is nowhere to be found.

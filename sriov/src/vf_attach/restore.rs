@@ -1,18 +1,88 @@
 //! Restore: the inverse of attach, from the saved record, collecting every error.
 //!
-//! Works from any point of a crashed or failed ADD: the netdev is searched in the pod (under
-//! `CNI_IFNAME` or the temporary name) and then on the host (temporary name, original name, what
-//! sysfs shows), and only a link that is provably this VF is touched: its parent device is the
+//! Works from any point of a killed or failed ADD or DEL. The netdev is looked for in the pod
+//! (under `CNI_IFNAME`, the temporary name or its original name: a DEL killed after renaming it
+//! back in the pod leaves it there), then on the node (those names, what sysfs shows, then any
+//! link whose parent device is the VF), and, if it is nowhere because a kill in the middle of a
+//! driver rebind left the VF without its driver, the original driver is bound again and the
+//! netdev waited for. Only a link that is provably this VF is touched: its parent device is the
 //! VF's PCI address, or (for devices without a parent, such as veth stand-ins) it carries our
 //! temporary name or an ifindex the record knows.
+//!
+//! Every step is idempotent (it compares with the saved state first), so a restore killed at any
+//! point and run again finishes the job.
 
-use super::attach::pf_op;
+use super::attach::{bind_driver, pf_op};
 use super::locate::{temp_name, VfLocation};
 use super::AttachError;
+use crate::discovery::USERSPACE_DRIVERS;
 use crate::netlink::{LinkInfo, NetlinkSocket, Netns};
 use crate::state::{PfSideState, VfRecord};
 use crate::sysfs::Sysfs;
 use std::time::{Duration, Instant};
+
+/// A step of [`restore`], reported to the caller's checkpoint hook once passed (fault injection
+/// in tests, tracing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreStep {
+    /// The pod's interface set down.
+    PodDown,
+    /// The pod's interface renamed (to its original name, or the temporary one).
+    PodRename,
+    /// Moved back to the node.
+    MoveOut,
+    /// The VF's driver bound again (after a rebind that was cut short).
+    Bind,
+    /// PF-side settings put back.
+    PfSide,
+    Down,
+    Mac,
+    Mtu,
+    Promisc,
+    Rename,
+    Altnames,
+    Up,
+    /// The PF's record of the VF's MAC put back (igb copies the netdev's MAC there).
+    PfMac,
+}
+
+impl RestoreStep {
+    /// Kebab-case name (`SRIOV_CNI_FAULT=restore-<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RestoreStep::PodDown => "restore-pod-down",
+            RestoreStep::PodRename => "restore-pod-rename",
+            RestoreStep::MoveOut => "restore-move",
+            RestoreStep::Bind => "restore-bind",
+            RestoreStep::PfSide => "restore-pf-side",
+            RestoreStep::Down => "restore-down",
+            RestoreStep::Mac => "restore-mac",
+            RestoreStep::Mtu => "restore-mtu",
+            RestoreStep::Promisc => "restore-promisc",
+            RestoreStep::Rename => "restore-rename",
+            RestoreStep::Altnames => "restore-altnames",
+            RestoreStep::Up => "restore-up",
+            RestoreStep::PfMac => "restore-pf-mac",
+        }
+    }
+
+    /// Every step, in the order [`restore`] passes them.
+    pub const ALL: [RestoreStep; 13] = [
+        RestoreStep::PodDown,
+        RestoreStep::PodRename,
+        RestoreStep::MoveOut,
+        RestoreStep::Bind,
+        RestoreStep::PfSide,
+        RestoreStep::Down,
+        RestoreStep::Mac,
+        RestoreStep::Mtu,
+        RestoreStep::Promisc,
+        RestoreStep::Rename,
+        RestoreStep::Altnames,
+        RestoreStep::Up,
+        RestoreStep::PfMac,
+    ];
+}
 
 /// What [`restore`] could not do.
 #[derive(Debug, Default)]
@@ -46,7 +116,8 @@ fn is_this_vf(link: &LinkInfo, record: &VfRecord, tmp: &str) -> bool {
     }
 }
 
-/// Finds the VF among `names` through `sock`.
+/// Finds the VF through `sock`: among `names`, then (for netdevs with a parent device, which
+/// every PCI netdev has) among all links.
 fn find(
     sock: &mut NetlinkSocket,
     names: &[&str],
@@ -57,17 +128,26 @@ fn find(
         .iter()
         .filter_map(|n| sock.link_by_name(n).ok())
         .find(|l| is_this_vf(l, record, tmp))
+        .or_else(|| {
+            let pci = record.pci.to_string();
+            sock.links()
+                .ok()?
+                .into_iter()
+                .find(|l| l.parent_dev.as_deref() == Some(pci.as_str()))
+        })
 }
 
 /// Puts the VF back as `record` saved it. `pod_netns`: the pod's namespace if it still exists.
 /// `wait_for_netdev`: how long to wait for a netdev that is in neither namespace (the kernel
 /// returns physical netdevs to the root namespace asynchronously when a namespace dies).
+/// `checkpoint` is called after each step.
 pub fn restore(
     host: &mut NetlinkSocket,
     sysfs: &Sysfs,
     record: &VfRecord,
     pod_netns: Option<&Netns>,
     wait_for_netdev: Duration,
+    checkpoint: &mut dyn FnMut(RestoreStep),
 ) -> RestoreReport {
     let mut report = RestoreReport::default();
     let tmp = temp_name(&record.pci);
@@ -75,10 +155,10 @@ pub fn restore(
 
     let mut host_link = None;
     if let Some(saved) = &original.netdev {
-        // 1. Out of the pod, under the temporary name.
+        // 1. Out of the pod, under the original or the temporary name.
         let mut pod_failed = false;
         if let Some(ns) = pod_netns {
-            match out_of_pod(host, ns, record, &tmp) {
+            match out_of_pod(host, ns, record, &tmp, checkpoint) {
                 Ok(found) => host_link = found,
                 Err(e) => {
                     report.errors.push(e);
@@ -88,122 +168,99 @@ pub fn restore(
         }
         // 2. On the host (also after a failure in the pod: the move may have happened).
         if host_link.is_none() {
-            let wait = if pod_failed {
-                Duration::ZERO
-            } else {
-                wait_for_netdev
-            };
-            let deadline = Instant::now() + wait;
-            loop {
-                let sysfs_names = sysfs
-                    .list(&sysfs.pci_device(&record.pci).join("net"))
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                let mut names: Vec<&str> = vec![tmp.as_str(), saved.name.as_str()];
-                names.extend(sysfs_names.iter().map(String::as_str));
-                names.push(record.owner.ifname.as_str());
-                host_link = find(host, &names, record, &tmp);
-                if host_link.is_some() || Instant::now() >= deadline {
-                    break;
+            host_link = find_on_host(host, sysfs, record, &tmp, pod_failed, wait_for_netdev);
+        }
+        // 3. Nowhere: a rebind cut short leaves the VF without its driver.
+        if host_link.is_none() && !pod_failed {
+            match rebind_if_unbound(host, sysfs, record) {
+                Ok(Some(link)) => {
+                    checkpoint(RestoreStep::Bind);
+                    host_link = Some(link);
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                Ok(None) => {}
+                Err(e) => report.errors.push(e),
             }
-            if host_link.is_none() && !pod_failed {
-                report.netdev_missing = true;
-                report.errors.push(AttachError::Lost(format!(
-                    "VF {}: its netdev ({}) is neither in the pod nor on the node",
-                    record.pci, saved.name
-                )));
-            }
+        }
+        if host_link.is_none() && !pod_failed {
+            report.netdev_missing = true;
+            report.errors.push(AttachError::Lost(format!(
+                "its netdev ({}) is neither in the pod nor on the node",
+                saved.name
+            )));
         }
     }
 
-    // 3. PF-side settings (before the netdev MAC: igb refuses a netdev MAC while our admin
+    // 4. PF-side settings (before the netdev MAC: igb refuses a netdev MAC while our admin
     //    MAC is still set).
     if let (Some(saved), Some(pf_index)) = (&original.pf_side, original.pf.ifindex) {
         restore_pf_side(host, record, saved, pf_index, &mut report);
+        checkpoint(RestoreStep::PfSide);
     }
 
-    // 4. The netdev, on the host.
+    // 5. The netdev, on the host.
     if let (Some(saved), Some(link)) = (&original.netdev, host_link) {
         let name = link.name.clone();
-        let mut errors = Vec::new();
-        let step = |errors: &mut Vec<AttachError>, what: String, r: crate::netlink::Result<()>| {
-            if let Err(e) = r {
-                errors.push(AttachError::netlink(what)(e));
+        let cp = &mut *checkpoint;
+        let down = link.up.then(|| host.set_down(link.index));
+        note(
+            &mut report,
+            cp,
+            RestoreStep::Down,
+            || format!("set {name} down"),
+            down,
+        );
+        let mac = saved.mac.filter(|m| link.mac != Some(*m));
+        let r = mac.map(|m| host.set_mac(link.index, m));
+        let what = || format!("restore MAC {}", mac.unwrap_or_default());
+        note(&mut report, cp, RestoreStep::Mac, what, r);
+        let mtu = (link.mtu != saved.mtu).then(|| host.set_mtu(link.index, saved.mtu));
+        let what = || format!("restore MTU {}", saved.mtu);
+        note(&mut report, cp, RestoreStep::Mtu, what, mtu);
+        let promisc = (link.promisc != saved.promisc)
+            .then(|| host.set_promiscuity(link.index, saved.promisc));
+        let what = || "restore promiscuous mode".to_string();
+        note(&mut report, cp, RestoreStep::Promisc, what, promisc);
+        let rename = if link.name == saved.name {
+            None
+        } else {
+            match host.link_by_name(&saved.name) {
+                Ok(other) if other.index != link.index => {
+                    report.errors.push(AttachError::Busy(format!(
+                        "cannot rename {} back to {}: ifindex {} has that name now",
+                        link.name, saved.name, other.index
+                    )));
+                    None
+                }
+                _ => Some(host.rename(link.index, &saved.name)),
             }
         };
-        if link.up {
-            step(
-                &mut errors,
-                format!("set {name} down"),
-                host.set_down(link.index),
-            );
-        }
-        if let Some(mac) = saved.mac {
-            if link.mac != Some(mac) {
-                step(
-                    &mut errors,
-                    format!("restore MAC {mac}"),
-                    host.set_mac(link.index, mac),
-                );
-            }
-        }
-        if link.mtu != saved.mtu {
-            step(
-                &mut errors,
-                format!("restore MTU {}", saved.mtu),
-                host.set_mtu(link.index, saved.mtu),
-            );
-        }
-        if link.promisc != saved.promisc {
-            step(
-                &mut errors,
-                "restore promiscuous mode".into(),
-                host.set_promiscuity(link.index, saved.promisc),
-            );
-        }
-        if link.name != saved.name {
-            match host.link_by_name(&saved.name) {
-                Ok(other) if other.index != link.index => errors.push(AttachError::Busy(format!(
-                    "VF {}: cannot rename {} back to {}: ifindex {} has that name now",
-                    record.pci, link.name, saved.name, other.index
-                ))),
-                _ => step(
-                    &mut errors,
-                    format!("rename {} back to {}", link.name, saved.name),
-                    host.rename(link.index, &saved.name),
-                ),
-            }
-        }
+        let what = || format!("rename {} back to {}", link.name, saved.name);
+        note(&mut report, cp, RestoreStep::Rename, what, rename);
         // Altnames: exactly the saved ones.
         let current = host
             .link_by_index(link.index)
             .map(|l| l.altnames)
             .unwrap_or_default();
         for alt in current.iter().filter(|a| !saved.altnames.contains(a)) {
-            step(
-                &mut errors,
-                format!("remove stray altname {alt}"),
-                host.del_altname(link.index, alt),
-            );
+            if let Err(e) = host.del_altname(link.index, alt) {
+                report
+                    .errors
+                    .push(AttachError::netlink(format!("remove stray altname {alt}"))(
+                        e,
+                    ));
+            }
         }
         for alt in saved.altnames.iter().filter(|a| !current.contains(a)) {
-            step(
-                &mut errors,
-                format!("restore altname {alt}"),
-                host.add_altname(link.index, alt),
-            );
+            if let Err(e) = host.add_altname(link.index, alt) {
+                report
+                    .errors
+                    .push(AttachError::netlink(format!("restore altname {alt}"))(e));
+            }
         }
-        if saved.up {
-            step(
-                &mut errors,
-                format!("set {} up", saved.name),
-                host.set_up(link.index),
-            );
-        }
-        report.errors.extend(errors);
+        checkpoint(RestoreStep::Altnames);
+        let up = saved.up.then(|| host.set_up(link.index));
+        let what = || format!("set {} up", saved.name);
+        note(&mut report, checkpoint, RestoreStep::Up, what, up);
         // igb records a MAC the VF sets on itself as the VF's MAC in IFLA_VF_MAC: after the
         // netdev MAC went back, put the PF's view back too (e.g. 00:00:00:00:00:00).
         if let (Some(saved), Some(pf_index)) = (&original.pf_side, original.pf.ifindex) {
@@ -217,9 +274,77 @@ pub fn restore(
                     }
                 }
             }
+            checkpoint(RestoreStep::PfMac);
         }
     }
     report
+}
+
+/// Records the error of a step that ran (`r` is `None` when there was nothing to do) and reports
+/// the step as passed.
+fn note(
+    report: &mut RestoreReport,
+    checkpoint: &mut dyn FnMut(RestoreStep),
+    at: RestoreStep,
+    what: impl FnOnce() -> String,
+    r: Option<crate::netlink::Result<()>>,
+) {
+    if let Some(Err(e)) = r {
+        report.errors.push(AttachError::netlink(what())(e));
+    }
+    checkpoint(at);
+}
+
+/// The VF's netdev on the host, waiting up to `wait` for one the kernel is still returning.
+fn find_on_host(
+    host: &mut NetlinkSocket,
+    sysfs: &Sysfs,
+    record: &VfRecord,
+    tmp: &str,
+    pod_failed: bool,
+    wait: Duration,
+) -> Option<LinkInfo> {
+    let saved = record.original.netdev.as_ref()?;
+    let deadline = Instant::now() + if pod_failed { Duration::ZERO } else { wait };
+    loop {
+        let sysfs_names = sysfs
+            .list(&sysfs.pci_device(&record.pci).join("net"))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let mut names: Vec<&str> = vec![tmp, saved.name.as_str()];
+        names.extend(sysfs_names.iter().map(String::as_str));
+        names.push(record.owner.ifname.as_str());
+        let found = find(host, &names, record, tmp);
+        if found.is_some() || Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Binds the VF's original driver when it has none now (a kill between unbind and bind), and
+/// returns its netdev; `Ok(None)` when the VF has a driver or had none to begin with.
+fn rebind_if_unbound(
+    host: &mut NetlinkSocket,
+    sysfs: &Sysfs,
+    record: &VfRecord,
+) -> Result<Option<LinkInfo>, AttachError> {
+    let Some(driver) = record.original.driver.as_deref() else {
+        return Ok(None);
+    };
+    if USERSPACE_DRIVERS.contains(&driver) {
+        return Ok(None);
+    }
+    let dev = sysfs.pci_device(&record.pci);
+    if sysfs.link_name(&dev.join("driver"))?.is_some() {
+        return Ok(None);
+    }
+    tracing::info!(
+        "VF {}: no driver bound (a rebind was cut short); binding {driver} again",
+        record.pci
+    );
+    bind_driver(host, sysfs, record.pci, driver, "driver").map(Some)
 }
 
 fn location(record: &VfRecord) -> VfLocation {
@@ -234,36 +359,45 @@ fn location(record: &VfRecord) -> VfLocation {
     }
 }
 
-/// Moves the VF from the pod to this namespace under the temporary name; `Ok(None)` when it is
-/// not in the pod.
+/// Moves the VF from the pod to this namespace; `Ok(None)` when it is not in the pod.
 fn out_of_pod(
     host: &mut NetlinkSocket,
     ns: &Netns,
     record: &VfRecord,
     tmp: &str,
+    checkpoint: &mut dyn FnMut(RestoreStep),
 ) -> Result<Option<LinkInfo>, AttachError> {
     let mut pod =
         NetlinkSocket::new_in(ns).map_err(AttachError::netlink("open a socket in the pod"))?;
-    let Some(link) = find(&mut pod, &[record.owner.ifname.as_str(), tmp], record, tmp) else {
+    let original = record.original.netdev.as_ref().map(|n| n.name.as_str());
+    let mut names = vec![record.owner.ifname.as_str(), tmp];
+    names.extend(original);
+    let Some(link) = find(&mut pod, &names, record, tmp) else {
         return Ok(None);
     };
     if link.up {
         pod.set_down(link.index)
             .map_err(AttachError::netlink("set the pod interface down"))?;
     }
-    // Leave under the original name when the pod has no link of that name: no rename is then
-    // needed on the node after the move, where RTNL is often still busy with the move's
+    checkpoint(RestoreStep::PodDown);
+    // Leave under the original name when the pod has no other link of that name: no rename is
+    // then needed on the node after the move, where RTNL is often still busy with the move's
     // aftermath (linkwatch). If the node took that name meanwhile, the move fails with EEXIST
     // and the VF leaves under the temporary name instead.
-    let original = record.original.netdev.as_ref().map(|n| n.name.as_str());
-    let mut names: Vec<&str> = Vec::new();
-    if let Some(o) = original.filter(|o| pod.link_by_name(o).is_err()) {
-        names.push(o);
+    let mut targets: Vec<&str> = Vec::new();
+    if let Some(o) = original {
+        let free = match pod.link_by_name(o) {
+            Ok(other) => other.index == link.index,
+            Err(_) => true,
+        };
+        if free {
+            targets.push(o);
+        }
     }
-    names.push(tmp);
+    targets.push(tmp);
     let host_ns = Netns::current().map_err(AttachError::netlink("open the node's namespace"))?;
     let mut current = link.name.clone();
-    for (i, name) in names.iter().enumerate() {
+    for (i, name) in targets.iter().enumerate() {
         if current != *name {
             pod.rename(link.index, name)
                 .map_err(AttachError::netlink(format!(
@@ -271,14 +405,16 @@ fn out_of_pod(
                 )))?;
             current = name.to_string();
         }
+        checkpoint(RestoreStep::PodRename);
         match pod.move_to_netns(link.index, &host_ns) {
             Ok(()) => {
+                checkpoint(RestoreStep::MoveOut);
                 return host
                     .link_by_name(name)
                     .map(Some)
                     .map_err(AttachError::netlink("find the VF back on the node"));
             }
-            Err(e) if e.errno() == Some(crate::netlink::Errno::EEXIST) && i + 1 < names.len() => {
+            Err(e) if e.errno() == Some(crate::netlink::Errno::EEXIST) && i + 1 < targets.len() => {
                 continue
             }
             Err(e) => return Err(AttachError::netlink("move back to the node's namespace")(e)),
@@ -348,5 +484,18 @@ fn restore_pf_side(
     }
     if now.mac != saved.mac {
         check(pf_op(&loc, "mac", || host.set_vf_mac(p, vf, saved.mac)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_step_names_are_unique() {
+        let mut names: Vec<_> = RestoreStep::ALL.iter().map(|s| s.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), RestoreStep::ALL.len());
     }
 }
