@@ -30,6 +30,8 @@ fn default_expect() -> Expect {
         metrics_port: 9808,
         log_format: "json".into(),
         node_state: true,
+        cni_settings: r#"{"podResourcesSocket":"/var/lib/kubelet/pod-resources/kubelet.sock"}"#
+            .into(),
     }
 }
 
@@ -51,6 +53,8 @@ fn default_values_render_the_daemon_set_and_least_privilege() {
             ("ServiceAccount", 1),
             ("ClusterRole", 1),
             ("ClusterRoleBinding", 1),
+            ("ValidatingAdmissionPolicy", 1),
+            ("ValidatingAdmissionPolicyBinding", 1),
             ("ConfigMap", 1),
             ("DaemonSet", 1)
         ])
@@ -143,6 +147,8 @@ fn full_values_change_everything_they_name() {
             ("ServiceAccount", 1),
             ("ClusterRole", 1),
             ("ClusterRoleBinding", 1),
+            ("ValidatingAdmissionPolicy", 1),
+            ("ValidatingAdmissionPolicyBinding", 1),
             ("ConfigMap", 1),
             ("DaemonSet", 3),
             ("Service", 1),
@@ -185,6 +191,7 @@ fn full_values_change_everything_they_name() {
         metrics_port: 19808,
         log_format: "text".into(),
         node_state: true,
+        cni_settings: r#"{"logDir":"/var/log/sriov-cni","podResourcesSocket":"/var/lib/k0s/kubelet/pod-resources/kubelet.sock","stateDir":"/var/lib/sriov-cni"}"#.into(),
     };
     // (DaemonSet, ConfigMap key, node affinity operator, nodes)
     let cases = [

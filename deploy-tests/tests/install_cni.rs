@@ -119,3 +119,59 @@ fn fails_cleanly_and_keeps_the_old_binary() {
         );
     }
 }
+
+#[test]
+fn writes_the_plugins_node_settings_checked_as_the_plugin_checks_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("sriov");
+    fs::write(&src, b"plugin").unwrap();
+    let to = tmp.path().join("bin/sriov");
+    let settings = tmp.path().join("etc/sriov-rs/cni.json");
+    let run = |json: &str| {
+        install(&[
+            &format!("--from={}", src.display()),
+            &format!("--to={}", to.display()),
+            &format!("--node-config={}", settings.display()),
+            &format!("--node-settings={json}"),
+        ])
+    };
+    let out = run(r#"{"logDir": "/var/log/sriov-cni", "stateDir": "/var/lib/sriov-cni"}"#);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written: serde_json::Value = serde_json::from_slice(&fs::read(&settings).unwrap()).unwrap();
+    assert_eq!(written["logDir"], "/var/log/sriov-cni");
+    assert_eq!(
+        fs::metadata(&settings).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    assert_eq!(names(settings.parent().unwrap()), ["cni.json"]);
+    // What the plugin would refuse is refused here, and nothing is written or installed.
+    fs::remove_file(&to).unwrap();
+    for (bad, want) in [
+        (r#"{"statedir": "/x"}"#, "statedir: unknown key"),
+        (r#"{"stateDir": "relative"}"#, "must be an absolute path"),
+        ("not json", "not valid JSON"),
+    ] {
+        let out = run(bad);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{bad}: {err}");
+        assert!(!to.exists(), "{bad}: installed anyway");
+        assert_eq!(
+            written,
+            serde_json::from_slice::<serde_json::Value>(&fs::read(&settings).unwrap()).unwrap()
+        );
+    }
+    // A symlink where the file goes is refused, never followed.
+    let victim = tmp.path().join("victim");
+    fs::write(&victim, "precious").unwrap();
+    fs::remove_file(&settings).unwrap();
+    std::os::unix::fs::symlink(&victim, &settings).unwrap();
+    let out = run("{}");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("symlink"));
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+}

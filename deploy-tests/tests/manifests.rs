@@ -20,6 +20,9 @@ fn merge(parts: Vec<Objects>) -> Objects {
         all.service_accounts.extend(p.service_accounts);
         all.cluster_roles.extend(p.cluster_roles);
         all.cluster_role_bindings.extend(p.cluster_role_bindings);
+        all.admission_policies.extend(p.admission_policies);
+        all.admission_policy_bindings
+            .extend(p.admission_policy_bindings);
         all.config_maps.extend(p.config_maps);
         all.daemon_sets.extend(p.daemon_sets);
         all.services.extend(p.services);
@@ -98,6 +101,8 @@ fn node_daemon_manifests() {
             metrics_port: 9808,
             log_format: "json".into(),
             node_state: true,
+            cni_settings: r#"{"podResourcesSocket":"/var/lib/kubelet/pod-resources/kubelet.sock"}"#
+                .into(),
         },
     );
 }

@@ -307,8 +307,12 @@ fn sidecar_refuses_a_bad_node_name() {
 fn an_unwritable_node_state_file_is_reported_once_and_retried() {
     let lab = SimNode::up(&SimSpec::new(unique_name("nsfail")).pfs(1).vfs(2)).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    // The folder does not exist (yet).
+    // The folder lets others write (as an emptyDir's root does): refused until it is the
+    // daemon's alone.
     let dir = tmp.path().join("run-sriov-rs");
+    std::fs::create_dir(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let file = dir.join("node-state.json");
     let (kubelet, mut daemon) = start_daemon(&lab, tmp.path(), &file, &[]);
     kubelet
@@ -328,8 +332,10 @@ fn an_unwritable_node_state_file_is_reported_once_and_retried() {
         1,
         "one warning for one error:\n{log}"
     );
-    // Once the folder exists, the next change is written.
-    std::fs::create_dir_all(&dir).unwrap();
+    assert!(log.contains("lets others write"), "{log}");
+    assert!(!file.exists());
+    // Once the folder is the daemon's alone, the next change is written.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = lab.ip(&["link", "set", "ens1f0", "down"]).unwrap();
     assert!(out.status.success());
     let deadline = Instant::now() + Duration::from_secs(10);

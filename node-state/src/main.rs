@@ -17,7 +17,7 @@ use std::time::Duration;
 )]
 struct Args {
     /// The status file the daemon writes (its --node-state-file).
-    #[arg(long, default_value = "/run/sriov-rs/node-state.json")]
+    #[arg(long, default_value = "/run/sriov-rs/daemon/node-state.json")]
     status_file: PathBuf,
     /// This node's name (the object's name; the downward API's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]

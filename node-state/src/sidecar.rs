@@ -67,13 +67,25 @@ async fn follow(
         .with_context(|| format!("{}: not a file name", path.display()))?
         .to_owned();
     let inotify = Inotify::init().context("inotify")?;
-    inotify
-        .watches()
-        .add(
+    // The daemon makes the file's folder (its own, inside the shared volume) on its first write:
+    // until then there is nothing to watch.
+    let mut said = false;
+    loop {
+        match inotify.watches().add(
             dir,
             WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE | WatchMask::CREATE,
-        )
-        .with_context(|| format!("watching {}", dir.display()))?;
+        ) {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !said {
+                    tracing::info!(folder = %dir.display(), "waiting for the daemon to create it");
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("watching {}", dir.display())),
+        }
+    }
     let mut events = inotify
         .into_event_stream(vec![0u8; 4096])
         .context("inotify")?;

@@ -2,12 +2,13 @@
 //! the node's [`SriovNodeStateStatus`] as JSON to a file in a folder both containers mount (an
 //! `emptyDir`); the sidecar follows the file and publishes it.
 //!
-//! Writes are atomic (a temporary file in the same folder, then `rename`), so a reader sees the
-//! previous status or the new one, never half of one. The daemon writes only when the status
-//! changed.
+//! Writes go through [`sriov::owned_dir`]: atomic (a reader sees the previous status or the new
+//! one, never half of one), without following symlinks, into a folder the daemon owns and nobody
+//! else may write to. The shared `emptyDir` itself is world-writable (kubelet makes it 0777), so
+//! the file lives in a folder of its own inside it, which the daemon creates. The daemon writes
+//! only when the status changed.
 
 use crate::status::SriovNodeStateStatus;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Reading or writing the status file failed.
@@ -19,6 +20,8 @@ pub enum StatusFileError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    File(#[from] sriov::owned_dir::FileError),
     #[error("{path}: not a node status: {source}")]
     Parse {
         path: PathBuf,
@@ -34,44 +37,25 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StatusFileError + '_ 
     }
 }
 
-/// Replaces `path` with `status` atomically (the folder must exist). The file is world-readable
-/// (0644): the sidecar runs as another user.
+/// Replaces `path` with `status` atomically; its folder is created (0755) if needed and must be
+/// ours. The file is world-readable (0644): the sidecar runs as another user.
 pub fn write(path: &Path, status: &SriovNodeStateStatus) -> Result<(), StatusFileError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = path.file_name().ok_or_else(|| StatusFileError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
-    })?;
-    // Ours alone (the process id), created fresh (O_EXCL: never through a symlink left there).
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
+    use sriov::owned_dir::{Access, OwnedDir};
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Err(StatusFileError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
+        });
+    };
     let body = serde_json::to_vec(status).map_err(|source| StatusFileError::Parse {
         path: path.to_path_buf(),
         source,
     })?;
-    // A previous process with our id (containers restart as pid 1) may have died mid-write.
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(&tmp)(e)),
-        _ => {}
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .map_err(io_error(&tmp))?;
-    let written = file
-        .write_all(&body)
-        .and_then(|()| file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644)));
-    drop(file);
-    written
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io_error(path)(e)
-        })
+    let folder = OwnedDir::open(dir, Access::Shared, true)?;
+    // A previous daemon (containers restart as pid 1) may have died mid-write.
+    let _ = folder.remove_stale_temps();
+    folder.write_atomic(name, &body, 0o644)?;
+    Ok(())
 }
 
 /// The status in `path`; `None` while the file does not exist.
@@ -115,9 +99,10 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o644, "readable by the sidecar's user");
         // A temporary file left by a dead writer with our process id is replaced.
-        let stale = dir
-            .path()
-            .join(format!(".node-state.json.{}.tmp", std::process::id()));
+        let stale = dir.path().join(format!(
+            ".node-state.json.{}.0123456789abcdef.tmp",
+            std::process::id()
+        ));
         std::fs::write(&stale, "half").unwrap();
         write(&path, &SriovNodeStateStatus::default()).unwrap();
         assert_eq!(read(&path).unwrap(), Some(SriovNodeStateStatus::default()));
@@ -130,10 +115,19 @@ mod tests {
         std::fs::write(&path, "{\"pools\": 7}").unwrap();
         let err = read(&path).unwrap_err().to_string();
         assert!(err.contains("not a node status"), "{err}");
-        assert!(write(
-            &dir.path().join("no/such/dir/x.json"),
-            &SriovNodeStateStatus::default()
-        )
-        .is_err());
+        // Its own folder is made inside a shared one; a folder others may write to is refused
+        // (an emptyDir is 0777), and so is a symlink where the file goes.
+        let own = dir.path().join("daemon/node-state.json");
+        write(&own, &SriovNodeStateStatus::default()).unwrap();
+        std::fs::set_permissions(dir.path().join("daemon"), PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let err = write(&own, &SriovNodeStateStatus::default()).unwrap_err();
+        assert!(err.to_string().contains("lets others write"), "{err}");
+        std::fs::set_permissions(dir.path().join("daemon"), PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::fs::remove_file(&own).unwrap();
+        std::os::unix::fs::symlink(&path, &own).unwrap();
+        let err = write(&own, &SriovNodeStateStatus::default()).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
     }
 }

@@ -6,6 +6,7 @@
 //! start-up: IOMMU group numbers change when a VF is rebound or the node reboots.
 
 use crate::names::PciAddress;
+use crate::owned_dir::{Access, FileError, OwnedDir};
 use crate::sysfs::Sysfs;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -25,13 +26,13 @@ pub enum DevInfoError {
     Write {
         path: PathBuf,
         #[source]
-        source: io::Error,
+        source: FileError,
     },
     #[error("cannot remove device-information file {path}: {source}")]
     Remove {
         path: PathBuf,
         #[source]
-        source: io::Error,
+        source: FileError,
     },
 }
 
@@ -226,34 +227,50 @@ pub fn file_json(d: &AllocatedDevice) -> Value {
     json!({ "type": "pci", "version": DEVINFO_VERSION, "pci": pci })
 }
 
-/// Writes the device's file into `dir` (created if needed), atomically: a CNI reading it never
-/// sees half a file. Returns its path.
+/// Writes the device's file into `dir` (created if needed, ours, writable by nobody else),
+/// atomically and without following symlinks ([`crate::owned_dir`]): a CNI reading it never sees
+/// half a file. Returns its path.
 pub fn write_file(
     dir: &Path,
     full_resource: &str,
     d: &AllocatedDevice,
 ) -> Result<PathBuf, DevInfoError> {
-    let path = dir.join(file_name(full_resource, &d.pci));
+    let name = file_name(full_resource, &d.pci);
+    let path = dir.join(&name);
     let err = |source| DevInfoError::Write {
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = dir.join(format!(".{}.tmp", file_name(full_resource, &d.pci)));
-    let text = serde_json::to_vec(&file_json(d)).map_err(|e| err(io::Error::other(e)))?;
-    std::fs::write(&tmp, text).map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(err)?;
+    let text = serde_json::to_vec(&file_json(d)).map_err(|e| {
+        err(FileError::Io {
+            op: "encode",
+            path: path.clone(),
+            source: io::Error::other(e),
+        })
+    })?;
+    OwnedDir::open(dir, Access::Shared, true)
+        .and_then(|folder| folder.write_atomic(&name, &text, 0o644))
+        .map_err(err)?;
     Ok(path)
 }
 
-/// Removes a device-information file; one already gone is fine.
+/// Removes a device-information file (relative to its folder, never through a symlink); one
+/// already gone, or whose folder is gone, is fine.
 pub fn remove_file(path: &Path) -> Result<(), DevInfoError> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(DevInfoError::Remove {
+    let err = |source| DevInfoError::Remove {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Err(err(FileError::Refused {
             path: path.to_path_buf(),
-            source: e,
-        }),
-        _ => Ok(()),
+            reason: "not a file path".into(),
+        }));
+    };
+    match OwnedDir::open(dir, Access::Shared, false) {
+        Ok(folder) => folder.remove(name).map(|_| ()).map_err(err),
+        Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(err(e)),
     }
 }
 

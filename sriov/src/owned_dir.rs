@@ -25,6 +25,7 @@ use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Why a folder or file was refused or could not be used.
@@ -367,7 +368,17 @@ impl OwnedDir {
                 flags,
                 Mode::from_bits_truncate(mode),
             ) {
-                Ok(fd) => return Ok((tmp, File::from(fd))),
+                Ok(fd) => {
+                    let file = File::from(fd);
+                    // Explicit, so the umask does not decide.
+                    file.set_permissions(std::fs::Permissions::from_mode(mode))
+                        .map_err(|source| FileError::Io {
+                            op: "chmod",
+                            path: self.path.join(&tmp),
+                            source,
+                        })?;
+                    return Ok((tmp, file));
+                }
                 Err(Errno::EEXIST) => last = Errno::EEXIST,
                 Err(e) => return Err(io_at("create", &self.path.join(&tmp))(e)),
             }
@@ -444,7 +455,7 @@ impl OwnedDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::os::unix::fs::symlink;
 
     fn root_only() -> bool {
         nix::unistd::geteuid().is_root()

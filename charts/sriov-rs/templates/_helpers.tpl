@@ -28,3 +28,10 @@ app.kubernetes.io/component: device-plugin
 {{- define "sriov-rs.configMapName" -}}
 {{- printf "%s-config" (include "sriov-rs.fullname" .) -}}
 {{- end -}}
+
+{{/* The CNI plugin's node-local settings as JSON: cniSettings over the defaults that follow
+other values (kubeletDir). */}}
+{{- define "sriov-rs.cniSettings" -}}
+{{- $defaults := dict "podResourcesSocket" (printf "%s/pod-resources/kubelet.sock" .Values.kubeletDir) -}}
+{{- mustMergeOverwrite $defaults (deepCopy .Values.cniSettings) | toJson -}}
+{{- end -}}

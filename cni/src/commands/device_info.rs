@@ -51,10 +51,12 @@ pub(crate) fn target(ctx: &Ctx) -> Result<Option<Target>, CniError> {
     let shown = crate::logging::escaped(&path.to_string_lossy()).into_owned();
     let name = match name {
         Some(n) if path.parent() == Some(dir.as_path()) && valid_name(n) => n.to_string(),
-        _ => return Err(CniError::config(format!(
+        _ => {
+            return Err(CniError::config(format!(
             "{FIELD}: {shown} is not a file name (letters, digits, '.', '_', '-') directly in {}",
             dir.display()
-        ))),
+        )))
+        }
     };
     let io = |e: FileError| CniError::new(ErrorCode::Io, format!("{FIELD}: {e}"));
     let folder = OwnedDir::open(&ctx.node.device_info_dir, Access::Shared, true)

@@ -1,6 +1,13 @@
-//! Installs a CNI plugin binary into the host's CNI folder, atomically.
+//! Installs a CNI plugin binary into the host's CNI folder, atomically, and writes the plugin's
+//! node-local settings.
 //!
-//! `sriov-install-cni --from /usr/local/bin/sriov --to /host/opt/cni/bin/sriov`
+//! `sriov-install-cni --from /usr/local/bin/sriov --to /host/opt/cni/bin/sriov
+//!     [--node-config /host/etc/sriov-rs/cni.json --node-settings '{"logDir": "/var/log"}']`
+//!
+//! The settings (host paths the plugin uses: sysfs, its state, device-information and log
+//! folders; see the `sriov` plugin's `node_config`) are checked as the plugin checks them, then
+//! written atomically, without following symlinks, into a folder owned by root that nobody else
+//! may write to (created 0755 if missing). A tenant's network config never carries them.
 //!
 //! Runs as the DaemonSet's init container, in an image without a shell. The binary is copied
 //! to a temporary file in the target folder (same filesystem, so the rename is atomic), synced,
@@ -16,18 +23,57 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const USAGE: &str = "usage: sriov-install-cni --from SOURCE --to TARGET";
+const USAGE: &str = "usage: sriov-install-cni --from SOURCE --to TARGET \
+     [--node-config FILE [--node-settings JSON]]";
+
+/// What to do.
+struct Args {
+    from: PathBuf,
+    to: PathBuf,
+    node_config: Option<PathBuf>,
+    node_settings: Option<String>,
+}
 
 fn main() {
-    if let Err(e) = parse_args(std::env::args().skip(1)).and_then(|(from, to)| install(&from, &to))
-    {
+    let run = || -> Result<()> {
+        let args = parse_args(std::env::args().skip(1))?;
+        // Settings first: a plugin installed without its settings would use the defaults.
+        if let Some(file) = &args.node_config {
+            write_node_config(file, args.node_settings.as_deref().unwrap_or("{}"))?;
+        } else if args.node_settings.is_some() {
+            bail!("--node-settings needs --node-config\n{USAGE}");
+        }
+        install(&args.from, &args.to)
+    };
+    if let Err(e) = run() {
         eprintln!("sriov-install-cni: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn parse_args(args: impl Iterator<Item = String>) -> Result<(PathBuf, PathBuf)> {
-    let (mut from, mut to) = (None, None);
+/// Checks `settings` as the plugin will, then writes them to `file`.
+fn write_node_config(file: &Path, settings: &str) -> Result<()> {
+    use sriov::owned_dir::{Access, OwnedDir};
+    let value: serde_json::Value =
+        serde_json::from_str(settings).context("--node-settings is not valid JSON")?;
+    sriov_cni::node_config::NodeConfig::parse(&value)
+        .map_err(|e| anyhow::anyhow!("--node-settings: {e}"))?;
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name().and_then(|n| n.to_str())) else {
+        bail!("--node-config {}: not a file path", file.display());
+    };
+    let text = serde_json::to_vec_pretty(&value)?;
+    OwnedDir::open(dir, Access::Shared, true)
+        .and_then(|d| d.write_atomic(name, &text, 0o644))
+        .with_context(|| format!("writing {}", file.display()))?;
+    println!(
+        "wrote the plugin's node-local settings to {}",
+        file.display()
+    );
+    Ok(())
+}
+
+fn parse_args(args: impl Iterator<Item = String>) -> Result<Args> {
+    let (mut from, mut to, mut node_config, mut node_settings) = (None, None, None, None);
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -37,6 +83,8 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<(PathBuf, PathBuf)> 
         let slot = match key.as_str() {
             "--from" => &mut from,
             "--to" => &mut to,
+            "--node-config" => &mut node_config,
+            "--node-settings" => &mut node_settings,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -49,10 +97,15 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<(PathBuf, PathBuf)> 
                 .next()
                 .with_context(|| format!("{key} needs a value\n{USAGE}"))?,
         };
-        *slot = Some(PathBuf::from(value));
+        *slot = Some(value);
     }
     match (from, to) {
-        (Some(f), Some(t)) => Ok((f, t)),
+        (Some(f), Some(t)) => Ok(Args {
+            from: PathBuf::from(f),
+            to: PathBuf::from(t),
+            node_config: node_config.map(PathBuf::from),
+            node_settings,
+        }),
         _ => bail!("--from and --to are required\n{USAGE}"),
     }
 }

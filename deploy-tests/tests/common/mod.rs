@@ -5,6 +5,9 @@
 
 pub mod helm;
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, Pod, Service, ServiceAccount, Volume,
@@ -33,6 +36,8 @@ pub struct Objects {
     pub service_accounts: Vec<ServiceAccount>,
     pub cluster_roles: Vec<ClusterRole>,
     pub cluster_role_bindings: Vec<ClusterRoleBinding>,
+    pub admission_policies: Vec<ValidatingAdmissionPolicy>,
+    pub admission_policy_bindings: Vec<ValidatingAdmissionPolicyBinding>,
     pub config_maps: Vec<ConfigMap>,
     pub daemon_sets: Vec<DaemonSet>,
     pub services: Vec<Service>,
@@ -54,6 +59,11 @@ impl Objects {
         add("ServiceAccount", self.service_accounts.len());
         add("ClusterRole", self.cluster_roles.len());
         add("ClusterRoleBinding", self.cluster_role_bindings.len());
+        add("ValidatingAdmissionPolicy", self.admission_policies.len());
+        add(
+            "ValidatingAdmissionPolicyBinding",
+            self.admission_policy_bindings.len(),
+        );
         add("ConfigMap", self.config_maps.len());
         add("DaemonSet", self.daemon_sets.len());
         add("Service", self.services.len());
@@ -114,6 +124,12 @@ pub fn parse_stream(yaml: &str, source: &str) -> Objects {
             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
                 objects.cluster_role_bindings.push(typed(&doc, &what))
             }
+            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy") => {
+                objects.admission_policies.push(typed(&doc, &what))
+            }
+            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding") => {
+                objects.admission_policy_bindings.push(typed(&doc, &what))
+            }
             ("apps/v1", "DaemonSet") => objects.daemon_sets.push(typed(&doc, &what)),
             ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
                 objects.crds.push(typed(&doc, &what))
@@ -151,10 +167,12 @@ pub struct Expect {
     pub log_format: String,
     /// The node-state sidecar is deployed.
     pub node_state: bool,
+    /// The CNI plugin's node-local settings the init container writes (JSON).
+    pub cni_settings: String,
 }
 
 /// Where the daemon writes the node state the sidecar publishes.
-const NODE_STATE_FILE: &str = "/run/sriov-rs/node-state.json";
+const NODE_STATE_FILE: &str = "/run/sriov-rs/daemon/node-state.json";
 
 fn mount_target(spec_volumes: &[Volume], name: &str) -> String {
     let v = spec_volumes
@@ -464,7 +482,12 @@ pub fn check_daemon_set(ds: &DaemonSet, e: &Expect) {
         ),
         (
             "/var/lib/cni/sriov-rs",
-            "hostPath:/var/lib/cni/sriov-rs:DirectoryOrCreate".into(),
+            format!(
+                "hostPath:{}:DirectoryOrCreate",
+                serde_json::from_str::<Value>(&e.cni_settings).unwrap()["stateDir"]
+                    .as_str()
+                    .unwrap_or("/var/lib/cni/sriov-rs")
+            ),
         ),
         ("/run/sriov-rs", "emptyDir:Memory".into()),
     ]
@@ -553,15 +576,19 @@ pub fn check_daemon_set(ds: &DaemonSet, e: &Expect) {
             .cloned()
             .collect::<Vec<_>>(),
         [
-            "/usr/local/bin/sriov-install-cni",
-            "--from",
-            "/usr/local/bin/sriov",
-            "--to",
-            "/host/opt/cni/bin/sriov"
+            "/usr/local/bin/sriov-install-cni".to_string(),
+            "--from=/usr/local/bin/sriov".into(),
+            "--to=/host/opt/cni/bin/sriov".into(),
+            "--node-config=/host/etc/sriov-rs/cni.json".into(),
+            format!("--node-settings={}", e.cni_settings),
         ],
         "{}",
         at("init command")
     );
+    // The settings are ones the plugin accepts.
+    let settings: Value = serde_json::from_str(&e.cni_settings).unwrap();
+    sriov_cni::node_config::NodeConfig::parse(&settings)
+        .unwrap_or_else(|err| panic!("{}: {err}", at("--node-settings")));
     let isc = init.security_context.as_ref().unwrap();
     assert_ne!(
         isc.privileged,
@@ -575,13 +602,17 @@ pub fn check_daemon_set(ds: &DaemonSet, e: &Expect) {
         Some(&["ALL".to_string()][..])
     );
     let init_mounts = init.volume_mounts.clone().unwrap();
-    assert_eq!(init_mounts.len(), 1);
+    assert_eq!(init_mounts.len(), 2);
     assert_eq!(init_mounts[0].mount_path, "/host/opt/cni/bin");
     assert_eq!(
         mount_target(&volumes, &init_mounts[0].name),
         format!("hostPath:{}:DirectoryOrCreate", e.cni_bin_dir)
     );
-
+    assert_eq!(init_mounts[1].mount_path, "/host/etc/sriov-rs");
+    assert_eq!(
+        mount_target(&volumes, &init_mounts[1].name),
+        "hostPath:/etc/sriov-rs:DirectoryOrCreate"
+    );
     // No volume defined for nothing.
     let used: BTreeSet<&str> = pod
         .containers
@@ -635,6 +666,114 @@ pub fn check_rbac(objs: &Objects, namespace: &str, service_account: &str) {
     assert_eq!(subjects[0].kind, "ServiceAccount");
     assert_eq!(subjects[0].name, service_account);
     assert_eq!(subjects[0].namespace.as_deref(), Some(namespace));
+    check_own_node_policy(objs, namespace, service_account);
+}
+
+/// The admission policy that confines the sidecar's account to its own node: bound with Deny,
+/// matching exactly that account, covering every object its RBAC rules allow, and (its CEL
+/// evaluated here against admission requests as the API server builds them) admitting a change
+/// to the token's own node only.
+pub fn check_own_node_policy(objs: &Objects, namespace: &str, service_account: &str) {
+    assert_eq!(
+        objs.admission_policies.len(),
+        1,
+        "one ValidatingAdmissionPolicy"
+    );
+    let policy = &objs.admission_policies[0];
+    let name = policy.metadata.name.clone().unwrap();
+    assert_eq!(objs.admission_policy_bindings.len(), 1);
+    let binding = &objs.admission_policy_bindings[0].spec;
+    assert_eq!(binding.policy_name, name);
+    assert_eq!(binding.validation_actions, ["Deny"]);
+    assert!(
+        binding.match_resources.is_none(),
+        "the binding narrows nothing"
+    );
+    let spec = policy.spec.as_ref().unwrap();
+    assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
+    let mut covered = BTreeSet::new();
+    for rule in spec
+        .match_constraints
+        .as_ref()
+        .unwrap()
+        .resource_rules
+        .iter()
+        .flatten()
+    {
+        for op in rule.operations.iter().flatten() {
+            for g in rule.api_groups.iter().flatten() {
+                for r in rule.resources.iter().flatten() {
+                    covered.insert(format!("{g}/{r}:{op}"));
+                }
+            }
+        }
+    }
+    for needed in [
+        "/nodes:UPDATE",
+        "sriov-rs.io/sriovnodestates:CREATE",
+        "sriov-rs.io/sriovnodestates:UPDATE",
+        "sriov-rs.io/sriovnodestates/status:UPDATE",
+    ] {
+        assert!(
+            covered.contains(needed),
+            "the policy misses {needed}: {covered:?}"
+        );
+    }
+    let user = format!("system:serviceaccount:{namespace}:{service_account}");
+    let request = |username: &str, object: &str, node: Option<&str>| {
+        let mut info =
+            serde_json::json!({"username": username, "groups": ["system:serviceaccounts"]});
+        if let Some(n) = node {
+            info["extra"] = serde_json::json!({
+                "authentication.kubernetes.io/node-name": [n],
+                "authentication.kubernetes.io/pod-name": ["sriov-rs-abcde"],
+            });
+        }
+        serde_json::json!({"name": object, "operation": "UPDATE", "userInfo": info})
+    };
+    let eval = |expr: &str, req: &Value| -> bool {
+        let program = cel::Program::compile(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        let mut ctx = cel::Context::default();
+        ctx.add_variable("request", req.clone()).unwrap();
+        match program.execute(&ctx) {
+            Ok(cel::Value::Bool(b)) => b,
+            other => panic!("{expr}: {other:?}"),
+        }
+    };
+    let conditions = spec.match_conditions.as_deref().unwrap();
+    assert_eq!(conditions.len(), 1);
+    let applies = |req: &Value| eval(&conditions[0].expression, req);
+    assert!(applies(&request(&user, "node-a", Some("node-a"))));
+    assert!(!applies(&request(
+        "system:node:node-a",
+        "node-a",
+        Some("node-a")
+    )));
+    assert!(!applies(&request(
+        &format!("system:serviceaccount:{namespace}:other"),
+        "node-b",
+        None
+    )));
+    let validations = spec.validations.as_deref().unwrap();
+    assert_eq!(validations.len(), 1);
+    assert_eq!(validations[0].reason.as_deref(), Some("Forbidden"));
+    let admitted = |req: &Value| eval(&validations[0].expression, req);
+    assert!(
+        admitted(&request(&user, "node-a", Some("node-a"))),
+        "its own node"
+    );
+    assert!(
+        !admitted(&request(&user, "node-b", Some("node-a"))),
+        "a stolen token on another node"
+    );
+    assert!(
+        !admitted(&request(&user, "node-a", None)),
+        "a token without a node"
+    );
+    assert!(
+        !admitted(&request(&user, "", Some("node-a"))),
+        "a generated name"
+    );
 }
 
 /// Each key of the ConfigMap is a config the daemon accepts; returns key -> resource names.
