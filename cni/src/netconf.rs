@@ -108,7 +108,15 @@ fn parse_pci(field: &str, s: &str) -> Result<PciAddress, CniError> {
 
 impl NetConf {
     /// Parses stdin. JSON errors are decode failures (6); wrong values are invalid config (7).
+    /// A missing `cniVersion` is 0.1.0.
     pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+        NetConf::parse_for(stdin, false)
+    }
+
+    /// Like [`NetConf::parse`]; with `any_version` (DEL), a version we do not speak is read as the
+    /// newest: a DEL must not fail on it (the runtime would retry the sandbox's teardown forever)
+    /// and prints nothing on success.
+    pub fn parse_for(stdin: &[u8], any_version: bool) -> Result<NetConf, CniError> {
         let value: Value = serde_json::from_slice(stdin).map_err(|e| {
             CniError::new(
                 ErrorCode::Decode,
@@ -122,9 +130,12 @@ impl NetConf {
             ));
         };
         crate::node_config::refuse_node_keys(&obj)?;
-        let version_str =
-            opt_str(&obj, "cniVersion", "")?.ok_or_else(|| bad("cniVersion", "is required"))?;
-        let cni_version = CniVersion::parse(&version_str)?;
+        let version_str = opt_str(&obj, "cniVersion", "")?
+            .unwrap_or_else(|| crate::spec::IMPLIED_VERSION.to_string());
+        let cni_version = match CniVersion::parse(&version_str) {
+            Err(_) if any_version => CniVersion::V110,
+            other => other?,
+        };
         let name = opt_str(&obj, "name", "")?.unwrap_or_default();
         let empty = Map::new();
         let rc = match obj.get("runtimeConfig") {
@@ -286,6 +297,21 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_version_is_0_1_0_and_del_takes_any() {
+        assert_eq!(
+            parse(r#"{"name":"x"}"#).unwrap().cni_version,
+            CniVersion::V010
+        );
+        assert_eq!(
+            parse(r#"{"cniVersion":"0.2.0"}"#).unwrap().cni_version,
+            CniVersion::V020
+        );
+        assert!(parse(r#"{"cniVersion":"9.9.9"}"#).is_err());
+        let c = NetConf::parse_for(br#"{"cniVersion":"9.9.9"}"#, true).unwrap();
+        assert_eq!(c.cni_version, CniVersion::V110);
+    }
+
+    #[test]
     fn runtime_config_wins_and_pci_bus_id() {
         let c = parse(
             r#"{"cniVersion":"1.0.0","deviceID":"0000:3b:02.1","runtimeConfig":{"deviceID":"0000:3b:02.2","mac":"02:00:00:00:00:01"},"mac":"02:00:00:00:00:02"}"#,
@@ -309,11 +335,6 @@ mod tests {
                 r#"{"cniVersion":"9.9.9"}"#,
                 ErrorCode::IncompatibleVersion,
                 "9.9.9",
-            ),
-            (
-                r#"{"name":"x"}"#,
-                ErrorCode::InvalidConfig,
-                "cniVersion: is required",
             ),
             (
                 r#"{"cniVersion":"1.0.0","vlan":4095}"#,

@@ -3,12 +3,20 @@
 use serde::Serialize;
 use std::fmt;
 
-/// Spec versions we speak, oldest first.
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+/// Spec versions we speak, oldest first (sriov-cni's VERSION answers the same list).
+pub const SUPPORTED_VERSIONS: &[&str] = &[
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
+
+/// What a network config without `cniVersion` means (the spec's and libcni's reading).
+pub const IMPLIED_VERSION: &str = "0.1.0";
 
 /// A CNI spec version we support.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CniVersion {
+    /// 0.1.0 and 0.2.0 share a result shape (`ip4`/`ip6`, no interfaces).
+    V010,
+    V020,
     V030,
     V031,
     V040,
@@ -19,6 +27,8 @@ pub enum CniVersion {
 impl CniVersion {
     pub fn parse(s: &str) -> Result<Self, CniError> {
         Ok(match s {
+            "0.1.0" => CniVersion::V010,
+            "0.2.0" => CniVersion::V020,
             "0.3.0" => CniVersion::V030,
             "0.3.1" => CniVersion::V031,
             "0.4.0" => CniVersion::V040,
@@ -38,6 +48,8 @@ impl CniVersion {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            CniVersion::V010 => "0.1.0",
+            CniVersion::V020 => "0.2.0",
             CniVersion::V030 => "0.3.0",
             CniVersion::V031 => "0.3.1",
             CniVersion::V040 => "0.4.0",
@@ -101,7 +113,7 @@ impl Command {
         match self {
             Command::Check => CniVersion::V040,
             Command::Status | Command::Gc => CniVersion::V110,
-            _ => CniVersion::V030,
+            _ => CniVersion::V010,
         }
     }
 }
@@ -206,12 +218,13 @@ mod tests {
     #[test]
     fn versions_and_errors() {
         assert_eq!(CniVersion::parse("0.4.0").unwrap(), CniVersion::V040);
-        let e = CniVersion::parse("0.2.0").unwrap_err();
+        assert_eq!(CniVersion::parse("0.2.0").unwrap(), CniVersion::V020);
+        let e = CniVersion::parse("0.2.9").unwrap_err();
         assert_eq!(e.code, ErrorCode::IncompatibleVersion);
         let j: serde_json::Value = serde_json::from_str(&e.to_json("1.1.0")).unwrap();
         assert_eq!(j["code"], 1);
         assert_eq!(j["cniVersion"], "1.1.0");
-        assert!(j["msg"].as_str().unwrap().contains("0.2.0"));
+        assert!(j["msg"].as_str().unwrap().contains("0.2.9"));
         assert!(j.get("details").is_none());
         assert!(CniVersion::V030 < CniVersion::V110);
         assert_eq!(
@@ -223,6 +236,6 @@ mod tests {
             ErrorCode::InvalidEnv
         );
         let v: serde_json::Value = serde_json::from_str(&version_json("1.0.0")).unwrap();
-        assert_eq!(v["supportedVersions"].as_array().unwrap().len(), 5);
+        assert_eq!(v["supportedVersions"].as_array().unwrap().len(), 7);
     }
 }

@@ -43,7 +43,9 @@ fn error(env: &[(&str, &str)], stdin: &str) -> Value {
 
 #[test]
 fn version_answers_every_spec_version() {
-    for v in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+    for v in [
+        "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+    ] {
         let (code, out, _) = run(
             &[("CNI_COMMAND", "VERSION")],
             &json!({"cniVersion": v}).to_string(),
@@ -51,7 +53,7 @@ fn version_answers_every_spec_version() {
         assert_eq!(code, 0);
         let j: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(j["cniVersion"], v);
-        assert_eq!(j["supportedVersions"].as_array().unwrap().len(), 5);
+        assert_eq!(j["supportedVersions"].as_array().unwrap().len(), 7);
     }
     // Without stdin: the newest.
     let (code, out, _) = run(&[("CNI_COMMAND", "VERSION")], "");
@@ -66,8 +68,17 @@ fn errors_are_spec_json_with_codes() {
     assert!(e["msg"].as_str().unwrap().starts_with("CNI_COMMAND"), "{e}");
     let e = error(&[("CNI_COMMAND", "ADD")], "{not json");
     assert_eq!(e["code"], 6);
-    let e = error(&[("CNI_COMMAND", "ADD")], r#"{"cniVersion":"0.1.0"}"#);
+    let e = error(&[("CNI_COMMAND", "ADD")], r#"{"cniVersion":"0.0.9"}"#);
     assert_eq!(e["code"], 1);
+    // Without cniVersion: 0.1.0, in which the error is printed.
+    let e = error(
+        &[("CNI_COMMAND", "ADD")],
+        r#"{"name":"n","deviceID":"bad"}"#,
+    );
+    assert_eq!(
+        (e["code"].as_u64(), e["cniVersion"].as_str()),
+        (Some(7), Some("0.1.0"))
+    );
     let e = error(
         &[("CNI_COMMAND", "ADD")],
         r#"{"cniVersion":"1.0.0","name":"n","deviceID":"../../x"}"#,

@@ -42,9 +42,14 @@ fn add_check_del_for_each_spec_version() {
         let res = r.json();
         assert_eq!(res["cniVersion"], *v);
         let iface = &res["interfaces"][0];
-        assert_eq!(iface["name"], "net1");
-        assert_eq!(iface["mac"], "02:00:00:00:01:01");
-        assert_eq!(iface["sandbox"], pod);
+        if *v < "0.3.0" {
+            // 0.1.0/0.2.0 results have no interfaces (and without IPAM, no ip4/ip6).
+            assert_eq!(res, json!({"cniVersion": v, "dns": {}}), "{v}");
+        } else {
+            assert_eq!(iface["name"], "net1");
+            assert_eq!(iface["mac"], "02:00:00:00:01:01");
+            assert_eq!(iface["sandbox"], pod);
+        }
         if *v == "1.1.0" {
             assert_eq!(iface["mtu"], 1400);
             assert_eq!(iface["pciID"], VF1);
@@ -76,6 +81,30 @@ fn add_check_del_for_each_spec_version() {
         lab.call("DEL", "c1", "net1", &pod, &conf).ok();
         lab.call("DEL", "c1", "net1", "", &conf).ok();
     }
+    // Without cniVersion (as upstream's RDMA and DPDK NAD examples): 0.1.0.
+    let pod = lab.pod("noversion");
+    let mut conf = lab.conf("x", json!({"deviceID": VF1}));
+    conf.as_object_mut().unwrap().remove("cniVersion");
+    let r = lab.call("ADD", "c1", "net1", &pod, &conf);
+    r.ok();
+    assert_eq!(r.json(), json!({"cniVersion": "0.1.0", "dns": {}}));
+    assert!(CniLab::pod_link(&pod, "net1").is_some());
+    lab.call("DEL", "c1", "net1", &pod, &conf).ok();
+    assert_eq!(lab.fingerprint("ens1f0v1"), before);
+    // A version we do not speak: ADD refuses it, DEL (nothing to do, or something) succeeds.
+    conf["cniVersion"] = json!("9.9.9");
+    lab.call("ADD", "c1", "net1", &pod, &conf).err(1, "9.9.9");
+    lab.call("DEL", "c1", "net1", &pod, &conf).ok();
+    conf.as_object_mut().unwrap().remove("cniVersion");
+    lab.call("ADD", "c1", "net1", &pod, &conf).ok();
+    conf["cniVersion"] = json!("9.9.9");
+    lab.call("DEL", "c1", "net1", &pod, &conf).ok();
+    assert_eq!(
+        lab.fingerprint("ens1f0v1"),
+        before,
+        "a DEL in any version restores"
+    );
+    assert!(lab.records().is_empty());
 }
 
 #[test]

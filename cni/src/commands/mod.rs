@@ -165,18 +165,24 @@ pub fn run(
     stdin: &[u8],
     get_env: impl Fn(&str) -> Option<String>,
 ) -> (String, Result<Option<String>, CniError>) {
-    let requested = serde_json::from_slice::<Value>(stdin)
-        .ok()
-        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
-        .filter(|v| crate::spec::SUPPORTED_VERSIONS.contains(&v.as_str()));
-    let version = requested.clone().unwrap_or_else(|| "1.1.0".into());
+    // Errors are printed in the version asked for; a config object without one asks for 0.1.0;
+    // without a readable config, the newest.
+    let requested = match serde_json::from_slice::<Value>(stdin) {
+        Ok(Value::Object(o)) => match o.get("cniVersion") {
+            None | Some(Value::Null) => Some(crate::spec::IMPLIED_VERSION.to_string()),
+            Some(v) => v.as_str().map(str::to_string),
+        },
+        _ => None,
+    }
+    .filter(|v| crate::spec::SUPPORTED_VERSIONS.contains(&v.as_str()));
+    let version = requested.unwrap_or_else(|| "1.1.0".into());
     let outcome = (|| {
         let command = crate::spec::Command::parse(command)?;
         if command == crate::spec::Command::Version {
             return Ok(Some(crate::spec::version_json(&version)));
         }
         let node = NodeConfig::load(&get_env)?;
-        let conf = NetConf::parse(stdin)?;
+        let conf = NetConf::parse_for(stdin, command == crate::spec::Command::Del)?;
         crate::logging::init(
             conf.log_level.as_deref(),
             conf.log_file.as_deref(),

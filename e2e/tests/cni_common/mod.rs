@@ -11,7 +11,9 @@ use sriov_e2e::sim::{self, SimNode, SimSpec};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const VERSIONS: [&str; 7] = [
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 
 /// Installs containernetworking-plugins (static, host-local, host-device) and podman if absent.
 pub fn install_test_deps() {
