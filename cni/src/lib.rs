@@ -16,4 +16,5 @@ pub mod netconf;
 pub mod node_config;
 pub mod result;
 pub mod spec;
+pub mod upstream;
 pub mod vf_select;

@@ -6,7 +6,8 @@ use std::io::Read;
 
 fn main() {
     let command = std::env::var("CNI_COMMAND").unwrap_or_default();
-    let mut stdin = Vec::new();
+    // One read for a usual network config.
+    let mut stdin = Vec::with_capacity(16 * 1024);
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
         eprintln!("sriov: cannot read stdin: {e}");
     }

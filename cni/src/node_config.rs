@@ -23,7 +23,7 @@ pub const PATH_ENV: &str = "SRIOV_CNI_NODE_CONFIG";
 /// The node-local keys, with their defaults.
 const KEYS: &[(&str, &str)] = &[
     ("sysfsRoot", "/sys"),
-    ("stateDir", "/var/lib/cni/sriov-rs"),
+    ("stateDir", "/run/sriov-rs/cni"),
     ("poolConfig", "/etc/pcidp/config.json"),
     (
         "podResourcesSocket",
@@ -31,6 +31,7 @@ const KEYS: &[(&str, &str)] = &[
     ),
     ("deviceInfoDir", "/var/run/k8s.cni.cncf.io/devinfo"),
     ("logDir", "/var/log"),
+    ("upstreamStateDir", "/var/lib/cni/sriov"),
 ];
 
 /// The node-local settings.
@@ -52,6 +53,9 @@ pub struct NodeConfig {
     pub device_info_dir: PathBuf,
     /// `logDir`: the only folder a network config's `logFile` may name a file in.
     pub log_dir: PathBuf,
+    /// `upstreamStateDir`: upstream sriov-cni's data folder, whose attachments (made before the
+    /// node switched) DEL, CHECK and GC take over ([`crate::upstream`]).
+    pub upstream_state_dir: PathBuf,
 }
 
 impl Default for NodeConfig {
@@ -71,6 +75,7 @@ impl Default for NodeConfig {
             pod_resources_socket: d("podResourcesSocket"),
             device_info_dir: d("deviceInfoDir"),
             log_dir: d("logDir"),
+            upstream_state_dir: d("upstreamStateDir"),
         }
     }
 }
@@ -125,6 +130,7 @@ impl NodeConfig {
                 "podResourcesSocket" => &mut conf.pod_resources_socket,
                 "deviceInfoDir" => &mut conf.device_info_dir,
                 "logDir" => &mut conf.log_dir,
+                "upstreamStateDir" => &mut conf.upstream_state_dir,
                 other => {
                     return Err(format!(
                         "{other}: unknown key (known: {})",

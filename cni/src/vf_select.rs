@@ -14,7 +14,6 @@ use crate::env::CniEnv;
 use crate::spec::{CniError, ErrorCode};
 use sriov::names::PciAddress;
 use sriov::state::{StateDir, VfLock};
-use sriov::sysfs::Sysfs;
 use std::time::Duration;
 
 fn state_err(e: sriov::state::StateError) -> CniError {
@@ -36,7 +35,7 @@ pub fn select(ctx: &Ctx) -> Result<(PciAddress, VfLock), CniError> {
         let ids = pod_resources(&ctx.node.pod_resources_socket, pod, namespace, resource)?;
         return pick_for_pod(state, env, &ids, resource, pod, namespace);
     }
-    claim_from_pool(&ctx.node.pool_config, state, &ctx.sysfs, resource)
+    claim_from_pool(ctx, resource)
 }
 
 /// Multus' order: the pod's device IDs of the resource, sorted; the first one without a record
@@ -143,12 +142,8 @@ fn pod_resources(
 
 /// Claims the first free VF of the pool: not locked by another call, no record, and its netdev
 /// (if it has a kernel driver) still on the node.
-fn claim_from_pool(
-    pool_config: &std::path::Path,
-    state: &StateDir,
-    sysfs: &Sysfs,
-    resource: &str,
-) -> Result<(PciAddress, VfLock), CniError> {
+fn claim_from_pool(ctx: &Ctx, resource: &str) -> Result<(PciAddress, VfLock), CniError> {
+    let (pool_config, state, sysfs) = (ctx.node.pool_config.as_path(), &ctx.state, &ctx.sysfs);
     use sriov::config::{Config, DEFAULT_RESOURCE_PREFIX};
     let config = Config::load(pool_config, DEFAULT_RESOURCE_PREFIX)
         .map_err(|e| CniError::config(format!("poolConfig: {e}")))?;
@@ -173,7 +168,9 @@ fn claim_from_pool(
         let Some(lock) = state.try_lock_vf(dev.pci).map_err(state_err)? else {
             continue;
         };
-        if state.load(&dev.pci).map_err(state_err)?.is_some() {
+        if state.load(&dev.pci).map_err(state_err)?.is_some()
+            || ctx.upstream_holder(&dev.pci)?.is_some()
+        {
             continue;
         }
         let userspace = dev

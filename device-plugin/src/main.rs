@@ -42,7 +42,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// The CNI plugin's state folder: shows which pod holds each VF.
-        #[arg(long, default_value = "/var/lib/cni/sriov-rs")]
+        #[arg(long, default_value = "/run/sriov-rs/cni")]
         cni_state_dir: PathBuf,
     },
 }
@@ -99,7 +99,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 30)]
     resync_seconds: u64,
     /// The CNI plugin's state folder (its `stateDir`): MTU locks recorded there are enforced.
-    #[arg(long, default_value = "/var/lib/cni/sriov-rs")]
+    #[arg(long, default_value = "/run/sriov-rs/cni")]
     cni_state_dir: PathBuf,
     /// Write the node's adapters, pools and allocations here, as JSON, whenever they change:
     /// the sriov-node-state sidecar publishes the file as the node's SriovNodeState.

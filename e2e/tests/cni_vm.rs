@@ -20,6 +20,8 @@ const BIN_ENV: &str = "SRIOV_CNI_BIN";
 /// The plugin's node-local settings and folders in the guest (its /tmp is a throw-away layer).
 const NODE_DIR: &str = "/tmp/cni-vm";
 const STATE_DIR: &str = "/tmp/cni-vm/state";
+/// Upstream sriov-cni's data folder (its records, written here as it writes them).
+const UPSTREAM_DIR: &str = "/tmp/cni-vm/upstream";
 
 #[test]
 fn cni_on_real_igb_vfs() {
@@ -32,7 +34,7 @@ fn cni_on_real_igb_vfs() {
     let spec = VmSpec {
         pfs: 1,
         vfs: 4,
-        timeout: Duration::from_secs(400),
+        timeout: Duration::from_secs(600),
         ..VmSpec::default()
     };
     let opts = RunOptions {
@@ -75,8 +77,15 @@ fn vf_state(nl: &mut NetlinkSocket, pf: u32, vf: &Vf, sysfs: &Sysfs) -> Value {
 }
 
 fn plugin(cmd: &str, cid: &str, pod: &str, conf: &Value) -> (i32, Value) {
+    plugin_env(cmd, cid, pod, conf, &[])
+}
+
+/// Like [`plugin`] with extra environment; a plugin killed by a signal gives `-signal`.
+fn plugin_env(cmd: &str, cid: &str, pod: &str, conf: &Value, env: &[(&str, &str)]) -> (i32, Value) {
+    use std::os::unix::process::ExitStatusExt;
     let bin = std::env::var(BIN_ENV).expect("SRIOV_CNI_BIN");
     let mut child = Command::new(bin)
+        .envs(env.iter().copied())
         .env("SRIOV_CNI_NODE_CONFIG", format!("{NODE_DIR}/cni.json"))
         .env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", cid)
@@ -97,7 +106,9 @@ fn plugin(cmd: &str, cid: &str, pod: &str, conf: &Value) -> (i32, Value) {
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{cmd} {cid}: {}", text.trim());
     (
-        out.status.code().unwrap_or(-1),
+        out.status
+            .code()
+            .unwrap_or_else(|| -out.status.signal().unwrap_or(1)),
         serde_json::from_str(&text).unwrap_or(Value::Null),
     )
 }
@@ -150,7 +161,8 @@ fn write_node_config() {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let conf = json!({"stateDir": STATE_DIR, "logDir": format!("{NODE_DIR}/logs"),
-                      "deviceInfoDir": format!("{NODE_DIR}/devinfo")});
+                      "deviceInfoDir": format!("{NODE_DIR}/devinfo"),
+                      "upstreamStateDir": UPSTREAM_DIR});
     std::fs::write(format!("{NODE_DIR}/cni.json"), conf.to_string()).unwrap();
 }
 
@@ -300,19 +312,19 @@ fn guest() {
     for (extra, want) in [
         (
             json!({"min_tx_rate": 10}),
-            "min_tx_rate: the igb driver rejects it (EINVAL)",
+            "min_tx_rate 10: the igb driver rejects it (EINVAL)",
         ),
         (
             json!({"link_state": "enable"}),
-            "link_state: the igb driver does not support it (EOPNOTSUPP)",
+            "link_state enable: the igb driver does not support it (EOPNOTSUPP)",
         ),
         (
             json!({"vlan": 5, "vlanProto": "802.1ad"}),
-            "vlan: the igb driver does not support this protocol (EPROTONOSUPPORT)",
+            "vlanProto 802.1ad: the igb driver does not support this protocol (EPROTONOSUPPORT)",
         ),
         (
             json!({"max_tx_rate": 100000}),
-            "max_tx_rate: the igb driver rejects it (EINVAL)",
+            "max_tx_rate 100000: the igb driver rejects it (EINVAL)",
         ),
     ] {
         let (rc, err) = plugin(
@@ -353,5 +365,250 @@ fn guest() {
         0,
         "no state left"
     );
+    crash_windows(&mut nl, pfi, &vfs[3], &before[3], &sysfs);
+    admin_mac_set_before_add(&mut nl, pfi, &vfs[1], &sysfs);
+    migration_from_sriov_cni(&mut nl, pfi, &vfs[2], &sysfs);
     println!("cni-vm: all scenarios passed");
+}
+
+/// kill -9 at the PF-side steps of ADD and of DEL on a real igb VF, the middle of a driver rebind
+/// included, then DEL: the VF is fully restored (as the PF reports it and as its netdev looks)
+/// and no record or temporary file is left.
+fn crash_windows(nl: &mut NetlinkSocket, pfi: u32, vf: &Vf, before: &Value, sysfs: &Sysfs) {
+    // Trust on: the netdev takes the MAC without a rebind; trust off: igbvf refuses it while an
+    // admin MAC is set, so the plugin rebinds the driver (unbind, bind) to apply it.
+    let general = conf(
+        vf,
+        json!({"vlan": 300, "vlanQoS": 2, "spoofchk": "off", "trust": "on", "max_tx_rate": 50,
+               "mac": "02:00:00:00:d0:01", "mtu": 1400}),
+        Some("10.1.0.9/24"),
+    );
+    // A MAC of its own each time: igbvf takes a MAC equal to one it already had without a
+    // rebind.
+    let rebinding = |k: u8| {
+        conf(
+            vf,
+            json!({"vlan": 301, "mac": format!("02:00:00:00:d1:{k:02x}")}),
+            None,
+        )
+    };
+    let (unbind, rebind, bind) = (rebinding(1), rebinding(2), rebinding(3));
+    let kill = |step: &str| [("SRIOV_CNI_FAULT", step.to_string())];
+    let check = |nl: &mut NetlinkSocket, what: &str| {
+        assert_eq!(
+            vf_state(nl, pfi, vf, sysfs),
+            *before,
+            "{what}: VF not restored"
+        );
+        let left: Vec<_> = std::fs::read_dir(format!("{STATE_DIR}/vfs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{what}: left {left:?}");
+    };
+    // The PF-side steps and the rebind: the netdev's own steps are the same as on the simulated
+    // node, which kills at every one of them (cni_sim_crash.rs).
+    let add_steps: &[(&str, &Value)] = &[
+        ("vlan", &general),
+        ("admin-mac", &general),
+        ("max-tx-rate", &general),
+        ("spoofchk", &general),
+        ("trust", &general),
+        ("mac", &general),
+        ("move", &general),
+        ("unbind", &unbind),
+        ("rebind", &rebind),
+    ];
+    for (step, c) in add_steps {
+        let env = kill(step);
+        let (rc, _) = plugin_env("ADD", "ck", "pd", c, &[(env[0].0, env[0].1.as_str())]);
+        assert_eq!(rc, -9, "ADD not killed at {step}");
+        assert_eq!(
+            plugin("DEL", "ck", "pd", c).0,
+            0,
+            "DEL after a kill at {step}"
+        );
+        check(nl, &format!("ADD killed at {step}"));
+    }
+    println!("cni-vm: ADD killed at each PF-side step and mid-rebind, DEL restored the VF");
+    let del_steps = [
+        "restore-move",
+        "restore-pf-side",
+        "restore-mac",
+        "restore-pf-mac",
+    ];
+    for step in del_steps {
+        assert_eq!(
+            plugin("ADD", "ck", "pd", &general).0,
+            0,
+            "ADD before {step}"
+        );
+        let env = kill(step);
+        let (rc, _) = plugin_env(
+            "DEL",
+            "ck",
+            "pd",
+            &general,
+            &[(env[0].0, env[0].1.as_str())],
+        );
+        assert_eq!(rc, -9, "DEL not killed at {step}");
+        assert_eq!(plugin("DEL", "ck", "pd", &general).0, 0, "DEL after {step}");
+        check(nl, &format!("DEL killed at {step}"));
+    }
+    // A DEL killed right after binding the driver back, after an ADD killed mid-rebind.
+    let (rc, _) = plugin_env("ADD", "ck", "pd", &bind, &[("SRIOV_CNI_FAULT", "unbind")]);
+    assert_eq!(rc, -9);
+    let (rc, _) = plugin_env(
+        "DEL",
+        "ck",
+        "pd",
+        &bind,
+        &[("SRIOV_CNI_FAULT", "restore-bind")],
+    );
+    assert_eq!(rc, -9, "DEL not killed at restore-bind");
+    assert_eq!(plugin("DEL", "ck", "pd", &bind).0, 0);
+    check(nl, "DEL killed at restore-bind");
+    println!("cni-vm: DEL killed at each PF-side step and after re-binding, the next DEL restored the VF");
+}
+
+/// The VF's netdev as the node sees it now.
+fn vf_netdev(nl: &mut NetlinkSocket, vf: &Vf, sysfs: &Sysfs) -> sriov::netlink::LinkInfo {
+    let names = sysfs
+        .list(&sysfs.pci_devices_dir().join(&vf.pci).join("net"))
+        .unwrap()
+        .unwrap_or_default();
+    nl.link_by_name(&names[0]).unwrap()
+}
+
+/// Rebinds igbvf to the VF (it applies an admin MAC at probe).
+fn rebind_igbvf(vf: &Vf) {
+    std::fs::write(
+        format!("/sys/bus/pci/devices/{}/driver/unbind", vf.pci),
+        &vf.pci,
+    )
+    .unwrap();
+    std::fs::write("/sys/bus/pci/drivers/igbvf/bind", &vf.pci).unwrap();
+    let net = format!("/sys/bus/pci/devices/{}/net", vf.pci);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&net).map_or(true, |mut d| d.next().is_none()) {
+        assert!(
+            Instant::now() < deadline,
+            "no netdev after rebinding {}",
+            vf.pci
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A VF with an admin MAC already set when ADD starts: by an operator (administrative, applied
+/// by a driver rebind), or as upstream sriov-cni's DEL leaves it (the VF set its own MAC, which
+/// igb records as the VF's MAC). ADD with another MAC and trust off (a rebind) and DEL both
+/// succeed, and the VF is as it was.
+fn admin_mac_set_before_add(nl: &mut NetlinkSocket, pfi: u32, vf: &Vf, sysfs: &Sysfs) {
+    let preset: sriov::netlink::MacAddr = "02:00:00:00:e0:01".parse().unwrap();
+    for how in ["an operator", "sriov-cni's DEL"] {
+        if how == "an operator" {
+            nl.set_vf_mac(pfi, vf.index, preset).unwrap();
+            rebind_igbvf(vf);
+        } else {
+            nl.set_vf_mac(pfi, vf.index, Default::default()).unwrap();
+            let link = vf_netdev(nl, vf, sysfs);
+            nl.set_mac(link.index, preset).unwrap();
+        }
+        let before = vf_state(nl, pfi, vf, sysfs);
+        // (igb may or may not show the admin MAC after the VF's probe; the netdev has it.)
+        assert_eq!(before["mac"], "02:00:00:00:e0:01", "{how}: {before}");
+        let c = conf(vf, json!({"mac": "02:00:00:00:e0:02", "vlan": 120}), None);
+        let (rc, res) = plugin("ADD", "ce", "pb", &c);
+        assert_eq!(rc, 0, "ADD over an admin MAC set by {how}: {res}");
+        assert_eq!(res["interfaces"][0]["mac"], "02:00:00:00:e0:02");
+        let (rc, res) = plugin("DEL", "ce", "pb", &c);
+        assert_eq!(rc, 0, "DEL over an admin MAC set by {how}: {res}");
+        assert_eq!(
+            vf_state(nl, pfi, vf, sysfs),
+            before,
+            "{how}: restored exactly"
+        );
+    }
+    nl.set_vf_mac(pfi, vf.index, Default::default()).unwrap();
+    println!("cni-vm: admin MAC set before ADD ok");
+}
+
+/// A VF programmed as upstream sriov-cni's ADD leaves it (VF settings through the PF, moved into
+/// the pod as net1 with its MAC and MTU) and its records in sriov-cni's format: our DEL restores
+/// the VF (IFLA_VFINFO_LIST and the netdev as before) and removes sriov-cni's files.
+fn migration_from_sriov_cni(nl: &mut NetlinkSocket, pfi: u32, vf: &Vf, sysfs: &Sysfs) {
+    let before = vf_state(nl, pfi, vf, sysfs);
+    let info = nl.pf_vf_info(pfi, vf.index).unwrap();
+    let link = vf_netdev(nl, vf, sysfs);
+    let mac: sriov::netlink::MacAddr = "02:00:00:00:f0:01".parse().unwrap();
+    // What sriov-cni's ADD saves (LoadConf, FillOriginalVfInfo, SetupVF) and then does.
+    let orig = json!({
+        "HostIFName": link.name, "SpoofChk": info.spoof_check.unwrap_or(false),
+        "Trust": info.trust.unwrap_or(false), "AdminMAC": info.mac.to_string(),
+        "EffectiveMAC": link.mac.map(|m| m.to_string()), "Vlan": info.vlan, "VlanQoS": info.qos,
+        "VlanProto": 33024, "MinTxRate": info.min_tx_rate, "MaxTxRate": info.max_tx_rate,
+        "LinkState": 0, "MTU": link.mtu,
+    });
+    nl.set_vf_vlan(pfi, vf.index, 210, 3, Default::default())
+        .unwrap();
+    nl.set_vf_spoofchk(pfi, vf.index, false).unwrap();
+    nl.set_vf_trust(pfi, vf.index, true).unwrap();
+    nl.set_vf_mac(pfi, vf.index, mac).unwrap();
+    let pod = Netns::open("/var/run/netns/pc").unwrap();
+    nl.set_down(link.index).unwrap();
+    nl.move_to_netns(link.index, &pod).unwrap();
+    let mut in_pod = NetlinkSocket::new_in(&pod).unwrap();
+    let moved = in_pod.link_by_name(&link.name).unwrap().index;
+    in_pod.rename(moved, "net1").unwrap();
+    in_pod.set_mac(moved, mac).unwrap();
+    in_pod.set_mtu(moved, 1400).unwrap();
+    in_pod.set_up(moved).unwrap();
+    let nad = conf(
+        vf,
+        json!({"vlan": 210, "vlanQoS": 3, "spoofchk": "off", "trust": "on", "mac": mac.to_string()}),
+        None,
+    );
+    let mut cache = nad.clone();
+    cache["Master"] = json!(
+        sysfs
+            .list(&sysfs.pci_devices_dir().join(&vf.pci).join("physfn/net"))
+            .unwrap()
+            .unwrap()[0]
+    );
+    cache["VFID"] = json!(vf.index);
+    cache["MAC"] = json!(mac.to_string());
+    cache["OrigVfState"] = orig;
+    std::fs::create_dir_all(format!("{UPSTREAM_DIR}/pci")).unwrap();
+    std::fs::write(format!("{UPSTREAM_DIR}/cm-net1"), cache.to_string()).unwrap();
+    std::fs::write(
+        format!("{UPSTREAM_DIR}/pci/{}", vf.pci),
+        "/var/run/netns/pc",
+    )
+    .unwrap();
+    // Nobody else gets the VF meanwhile.
+    let (rc, res) = plugin("ADD", "cx", "pd", &conf(vf, json!({}), None));
+    assert_eq!((rc, res["code"].as_u64()), (1, Some(101)), "{res}");
+    let (rc, res) = plugin("DEL", "cm", "pc", &nad);
+    assert_eq!(rc, 0, "DEL of sriov-cni's attachment: {res}");
+    assert_eq!(
+        vf_state(nl, pfi, vf, sysfs),
+        before,
+        "restored from sriov-cni's record"
+    );
+    assert!(std::fs::read_dir(UPSTREAM_DIR)
+        .unwrap()
+        .all(|e| e.unwrap().path().is_dir()));
+    assert_eq!(
+        std::fs::read_dir(format!("{UPSTREAM_DIR}/pci"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(
+        plugin("DEL", "cm", "pc", &nad).0,
+        0,
+        "a second DEL is a no-op"
+    );
+    println!("cni-vm: migration from sriov-cni ok");
 }

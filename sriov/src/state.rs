@@ -1,6 +1,6 @@
 //! The CNI plugin's per-VF records, and the per-VF lock.
 //!
-//! Layout under the state folder (node-local `stateDir`, default `/var/lib/cni/sriov-rs`, owned
+//! Layout under the state folder (node-local `stateDir`, default `/run/sriov-rs/cni`, owned
 //! by root and writable by nobody else):
 //!
 //! - `vfs/<pci>.json` (folder 0700, files 0600): one [`VfRecord`] per VF handed to a pod: who owns
@@ -24,6 +24,10 @@ use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+
+/// Where records were kept before they moved into memory (tmpfs): [`StateDir::adopt`] takes
+/// those an older sriov-rs left for pods that still run.
+pub const PREVIOUS_STATE_DIR: &str = "/var/lib/cni/sriov-rs";
 
 /// Version of the record format, bumped on incompatible changes.
 pub const RECORD_FORMAT: u32 = 1;
@@ -160,6 +164,11 @@ pub struct VfRecord {
     /// from any point removes it.
     #[serde(default)]
     pub device_info_file: Option<PathBuf>,
+    /// Made from upstream sriov-cni's record of an attachment it made: only what sriov-cni saved
+    /// is restored (not the netdev's altnames, promiscuity or link state; its MTU only when
+    /// captured, i.e. not 0).
+    #[serde(default)]
+    pub upstream: bool,
 }
 
 /// The held lock of one VF; dropping it releases the lock.
@@ -235,6 +244,42 @@ impl StateDir {
         self.records.write_atomic(&probe, b"ok", 0o600)?;
         self.records.remove(&probe)?;
         Ok(())
+    }
+
+    /// Moves the records of another state folder (an older sriov-rs's, [`PREVIOUS_STATE_DIR`])
+    /// into this one, each under its VF's lock in both: pods that were running when the node was
+    /// upgraded keep their VFs, and their DEL finds the record. A record already here wins;
+    /// unreadable ones stay where they are. Returns how many moved (0 at once when `other` does
+    /// not exist).
+    pub fn adopt(&self, other: &Path) -> Result<usize> {
+        if other == self.root {
+            return Ok(0);
+        }
+        let Some(old) = StateDir::open_existing(other)? else {
+            return Ok(0);
+        };
+        let mut moved = 0;
+        for record in old.records()? {
+            let record = match record {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("not adopting a record of {}: {e}", other.display());
+                    continue;
+                }
+            };
+            let here = self.lock_vf(record.pci)?;
+            let _there = old.lock_vf(record.pci)?;
+            // Re-read under the locks: a DEL of the old version may have finished meanwhile.
+            let Some(current) = old.load(&record.pci)? else {
+                continue;
+            };
+            if self.load(&record.pci)?.is_none() {
+                self.save(&here, &current)?;
+                moved += 1;
+            }
+            old.records.remove(&record_name(&record.pci))?;
+        }
+        Ok(moved)
     }
 
     /// Removes temporary record files left by killed writers.
@@ -456,6 +501,7 @@ mod tests {
             }),
             orphaned: false,
             device_info_file: None,
+            upstream: false,
         }
     }
 
@@ -541,5 +587,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(state.remove_stale_temps().unwrap(), 1);
+    }
+
+    #[test]
+    fn records_of_the_previous_folder_are_adopted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = StateDir::open(&dir.path().join("old")).unwrap();
+        let new = StateDir::open(&dir.path().join("new")).unwrap();
+        let (a, b) = (record("0000:3b:02.0", "c1"), record("0000:3b:02.1", "c2"));
+        for r in [&a, &b] {
+            old.save(&old.lock_vf(r.pci).unwrap(), r).unwrap();
+        }
+        // A record already in the new folder wins.
+        let mut newer = b.clone();
+        newer.owner.container_id = "c3".into();
+        new.save(&new.lock_vf(b.pci).unwrap(), &newer).unwrap();
+        assert_eq!(new.adopt(old.root()).unwrap(), 1);
+        assert_eq!(new.load(&a.pci).unwrap().as_ref(), Some(&a));
+        assert_eq!(new.load(&b.pci).unwrap().unwrap().owner.container_id, "c3");
+        assert!(old.records().unwrap().is_empty());
+        assert_eq!(new.adopt(old.root()).unwrap(), 0);
+        assert_eq!(new.adopt(&dir.path().join("none")).unwrap(), 0);
     }
 }

@@ -163,49 +163,53 @@ impl Sysfs {
         }
     }
 
-    /// The device folder (canonical) that the netdev `ifname`'s `class/net` entry sits under:
-    /// the kernel links `class/net/IFNAME` to `<device folder>/net/IFNAME`, the same folder the
-    /// netdev's `device` link names. `None` when there is no such entry or it does not point into
-    /// a device's `net/` folder (virtual netdevs live under `devices/virtual/net`).
-    pub fn netdev_device_dir(&self, ifname: &str) -> Result<Option<PathBuf>> {
+    /// Where the symlink `path` points, resolved against its folder without following any link
+    /// on the way (sysfs links are relative: `../../devices/...`); `None` when it is no link.
+    pub fn link_target(&self, path: &Path) -> Result<Option<PathBuf>> {
         self.count();
-        let class = self.root.join("class/net");
-        let target = match fs::read_link(class.join(ifname)) {
+        let target = match fs::read_link(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::InvalidInput
+                ) =>
+            {
+                return Ok(None)
+            }
             Err(source) => {
                 return Err(SysfsError::Io {
-                    path: class.join(ifname),
+                    path: path.to_path_buf(),
                     source,
                 })
             }
         };
-        // Resolve the link's own `..` lexically: the entry it names may itself be a link (the
-        // labs' live netdevs), which must not be followed.
-        let mut entry = class.clone();
+        let mut out = path.parent().unwrap_or(Path::new("/")).to_path_buf();
         for part in target.components() {
             match part {
                 std::path::Component::ParentDir => {
-                    entry.pop();
+                    out.pop();
                 }
-                std::path::Component::Normal(p) => entry.push(p),
-                std::path::Component::RootDir => entry = PathBuf::from("/"),
+                std::path::Component::Normal(p) => out.push(p),
+                std::path::Component::RootDir => out = PathBuf::from("/"),
                 _ => {}
             }
         }
+        Ok(Some(out))
+    }
+
+    /// The device folder the netdev `ifname`'s `class/net` entry sits under: the kernel links
+    /// `class/net/IFNAME` to `<device folder>/net/IFNAME`, the folder the netdev's `device` link
+    /// names. `None` when there is no such entry or it is not in a device's `net/` folder
+    /// (virtual netdevs live under `devices/virtual/net`).
+    pub fn netdev_device_dir(&self, ifname: &str) -> Result<Option<PathBuf>> {
+        let Some(entry) = self.link_target(&self.root.join("class/net").join(ifname))? else {
+            return Ok(None);
+        };
         let net = entry
             .parent()
             .filter(|p| p.file_name() == Some("net".as_ref()));
-        let Some(device) = net.and_then(Path::parent) else {
-            return Ok(None);
-        };
-        Ok(fs::canonicalize(device).ok())
-    }
-
-    /// The canonical path of `path`, if it exists.
-    pub fn canonical(&self, path: &Path) -> Option<PathBuf> {
-        self.count();
-        fs::canonicalize(path).ok()
+        Ok(net.and_then(Path::parent).map(Path::to_path_buf))
     }
 
     /// Entry names of a folder, sorted; `None` when it does not exist.

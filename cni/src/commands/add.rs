@@ -23,6 +23,15 @@ pub fn add(ctx: &Ctx) -> Result<Value, CniError> {
     let devinfo = device_info::target(ctx)?;
     let (pci, lock) = crate::vf_select::select(ctx)?;
     ctx.remove_stale_temps();
+    if let Some(ns) = ctx.upstream_holder(&pci)? {
+        return Err(CniError::new(
+            ErrorCode::VfBusy,
+            format!(
+                "deviceID: VF {pci} is attached by sriov-cni to the live network namespace {}",
+                ns.display()
+            ),
+        ));
+    }
     let mut host = NetlinkSocket::new().map_err(netlink_err("open a netlink socket"))?;
 
     if let Some(old) = ctx.state.load(&pci).map_err(state_err)? {
@@ -118,6 +127,7 @@ pub fn add(ctx: &Ctx) -> Result<Value, CniError> {
         mtu_lock: None,
         orphaned: false,
         device_info_file: devinfo.as_ref().filter(|t| t.ours).map(|t| t.path.clone()),
+        upstream: false,
     };
     ctx.state.save(&lock, &record).map_err(state_err)?;
     tracing::debug!("VF {pci}: original state saved");

@@ -14,11 +14,14 @@ pub fn check(ctx: &Ctx) -> Result<Value, CniError> {
         .as_ref()
         .ok_or_else(|| CniError::config("prevResult: required for CHECK"))?;
     let (_ns, mut sock) = open_netns(env)?;
-    let record = ctx
+    let ours = ctx
         .state
         .find_owned(&env.container_id, &env.ifname)
-        .map_err(state_err)?
-        .ok_or_else(|| {
+        .map_err(state_err)?;
+    let record = match ours {
+        Some(r) => r,
+        // An attachment upstream sriov-cni made before the node switched.
+        None => upstream_record(ctx, &env.container_id, &env.ifname)?.ok_or_else(|| {
             CniError::new(
                 ErrorCode::ContainerUnknown,
                 format!(
@@ -26,7 +29,8 @@ pub fn check(ctx: &Ctx) -> Result<Value, CniError> {
                     env.container_id, env.ifname
                 ),
             )
-        })?;
+        })?,
+    };
     // Findings, not errors: each says what differs from what ADD set up.
     let mut problems: Vec<String> = Vec::new();
     let netns_path = env.netns.as_deref().unwrap_or(std::path::Path::new(""));
@@ -106,6 +110,30 @@ pub fn check(ctx: &Ctx) -> Result<Value, CniError> {
             format!("CHECK failed: {}", problems.join("; ")),
         ))
     }
+}
+
+/// Our view of the attachment upstream sriov-cni made for this container, if it made one.
+fn upstream_record(
+    ctx: &Ctx,
+    container_id: &str,
+    ifname: &str,
+) -> Result<Option<sriov::state::VfRecord>, CniError> {
+    let Some(up) = ctx.upstream()? else {
+        return Ok(None);
+    };
+    let Some(a) = up.attachment(container_id, ifname)? else {
+        return Ok(None);
+    };
+    let allocation = up.allocation(&a.device)?;
+    super::release::upstream_record(
+        ctx,
+        &a,
+        container_id,
+        ifname,
+        ctx.env.netns.as_deref(),
+        allocation,
+    )
+    .map_err(super::attach_err(&a.device))
 }
 
 /// The VF's PF-side settings against the knobs the config sets.

@@ -2,7 +2,9 @@
 //! already back, the record is missing or `CNI_NETNS` is empty; never touches a VF that another
 //! attachment owns now; drops the record only once the VF is clean.
 
-use super::release::{release, Problem, Problems, Whereabouts, NETDEV_RETURN_WAIT};
+use super::release::{
+    release, release_upstream, Problem, Problems, Whereabouts, NETDEV_RETURN_WAIT,
+};
 use super::{state_err, Ctx};
 use crate::spec::CniError;
 use serde_json::Value;
@@ -26,6 +28,28 @@ pub fn del(ctx: &Ctx) -> Result<Value, CniError> {
         };
         if let Err(p) = release(ctx, &record, &lock, at) {
             problems.extend(p);
+        }
+    } else {
+        // An attachment upstream sriov-cni made before the node switched to this plugin.
+        match ctx.upstream() {
+            Ok(Some(up)) => match up.attachment(&env.container_id, &env.ifname) {
+                Ok(Some(a)) => {
+                    if let Err(p) = release_upstream(
+                        ctx,
+                        &up,
+                        &a,
+                        &env.container_id,
+                        &env.ifname,
+                        env.netns.as_deref(),
+                    ) {
+                        problems.extend(p);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => problems.push(Problem::Other(e)),
+            },
+            Ok(None) => {}
+            Err(e) => problems.push(Problem::Other(e)),
         }
     }
     // IPAM DEL always (it is idempotent too): a record dropped by a successful restore whose IPAM

@@ -1,7 +1,7 @@
 //! GC: release the VF and IPAM allocation of every attachment of this network that is not in
 //! `cni.dev/valid-attachments`.
 
-use super::release::{release, Problem, Problems, Whereabouts};
+use super::release::{release, release_upstream, Problem, Problems, Whereabouts};
 use super::{state_err, Ctx};
 use crate::spec::CniError;
 use serde_json::Value;
@@ -84,9 +84,49 @@ pub fn gc(ctx: &Ctx) -> Result<Value, CniError> {
             problems.extend(p);
         }
     }
+    // Attachments upstream sriov-cni made before the node switched (`<container id>-<ifname>`).
+    match ctx.upstream() {
+        Ok(Some(up)) => gc_upstream(ctx, &up, &valid, &mut problems),
+        Ok(None) => {}
+        Err(e) => problems.push(Problem::Other(e)),
+    }
     if problems.is_empty() {
         Ok(Value::Null)
     } else {
         Err(problems.into_error("GC: "))
+    }
+}
+
+/// GC of the attachments upstream sriov-cni made for this network.
+fn gc_upstream(
+    ctx: &Ctx,
+    up: &crate::upstream::UpstreamState,
+    valid: &[(String, String)],
+    problems: &mut Problems,
+) {
+    let attachments = up.attachments().unwrap_or_else(|e| {
+        problems.push(Problem::Other(e));
+        Vec::new()
+    });
+    for a in attachments {
+        if a.network != ctx.conf.name || valid.iter().any(|(c, i)| a.file == format!("{c}-{i}")) {
+            continue;
+        }
+        // Runtimes' container IDs have no '-': the first one ends it.
+        let Some((cid, ifname)) = a.file.split_once('-') else {
+            continue;
+        };
+        tracing::info!(
+            "GC: releasing VF {} that sriov-cni attached to container {cid} ({ifname})",
+            a.device
+        );
+        if a.ipam {
+            if let Err(e) = ctx.ipam_del(cid, ifname, None) {
+                problems.push(Problem::Ipam(e));
+            }
+        }
+        if let Err(p) = release_upstream(ctx, up, &a, cid, ifname, None) {
+            problems.extend(p);
+        }
     }
 }

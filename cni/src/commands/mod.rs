@@ -63,6 +63,18 @@ impl Ctx {
         };
         let state = StateDir::open(&node.state_dir)
             .map_err(|e| CniError::new(code, format!("stateDir ({}): {e}", node.describe())))?;
+        // Pods attached by an older sriov-rs (records on disk) keep their VFs across the upgrade.
+        match state.adopt(std::path::Path::new(sriov::state::PREVIOUS_STATE_DIR)) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                "adopted {n} record(s) of an older sriov-rs from {}",
+                sriov::state::PREVIOUS_STATE_DIR
+            ),
+            Err(e) => tracing::warn!(
+                "cannot adopt the records in {}: {e}",
+                sriov::state::PREVIOUS_STATE_DIR
+            ),
+        }
         Ok(Ctx {
             state,
             sysfs: Sysfs::new(&node.sysfs_root),
@@ -94,6 +106,24 @@ impl Ctx {
             Some(call) => call.run("DEL", container_id, ifname, netns).map(|_| ()),
             None => Ok(()),
         }
+    }
+
+    /// Upstream sriov-cni's data folder, if this node has one (attachments made before the
+    /// switch).
+    pub fn upstream(&self) -> Result<Option<crate::upstream::UpstreamState>, CniError> {
+        crate::upstream::UpstreamState::open(&self.node.upstream_state_dir)
+    }
+
+    /// The live network namespace upstream sriov-cni says holds `pci`, if any (its allocation
+    /// file names one that still exists).
+    pub fn upstream_holder(
+        &self,
+        pci: &sriov::names::PciAddress,
+    ) -> Result<Option<std::path::PathBuf>, CniError> {
+        let Some(up) = self.upstream()? else {
+            return Ok(None);
+        };
+        Ok(up.allocation(pci)?.filter(|ns| Netns::open(ns).is_ok()))
     }
 
     /// Removes temporary record files left by killed calls (their writer's PID is gone).

@@ -9,11 +9,13 @@
 use super::{attach_code, Ctx};
 use crate::fault;
 use crate::spec::{CniError, ErrorCode};
+use crate::upstream::{UpstreamAttachment, UpstreamState};
 use sriov::names::PciAddress;
 use sriov::netlink::{NetlinkSocket, Netns};
 use sriov::owned_dir::FileError;
-use sriov::state::{StateError, VfLock, VfRecord};
+use sriov::state::{Attached, Owner, StateError, VfLock, VfRecord};
 use sriov::vf_attach::{self, AttachError};
+use std::path::Path;
 use std::time::Duration;
 
 /// Something DEL, GC or a rollback could not do.
@@ -42,16 +44,27 @@ pub(crate) enum Problem {
     },
     #[error("{0}")]
     Ipam(CniError),
+    /// A step that already has its CNI error (reading sriov-cni's files).
+    #[error("{0}")]
+    Other(CniError),
+    /// sriov-cni's files of an attachment taken over.
+    #[error("sriov-cni's record {file}: {error}")]
+    Upstream {
+        file: String,
+        #[source]
+        error: FileError,
+    },
 }
 
 impl Problem {
     fn code(&self) -> ErrorCode {
         match self {
             Problem::Restore { error, .. } => attach_code(error),
-            Problem::State { .. } | Problem::Record(_) | Problem::DeviceInfo { .. } => {
-                ErrorCode::Io
-            }
-            Problem::Ipam(e) => e.code,
+            Problem::State { .. }
+            | Problem::Record(_)
+            | Problem::DeviceInfo { .. }
+            | Problem::Upstream { .. } => ErrorCode::Io,
+            Problem::Ipam(e) | Problem::Other(e) => e.code,
         }
     }
 }
@@ -182,4 +195,110 @@ pub(crate) fn release(
             .map(|error| Problem::Restore { pci, error }),
     );
     Err(problems)
+}
+
+/// Our record of an attachment upstream sriov-cni made, read against the node as it is now: the
+/// VF's PF and drivers from sysfs, whether the PF reports VF settings at all, and the VF's
+/// ifindex in the pod (sriov-cni kept none) when the pod still has it under `ifname`. `None` when
+/// the VF no longer exists (nothing left to restore).
+pub(crate) fn upstream_record(
+    ctx: &Ctx,
+    a: &UpstreamAttachment,
+    container_id: &str,
+    ifname: &str,
+    netns: Option<&Path>,
+    allocation: Option<std::path::PathBuf>,
+) -> Result<Option<VfRecord>, AttachError> {
+    let loc = match vf_attach::locate(&ctx.sysfs, a.device) {
+        Ok(l) => l,
+        Err(AttachError::Invalid(why)) => {
+            tracing::warn!("VF {}: sriov-cni's attachment left: {why}", a.device);
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut host = NetlinkSocket::new().map_err(AttachError::netlink("open a netlink socket"))?;
+    let pf_name = (!a.master.is_empty())
+        .then(|| a.master.clone())
+        .or(loc.pf_name.clone());
+    let pf_index = pf_name
+        .as_deref()
+        .and_then(|n| host.link_by_name(n).ok())
+        .map(|l| l.index);
+    let owner = Owner {
+        network: a.network.clone(),
+        container_id: container_id.to_string(),
+        ifname: ifname.to_string(),
+        netns: allocation.or_else(|| netns.map(Path::to_path_buf)),
+    };
+    let mut record = a.record(
+        owner,
+        loc.pf_pci,
+        pf_index,
+        loc.pf_driver.clone(),
+        loc.driver.clone(),
+    );
+    // A PF that reports no VF settings (a stand-in) has none to restore.
+    if pf_index.is_none_or(|p| host.pf_vf_info(p, a.vf_id).is_err()) {
+        record.original.pf_side = None;
+    }
+    if let Some(ns) = Whereabouts::open(netns, &record) {
+        let pci = a.device.to_string();
+        let link = NetlinkSocket::new_in(&ns)
+            .and_then(|mut s| s.link_by_name(ifname))
+            .ok()
+            .filter(|l| l.parent_dev.as_deref().is_none_or(|p| p == pci));
+        if let Some(l) = link {
+            record.attached = Some(Attached {
+                pod_ifindex: Some(l.index),
+                rebound_ifindex: None,
+                result: None,
+                device_info_file: None,
+            });
+        }
+    }
+    Ok(Some(record))
+}
+
+/// Releases an attachment upstream sriov-cni made, through [`release`], then removes its files
+/// as sriov-cni's own DEL would. A VF that is ours now (attached again since) is left alone: only
+/// sriov-cni's stale files go.
+pub(crate) fn release_upstream(
+    ctx: &Ctx,
+    up: &UpstreamState,
+    a: &UpstreamAttachment,
+    container_id: &str,
+    ifname: &str,
+    netns: Option<&Path>,
+) -> Result<(), Problems> {
+    let pci = a.device;
+    let state = |error| Problems(vec![Problem::State { pci, error }]);
+    let lock = ctx.state.lock_vf(pci).map_err(state)?;
+    let ours = ctx.state.load(&pci).map_err(state)?;
+    if ours.is_none() {
+        let allocation = up
+            .allocation(&pci)
+            .map_err(|e| Problems(vec![Problem::Other(e)]))?;
+        let record = upstream_record(ctx, a, container_id, ifname, netns, allocation)
+            .map_err(|error| Problems(vec![Problem::Restore { pci, error }]))?;
+        if let Some(record) = record {
+            let pod_ns = Whereabouts::open(netns, &record);
+            let at = Whereabouts {
+                wait: if pod_ns.is_some() {
+                    Duration::ZERO
+                } else {
+                    NETDEV_RETURN_WAIT
+                },
+                pod_ns: pod_ns.as_ref(),
+            };
+            release(ctx, &record, &lock, at)?;
+            tracing::info!("VF {pci}: restored from sriov-cni's record {}", a.file);
+        }
+    }
+    up.remove(a).map_err(|error| {
+        Problems(vec![Problem::Upstream {
+            file: a.file.clone(),
+            error,
+        }])
+    })
 }

@@ -481,12 +481,12 @@ pub fn check_daemon_set(ds: &DaemonSet, e: &Expect) {
             "hostPath:/var/run/netns:DirectoryOrCreate".into(),
         ),
         (
-            "/var/lib/cni/sriov-rs",
+            "/run/sriov-rs/cni",
             format!(
                 "hostPath:{}:DirectoryOrCreate",
                 serde_json::from_str::<Value>(&e.cni_settings).unwrap()["stateDir"]
                     .as_str()
-                    .unwrap_or("/var/lib/cni/sriov-rs")
+                    .unwrap_or("/run/sriov-rs/cni")
             ),
         ),
         ("/run/sriov-rs", "emptyDir:Memory".into()),
@@ -517,7 +517,7 @@ pub fn check_daemon_set(ds: &DaemonSet, e: &Expect) {
         "/var/lib/kubelet/device-plugins",
         "/var/lib/kubelet/plugins_registry",
         "/host/sys",
-        "/var/lib/cni/sriov-rs",
+        "/run/sriov-rs/cni",
     ] {
         assert_ne!(mount(rw).read_only, Some(true), "{}", at(rw));
     }

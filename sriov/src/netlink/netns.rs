@@ -29,15 +29,22 @@ use nix::sys::statfs::{fstatfs, NSFS_MAGIC};
 
 use super::error::{NetlinkError, Result};
 
-/// Whether this process has exactly one thread (`/proc/self/stat`, field 20).
+/// Whether this process had exactly one thread when first asked (`/proc/self/stat`, field 20).
+///
+/// Asked once: a process that starts with one thread (the CNI plugin) may enter namespaces on it
+/// for good, since a thread started later never sees the switch (namespaces are per thread);
+/// a process with several threads from the start (the daemon's runtime) never does.
 fn is_single_threaded() -> bool {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return false;
-    };
-    // The command name (field 2) is in parentheses and may contain spaces.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(17))
-        .is_some_and(|n| n == "1")
+    static SINGLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SINGLE.get_or_init(|| {
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+            return false;
+        };
+        // The command name (field 2) is in parentheses and may contain spaces.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(17))
+            .is_some_and(|n| n == "1")
+    })
 }
 
 /// An opened network namespace.

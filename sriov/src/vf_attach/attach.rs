@@ -159,11 +159,21 @@ pub fn snapshot(
     Ok((original, pf_link))
 }
 
+/// `on` / `off`, as the network config spells it.
+pub(crate) fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
+    }
+}
+
 /// Runs one PF-side request, retrying while the driver is busy (some drivers answer `EBUSY` to
 /// parallel VF changes on one PF); a refusal becomes [`AttachError::Setting`].
 pub(crate) fn pf_op(
     loc: &VfLocation,
     setting: &'static str,
+    value: impl std::fmt::Display,
     mut op: impl FnMut() -> crate::netlink::Result<()>,
 ) -> Result<(), AttachError> {
     let mut delay = Duration::from_millis(2);
@@ -177,20 +187,23 @@ pub(crate) fn pf_op(
                     delay *= 2;
                     continue;
                 }
+                let value = value.to_string();
                 return Err(match (e, errno) {
                     (NetlinkError::VfSetting { error, .. }, _) => AttachError::Setting {
                         setting,
+                        value,
                         driver: loc.pf_driver_name(),
                         errno: error.errno,
                         ext_ack: error.ext_ack,
                     },
                     (NetlinkError::Kernel { errno, ext_ack, .. }, _) => AttachError::Setting {
                         setting,
+                        value,
                         driver: loc.pf_driver_name(),
                         errno,
                         ext_ack,
                     },
-                    (other, _) => AttachError::netlink(setting)(other),
+                    (other, _) => AttachError::netlink(format!("{setting} {value}"))(other),
                 });
             }
         }
@@ -228,12 +241,42 @@ pub fn attach(
 
     if let Some((id, qos, proto)) = pf.vlan {
         let p = pf_index.ok_or_else(|| no_pf("vlan"))?;
-        pf_op(loc, "vlan", || host.set_vf_vlan(p, vf, id, qos, proto))?;
+        // A driver without 802.1ad says so with EPROTONOSUPPORT: name the key that asked for it.
+        pf_op(loc, "vlan", id, || host.set_vf_vlan(p, vf, id, qos, proto)).map_err(
+            |e| match e {
+                AttachError::Setting {
+                    driver,
+                    errno: Errno::EPROTONOSUPPORT,
+                    ext_ack,
+                    ..
+                } => AttachError::Setting {
+                    setting: "vlanProto",
+                    value: proto.to_string(),
+                    driver,
+                    errno: Errno::EPROTONOSUPPORT,
+                    ext_ack,
+                },
+                AttachError::Setting {
+                    setting,
+                    driver,
+                    errno,
+                    ext_ack,
+                    ..
+                } if qos != 0 => AttachError::Setting {
+                    setting,
+                    value: format!("{id} (vlanQoS {qos})"),
+                    driver,
+                    errno,
+                    ext_ack,
+                },
+                other => other,
+            },
+        )?;
         checkpoint(Step::Vlan);
     }
     if let Some(mac) = pf.mac {
         if let Some(p) = pf_index {
-            match pf_op(loc, "mac", || host.set_vf_mac(p, vf, mac)) {
+            match pf_op(loc, "mac", mac, || host.set_vf_mac(p, vf, mac)) {
                 Ok(()) => out.admin_mac = true,
                 Err(e) if e.errno() == Some(Errno::EOPNOTSUPP) => {
                     tracing::info!(
@@ -258,27 +301,35 @@ pub fn attach(
         } else {
             cur_min
         };
-        pf_op(loc, "max_tx_rate", || host.set_vf_rate(p, vf, min, max))?;
+        pf_op(loc, "max_tx_rate", max, || {
+            host.set_vf_rate(p, vf, min, max)
+        })?;
         checkpoint(Step::MaxTxRate);
     }
     if let Some(min) = pf.min_tx_rate {
         let p = pf_index.ok_or_else(|| no_pf("min_tx_rate"))?;
-        pf_op(loc, "min_tx_rate", || host.set_vf_rate(p, vf, min, new_max))?;
+        pf_op(loc, "min_tx_rate", min, || {
+            host.set_vf_rate(p, vf, min, new_max)
+        })?;
         checkpoint(Step::MinTxRate);
     }
     if let Some(on) = pf.spoof_check {
         let p = pf_index.ok_or_else(|| no_pf("spoofchk"))?;
-        pf_op(loc, "spoofchk", || host.set_vf_spoofchk(p, vf, on))?;
+        pf_op(loc, "spoofchk", on_off(on), || {
+            host.set_vf_spoofchk(p, vf, on)
+        })?;
         checkpoint(Step::SpoofCheck);
     }
     if let Some(on) = pf.trust {
         let p = pf_index.ok_or_else(|| no_pf("trust"))?;
-        pf_op(loc, "trust", || host.set_vf_trust(p, vf, on))?;
+        pf_op(loc, "trust", on_off(on), || host.set_vf_trust(p, vf, on))?;
         checkpoint(Step::Trust);
     }
     if let Some(state) = pf.link_state {
         let p = pf_index.ok_or_else(|| no_pf("link_state"))?;
-        pf_op(loc, "link_state", || host.set_vf_link_state(p, vf, state))?;
+        pf_op(loc, "link_state", state, || {
+            host.set_vf_link_state(p, vf, state)
+        })?;
         checkpoint(Step::LinkState);
     }
 

@@ -44,6 +44,52 @@ pub fn temp_name(pci: &PciAddress) -> String {
     )
 }
 
+/// The PCI routing id (bus, device, function) the SR-IOV capability counts VFs in.
+fn routing_id(p: &PciAddress) -> u32 {
+    (u32::from(p.bus) << 8) | (u32::from(p.device) << 3) | u32::from(p.function)
+}
+
+/// The VF's index on its PF: the `virtfnN` link that points back at it. Found by the kernel's
+/// own formula (VF routing id = PF's + `sriov_offset` + N × `sriov_stride`) and one link read,
+/// or, if the PF does not show those, by reading its links in turn (a PF may have 256).
+fn vf_index(
+    sysfs: &Sysfs,
+    pf_dir: &std::path::Path,
+    pf_pci: PciAddress,
+    pci: PciAddress,
+) -> Result<Option<u32>, AttachError> {
+    let pci_text = pci.to_string();
+    let points_here = |i: u32| -> Result<bool, AttachError> {
+        Ok(sysfs
+            .link_name(&pf_dir.join(format!("virtfn{i}")))?
+            .as_deref()
+            == Some(pci_text.as_str()))
+    };
+    let offset = sysfs.read_int::<u32>(&pf_dir.join("sriov_offset")).ok();
+    let stride = sysfs.read_int::<u32>(&pf_dir.join("sriov_stride")).ok();
+    if let (Some(offset), Some(stride)) = (offset, stride.filter(|s| *s > 0)) {
+        let first = routing_id(&pf_pci) + offset;
+        let rid = routing_id(&pci);
+        if pci.domain == pf_pci.domain && rid >= first && (rid - first).is_multiple_of(stride) {
+            let i = (rid - first) / stride;
+            if points_here(i)? {
+                return Ok(Some(i));
+            }
+        }
+    }
+    for i in sysfs
+        .list(pf_dir)?
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| n.strip_prefix("virtfn")?.parse::<u32>().ok())
+    {
+        if points_here(i)? {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
+}
+
 /// Reads the VF's place from sysfs.
 pub fn locate(sysfs: &Sysfs, pci: PciAddress) -> Result<VfLocation, AttachError> {
     let dir = sysfs.pci_device(&pci);
@@ -61,25 +107,11 @@ pub fn locate(sysfs: &Sysfs, pci: PciAddress) -> Result<VfLocation, AttachError>
     let pf_pci = PciAddress::parse(&pf_name)
         .map_err(|e| AttachError::Invalid(format!("deviceID: its physfn link is odd: {e}")))?;
     let pf_dir = sysfs.pci_device(&pf_pci);
-    let pci_text = pci.to_string();
-    let vf_index = sysfs
-        .list(&pf_dir)?
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|n| n.strip_prefix("virtfn")?.parse::<u32>().ok())
-        .find(|i| {
-            sysfs
-                .link_name(&pf_dir.join(format!("virtfn{i}")))
-                .ok()
-                .flatten()
-                .as_deref()
-                == Some(pci_text.as_str())
-        })
-        .ok_or_else(|| {
-            AttachError::Invalid(format!(
-                "deviceID: its PF {pf_pci} has no virtfn link back to it"
-            ))
-        })?;
+    let vf_index = vf_index(sysfs, &pf_dir, pf_pci, pci)?.ok_or_else(|| {
+        AttachError::Invalid(format!(
+            "deviceID: its PF {pf_pci} has no virtfn link back to it"
+        ))
+    })?;
     Ok(VfLocation {
         pci,
         pf_pci,
@@ -121,6 +153,17 @@ mod tests {
         symlink("../0000:3b:02.1", pf.join("virtfn1")).unwrap();
         symlink("../../../drivers/i40e", pf.join("driver")).unwrap();
         let sysfs = Sysfs::new(dir.path());
+        let loc = locate(&sysfs, PciAddress::parse("0000:3b:02.1").unwrap()).unwrap();
+        assert_eq!(loc.vf_index, 1);
+        // With the SR-IOV capability's offset and stride, the index is computed, then checked.
+        std::fs::write(pf.join("sriov_offset"), "16\n").unwrap();
+        std::fs::write(pf.join("sriov_stride"), "1\n").unwrap();
+        let before = sysfs.reads();
+        let loc = locate(&sysfs, PciAddress::parse("0000:3b:02.1").unwrap()).unwrap();
+        assert_eq!(loc.vf_index, 1);
+        assert!(sysfs.reads() - before < 12, "no scan of the PF's links");
+        // A lying stride falls back to the links.
+        std::fs::write(pf.join("sriov_stride"), "2\n").unwrap();
         let loc = locate(&sysfs, PciAddress::parse("0000:3b:02.1").unwrap()).unwrap();
         assert_eq!(loc.vf_index, 1);
         assert_eq!(loc.pf_name.as_deref(), Some("ens1f0"));

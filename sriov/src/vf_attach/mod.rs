@@ -108,11 +108,14 @@ impl Step {
 /// caller puts it in front once, at its boundary (`VF 0000:3b:02.1: ...`).
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    /// The PF driver refused a per-VF knob, e.g. `min_tx_rate: the igb driver rejects it (EINVAL)`.
-    #[error("{setting}: the {driver} driver {} ({errno:?}){}", setting_hint(*errno), ext(ext_ack))]
+    /// The PF driver refused a per-VF knob, naming the key and the value, e.g.
+    /// `min_tx_rate 10: the igb driver rejects it (EINVAL)`.
+    #[error("{setting} {value}: the {driver} driver {} ({errno:?}){}", setting_hint(*errno), ext(ext_ack))]
     Setting {
-        /// The netconf field (`vlan`, `mac`, `min_tx_rate`, ...).
+        /// The netconf field (`vlan`, `vlanProto`, `mac`, `min_tx_rate`, ...).
         setting: &'static str,
+        /// The value asked for, as the network config spells it.
+        value: String,
         /// The PF's driver.
         driver: String,
         errno: Errno,
@@ -140,7 +143,7 @@ pub enum AttachError {
 }
 
 impl AttachError {
-    pub(crate) fn netlink(step: impl Into<String>) -> impl FnOnce(NetlinkError) -> AttachError {
+    pub fn netlink(step: impl Into<String>) -> impl FnOnce(NetlinkError) -> AttachError {
         let step = step.into();
         move |source| AttachError::Netlink { step, source }
     }
@@ -183,23 +186,25 @@ mod tests {
     fn setting_errors_read_like_the_issue() {
         let e = AttachError::Setting {
             setting: "min_tx_rate",
+            value: "10".into(),
             driver: "igb".into(),
             errno: Errno::EINVAL,
             ext_ack: None,
         };
         assert_eq!(
             e.to_string(),
-            "min_tx_rate: the igb driver rejects it (EINVAL)"
+            "min_tx_rate 10: the igb driver rejects it (EINVAL)"
         );
         let e = AttachError::Setting {
             setting: "vlan",
+            value: "100".into(),
             driver: "veth".into(),
             errno: Errno::EOPNOTSUPP,
             ext_ack: None,
         };
         assert_eq!(
             e.to_string(),
-            "vlan: the veth driver does not support it (EOPNOTSUPP)"
+            "vlan 100: the veth driver does not support it (EOPNOTSUPP)"
         );
         assert_eq!(e.errno(), Some(Errno::EOPNOTSUPP));
     }

@@ -12,7 +12,7 @@
 //! Every step is idempotent (it compares with the saved state first), so a restore killed at any
 //! point and run again finishes the job.
 
-use super::attach::{bind_driver, pf_op};
+use super::attach::{bind_driver, on_off, pf_op};
 use super::locate::{temp_name, VfLocation};
 use super::AttachError;
 use crate::discovery::USERSPACE_DRIVERS;
@@ -210,13 +210,15 @@ pub fn restore(
             down,
         );
         let mac = saved.mac.filter(|m| link.mac != Some(*m));
-        let r = mac.map(|m| host.set_mac(link.index, m));
+        let r = mac.map(|m| set_netdev_mac(host, record, link.index, m));
         let what = || format!("restore MAC {}", mac.unwrap_or_default());
         note(&mut report, cp, RestoreStep::Mac, what, r);
-        let mtu = (link.mtu != saved.mtu).then(|| host.set_mtu(link.index, saved.mtu));
+        // 0: not captured (records made from upstream sriov-cni's).
+        let mtu =
+            (saved.mtu != 0 && link.mtu != saved.mtu).then(|| host.set_mtu(link.index, saved.mtu));
         let what = || format!("restore MTU {}", saved.mtu);
         note(&mut report, cp, RestoreStep::Mtu, what, mtu);
-        let promisc = (link.promisc != saved.promisc)
+        let promisc = (!record.upstream && link.promisc != saved.promisc)
             .then(|| host.set_promiscuity(link.index, saved.promisc));
         let what = || "restore promiscuous mode".to_string();
         note(&mut report, cp, RestoreStep::Promisc, what, promisc);
@@ -236,11 +238,14 @@ pub fn restore(
         };
         let what = || format!("rename {} back to {}", link.name, saved.name);
         note(&mut report, cp, RestoreStep::Rename, what, rename);
-        // Altnames: exactly the saved ones.
-        let current = host
-            .link_by_index(link.index)
-            .map(|l| l.altnames)
-            .unwrap_or_default();
+        // Altnames: exactly the saved ones (sriov-cni saved none: leave them).
+        let current = if record.upstream {
+            saved.altnames.clone()
+        } else {
+            host.link_by_index(link.index)
+                .map(|l| l.altnames)
+                .unwrap_or_default()
+        };
         for alt in current.iter().filter(|a| !saved.altnames.contains(a)) {
             if let Err(e) = host.del_altname(link.index, alt) {
                 report
@@ -262,14 +267,18 @@ pub fn restore(
         let what = || format!("set {} up", saved.name);
         note(&mut report, checkpoint, RestoreStep::Up, what, up);
         // igb records a MAC the VF sets on itself as the VF's MAC in IFLA_VF_MAC: after the
-        // netdev MAC went back, put the PF's view back too (e.g. 00:00:00:00:00:00).
+        // netdev MAC went back, put the PF's view back too (e.g. 00:00:00:00:00:00). A saved
+        // non-zero MAC is set again in any case: whether it was administrative (an operator's,
+        // enforced) or only recorded, igb does not tell, and a MAC clearing may have dropped an
+        // operator's pin while the netdev's MAC went back.
         if let (Some(saved), Some(pf_index)) = (&original.pf_side, original.pf.ifindex) {
             if let Ok(now) = host.pf_vf_info(pf_index, original.vf_index) {
-                if now.mac != saved.mac {
+                if now.mac != saved.mac || !saved.mac.is_zero() {
                     let loc = location(record);
                     let vf = original.vf_index;
-                    if let Err(e) = pf_op(&loc, "mac", || host.set_vf_mac(pf_index, vf, saved.mac))
-                    {
+                    if let Err(e) = pf_op(&loc, "mac", saved.mac, || {
+                        host.set_vf_mac(pf_index, vf, saved.mac)
+                    }) {
                         report.errors.push(e);
                     }
                 }
@@ -278,6 +287,32 @@ pub fn restore(
         }
     }
     report
+}
+
+/// Sets the VF netdev's MAC back. Drivers that refuse a VF's own MAC change while the PF holds
+/// an admin MAC for it and trust is off (igbvf: `EADDRNOTAVAIL`; the admin MAC may predate the
+/// attachment, set by an operator or left by sriov-cni's DEL) get the admin MAC cleared for the
+/// change; the PF-MAC step that follows puts the saved admin MAC back.
+fn set_netdev_mac(
+    host: &mut NetlinkSocket,
+    record: &VfRecord,
+    index: u32,
+    mac: crate::netlink::MacAddr,
+) -> crate::netlink::Result<()> {
+    let first = host.set_mac(index, mac);
+    let (Err(e), Some(pf), Some(_)) =
+        (&first, record.original.pf.ifindex, &record.original.pf_side)
+    else {
+        return first;
+    };
+    if e.errno() != Some(crate::netlink::Errno::EADDRNOTAVAIL) {
+        return first;
+    }
+    let vf = record.original.vf_index;
+    if host.set_vf_mac(pf, vf, Default::default()).is_err() {
+        return first;
+    }
+    host.set_mac(index, mac)
 }
 
 /// Records the error of a step that ran (`r` is `None` when there was nothing to do) and reports
@@ -451,24 +486,29 @@ fn restore_pf_side(
     };
     if let Some(state) = saved.link_state {
         if now.link_state != Some(state) {
-            check(pf_op(&loc, "link_state", || {
+            check(pf_op(&loc, "link_state", state, || {
                 host.set_vf_link_state(p, vf, state)
             }));
         }
     }
     if (now.min_tx_rate, now.max_tx_rate) != (saved.min_tx_rate, saved.max_tx_rate) {
-        check(pf_op(&loc, "min_tx_rate/max_tx_rate", || {
+        let rates = format!("{}/{}", saved.min_tx_rate, saved.max_tx_rate);
+        check(pf_op(&loc, "min_tx_rate/max_tx_rate", rates, || {
             host.set_vf_rate(p, vf, saved.min_tx_rate, saved.max_tx_rate)
         }));
     }
     if let Some(on) = saved.spoof_check {
         if now.spoof_check != Some(on) {
-            check(pf_op(&loc, "spoofchk", || host.set_vf_spoofchk(p, vf, on)));
+            check(pf_op(&loc, "spoofchk", on_off(on), || {
+                host.set_vf_spoofchk(p, vf, on)
+            }));
         }
     }
     if let Some(on) = saved.trust {
         if now.trust != Some(on) {
-            check(pf_op(&loc, "trust", || host.set_vf_trust(p, vf, on)));
+            check(pf_op(&loc, "trust", on_off(on), || {
+                host.set_vf_trust(p, vf, on)
+            }));
         }
     }
     if (now.vlan, now.qos, now.vlan_proto) != (saved.vlan, saved.qos, saved.vlan_proto) {
@@ -478,12 +518,14 @@ fn restore_pf_side(
         } else {
             saved.vlan_proto
         };
-        check(pf_op(&loc, "vlan", || {
+        check(pf_op(&loc, "vlan", saved.vlan, || {
             host.set_vf_vlan(p, vf, saved.vlan, saved.qos, proto)
         }));
     }
     if now.mac != saved.mac {
-        check(pf_op(&loc, "mac", || host.set_vf_mac(p, vf, saved.mac)));
+        check(pf_op(&loc, "mac", saved.mac, || {
+            host.set_vf_mac(p, vf, saved.mac)
+        }));
     }
 }
 

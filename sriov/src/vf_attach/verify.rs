@@ -38,7 +38,7 @@ pub(crate) fn check_netdev(
         (Some(_), _) => {}
         (None, _) => {
             let theirs = sysfs.netdev_device_dir(name)?;
-            let ours = sysfs.canonical(&sysfs.pci_device(&loc.pci));
+            let ours = sysfs.link_target(&sysfs.pci_device(&loc.pci))?;
             if theirs.is_none() || theirs != ours {
                 return Err(AttachError::Invalid(format!(
                     "deviceID: netdev {name} is not this VF's: it has no parent device and sysfs {}",
