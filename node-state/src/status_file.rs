@@ -19,9 +19,10 @@ pub enum StatusFileError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: not a node status: {source}")]
+    #[error("{path}: not a {what}: {source}")]
     Parse {
         path: PathBuf,
+        what: &'static str,
         #[source]
         source: serde_json::Error,
     },
@@ -37,6 +38,23 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StatusFileError + '_ 
 /// Replaces `path` with `status` atomically (the folder must exist). The file is world-readable
 /// (0644): the sidecar runs as another user.
 pub fn write(path: &Path, status: &SriovNodeStateStatus) -> Result<(), StatusFileError> {
+    write_json(path, status, NODE_STATUS)
+}
+
+/// The status in `path`; `None` while the file does not exist.
+pub fn read(path: &Path) -> Result<Option<SriovNodeStateStatus>, StatusFileError> {
+    read_json(path, NODE_STATUS)
+}
+
+const NODE_STATUS: &str = "node status";
+
+/// [`write`] for any hand-over file (e.g. the DRA devices, [`crate::dra::DraDevices`]); `what`
+/// names its content in errors.
+pub fn write_json<T: serde::Serialize>(
+    path: &Path,
+    value: &T,
+    what: &'static str,
+) -> Result<(), StatusFileError> {
     use std::os::unix::fs::OpenOptionsExt;
     let name = path.file_name().ok_or_else(|| StatusFileError::Io {
         path: path.to_path_buf(),
@@ -47,8 +65,9 @@ pub fn write(path: &Path, status: &SriovNodeStateStatus) -> Result<(), StatusFil
     tmp_name.push(name);
     tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
-    let body = serde_json::to_vec(status).map_err(|source| StatusFileError::Parse {
+    let body = serde_json::to_vec(value).map_err(|source| StatusFileError::Parse {
         path: path.to_path_buf(),
+        what,
         source,
     })?;
     // A previous process with our id (containers restart as pid 1) may have died mid-write.
@@ -74,8 +93,11 @@ pub fn write(path: &Path, status: &SriovNodeStateStatus) -> Result<(), StatusFil
         })
 }
 
-/// The status in `path`; `None` while the file does not exist.
-pub fn read(path: &Path) -> Result<Option<SriovNodeStateStatus>, StatusFileError> {
+/// [`read`] for any hand-over file.
+pub fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &'static str,
+) -> Result<Option<T>, StatusFileError> {
     let body = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -85,6 +107,7 @@ pub fn read(path: &Path) -> Result<Option<SriovNodeStateStatus>, StatusFileError
         .map(Some)
         .map_err(|source| StatusFileError::Parse {
             path: path.to_path_buf(),
+            what,
             source,
         })
 }
