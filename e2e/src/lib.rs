@@ -4,6 +4,7 @@
 pub mod apiserver;
 pub mod bins;
 pub mod cni;
+pub mod containerd17;
 pub mod cri;
 pub mod demo;
 pub mod guest_checks;

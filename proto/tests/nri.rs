@@ -44,11 +44,19 @@ impl PodEvents for Recorder {
         Ok(())
     }
     async fn stop_pod_sandbox(&self, pod: api::PodSandbox) -> Result<(), String> {
-        self.push(format!("stop {}", pod.name));
+        self.push(format!(
+            "stop {} {}",
+            pod.name,
+            pod.network_namespace().unwrap_or("-")
+        ));
         Ok(())
     }
     async fn remove_pod_sandbox(&self, pod: api::PodSandbox) -> Result<(), String> {
-        self.push(format!("remove {}", pod.name));
+        self.push(format!(
+            "remove {} {}",
+            pod.name,
+            pod.network_namespace().unwrap_or("-")
+        ));
         Ok(())
     }
 }
@@ -226,16 +234,17 @@ async fn registers_configures_synchronizes_and_gets_pod_events() {
     }
     assert_eq!(rec.take(), ["configured containerd 1.7.24", "sync a,b,c"]);
 
-    // containerd 1.7: StateChange events.
-    for (event, name) in [
-        (api::Event::RunPodSandbox, "web"),
-        (api::Event::StopPodSandbox, "web"),
-        (api::Event::RemovePodSandbox, "web"),
-        (api::Event::CreateContainer, "web"),
+    // containerd 1.7: StateChange events; stop and remove come without the namespaces (as
+    // containerd 1.7 sends them): the plugin fills in the path it saw at run.
+    for (event, name, netns) in [
+        (api::Event::RunPodSandbox, "web", "/var/run/netns/cni-1"),
+        (api::Event::StopPodSandbox, "web", ""),
+        (api::Event::RemovePodSandbox, "web", ""),
+        (api::Event::CreateContainer, "web", ""),
     ] {
         let ev = api::StateChangeEvent {
             event: event as i32,
-            pod: Some(pod(name, "/var/run/netns/cni-1")),
+            pod: Some(pod(name, netns)),
             container: None,
         };
         let r = rt.call("StateChange", ev.encode_to_vec()).await;
@@ -243,7 +252,11 @@ async fn registers_configures_synchronizes_and_gets_pod_events() {
     }
     assert_eq!(
         rec.take(),
-        ["run web /var/run/netns/cni-1", "stop web", "remove web"]
+        [
+            "run web /var/run/netns/cni-1",
+            "stop web /var/run/netns/cni-1",
+            "remove web /var/run/netns/cni-1"
+        ]
     );
 
     // Newer runtimes: their own calls.
@@ -261,8 +274,19 @@ async fn registers_configures_synchronizes_and_gets_pod_events() {
     ok(&rt.call("RemovePodSandbox", remove.encode_to_vec()).await);
     assert_eq!(
         rec.take(),
-        ["run db /var/run/netns/cni-2", "stop db", "remove db"]
+        [
+            "run db /var/run/netns/cni-2",
+            "stop db /var/run/netns/cni-2",
+            "remove db /var/run/netns/cni-2"
+        ]
     );
+
+    // A pod known from Synchronize ("a" had no netns there) and one never seen: no path.
+    let stop = api::StopPodSandboxRequest {
+        pod: Some(pod("a", "")),
+    };
+    ok(&rt.call("StopPodSandbox", stop.encode_to_vec()).await);
+    assert_eq!(rec.take(), ["stop a -"]);
 
     // The handler's error is the call's: the runtime fails the sandbox.
     let run = api::RunPodSandboxRequest {

@@ -9,10 +9,17 @@
 //! ones call `RunPodSandbox`/`StopPodSandbox`/`RemovePodSandbox`: both are served. Anything else
 //! is answered Unimplemented, which newer runtimes take as "use the older call".
 //!
+//! containerd 1.7 stops the sandbox's container before it sends StopPodSandbox, and then sends
+//! the pod without its Linux namespaces (the netns itself still exists until after the call).
+//! The plugin remembers each sandbox's network namespace path from RunPodSandbox and
+//! Synchronize and fills it in for StopPodSandbox and RemovePodSandbox when it is missing, so a
+//! handler can always give the pod's interfaces back.
+//!
 //! Calls are handled concurrently (each in its own task), as the runtime issues them for
 //! different pods in parallel. An error from the handler goes back to the runtime as the call's
 //! status: for RunPodSandbox the runtime then fails the sandbox.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,6 +146,7 @@ where
         events,
         mask: opts.events,
         sync: Arc::new(Mutex::new(vec![])),
+        netns: Arc::new(Mutex::new(HashMap::new())),
     };
     let serving = server.serve(plugin_conn);
     tokio::pin!(serving);
@@ -229,6 +237,8 @@ struct Server {
     mask: EventMask,
     /// Pods of a split Synchronize, until its last part.
     sync: Arc<Mutex<Vec<PodSandbox>>>,
+    /// Network namespace path by sandbox ID, for the stop and remove events.
+    netns: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// A handler's outcome: the encoded response message, or the call's error status.
@@ -248,6 +258,50 @@ fn failed(method: &str) -> impl FnOnce(String) -> Status + '_ {
 }
 
 impl Server {
+    async fn remember(&self, pod: &PodSandbox) {
+        if let Some(path) = pod.network_namespace() {
+            self.netns
+                .lock()
+                .await
+                .insert(pod.id.clone(), path.to_string());
+        }
+    }
+
+    /// The pod with its network namespace path filled in from what was seen before; `forget`
+    /// drops the memory (the sandbox is removed).
+    async fn recall(&self, mut pod: PodSandbox, forget: bool) -> PodSandbox {
+        let mut known = self.netns.lock().await;
+        let path = if forget {
+            known.remove(&pod.id)
+        } else {
+            known.get(&pod.id).cloned()
+        };
+        if let (None, Some(path)) = (pod.network_namespace(), path) {
+            let linux = pod.linux.get_or_insert_with(Default::default);
+            linux.namespaces.retain(|n| n.r#type != "network");
+            linux.namespaces.push(api::LinuxNamespace {
+                r#type: "network".into(),
+                path,
+            });
+        }
+        pod
+    }
+
+    async fn run_pod(&self, pod: PodSandbox) -> Result<(), String> {
+        self.remember(&pod).await;
+        self.events.run_pod_sandbox(pod).await
+    }
+
+    async fn stop_pod(&self, pod: PodSandbox) -> Result<(), String> {
+        let pod = self.recall(pod, false).await;
+        self.events.stop_pod_sandbox(pod).await
+    }
+
+    async fn remove_pod(&self, pod: PodSandbox) -> Result<(), String> {
+        let pod = self.recall(pod, true).await;
+        self.events.remove_pod_sandbox(pod).await
+    }
+
     /// Serves the runtime's calls until the connection closes (`Ok`) or breaks (`Err`).
     async fn serve(self, mut conn: MuxConn) -> Result<(), NriError> {
         let sender = conn.sender();
@@ -345,6 +399,9 @@ impl Server {
                 if !req.more {
                     let pods = std::mem::take(&mut *pending);
                     drop(pending);
+                    for pod in &pods {
+                        self.remember(pod).await;
+                    }
                     ev.synchronize(pods).await.map_err(failed(method))?;
                 }
                 Ok(api::SynchronizeResponse {
@@ -360,28 +417,28 @@ impl Server {
             "RunPodSandbox" => {
                 let req: api::RunPodSandboxRequest = decode(payload, method)?;
                 let pod = req.pod.unwrap_or_default();
-                ev.run_pod_sandbox(pod).await.map_err(failed(method))?;
+                self.run_pod(pod).await.map_err(failed(method))?;
                 Ok(api::RunPodSandboxResponse {}.encode_to_vec())
             }
             "StopPodSandbox" => {
                 let req: api::StopPodSandboxRequest = decode(payload, method)?;
                 let pod = req.pod.unwrap_or_default();
-                ev.stop_pod_sandbox(pod).await.map_err(failed(method))?;
+                self.stop_pod(pod).await.map_err(failed(method))?;
                 Ok(api::StopPodSandboxResponse {}.encode_to_vec())
             }
             "RemovePodSandbox" => {
                 let req: api::RemovePodSandboxRequest = decode(payload, method)?;
                 let pod = req.pod.unwrap_or_default();
-                ev.remove_pod_sandbox(pod).await.map_err(failed(method))?;
+                self.remove_pod(pod).await.map_err(failed(method))?;
                 Ok(api::RemovePodSandboxResponse {}.encode_to_vec())
             }
             "StateChange" => {
                 let req: api::StateChangeEvent = decode(payload, method)?;
                 let pod = req.pod.unwrap_or_default();
                 let result = match api::Event::try_from(req.event) {
-                    Ok(api::Event::RunPodSandbox) => ev.run_pod_sandbox(pod).await,
-                    Ok(api::Event::StopPodSandbox) => ev.stop_pod_sandbox(pod).await,
-                    Ok(api::Event::RemovePodSandbox) => ev.remove_pod_sandbox(pod).await,
+                    Ok(api::Event::RunPodSandbox) => self.run_pod(pod).await,
+                    Ok(api::Event::StopPodSandbox) => self.stop_pod(pod).await,
+                    Ok(api::Event::RemovePodSandbox) => self.remove_pod(pod).await,
                     // Container events we did not subscribe to.
                     _ => Ok(()),
                 };
