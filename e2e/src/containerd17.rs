@@ -268,50 +268,16 @@ impl Containerd17 {
 
 impl Drop for Containerd17 {
     fn drop(&mut self) {
-        if let Some(cri) = self.cri.as_mut() {
-            cri.set_timeout(Duration::from_secs(20));
-            for id in std::mem::take(&mut self.sandboxes) {
-                let _ = cri.stop_pod_sandbox(&id);
-                let _ = cri.remove_pod_sandbox(&id);
-            }
+        if let Some(mut cri) = self.cri.take() {
+            cri.remove_all(std::mem::take(&mut self.sandboxes));
         }
-        self.cri = None;
         if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            for _ in 0..100 {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::procs::terminate(&mut child, Duration::from_secs(5));
         }
         if let Err(e) = remove_instance(&self.dir) {
             eprintln!("containerd 1.7 instance {}: {e}", self.dir.display());
         }
     }
-}
-
-/// Processes whose command line mentions `needle` (not ours): pid and arguments.
-fn processes_mentioning(needle: &str) -> Vec<(i32, Vec<String>)> {
-    let me = std::process::id() as i32;
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
-            let raw = std::fs::read(e.path().join("cmdline")).ok()?;
-            let args: Vec<String> = raw
-                .split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            (pid != me && args.iter().any(|a| a.contains(needle))).then_some((pid, args))
-        })
-        .collect()
 }
 
 /// Mount points at or under `dir`, deepest first.
@@ -335,7 +301,7 @@ fn remove_instance(dir: &Path) -> Result<(), String> {
     let needle = dir.display().to_string();
     // containerd first (it would restart shims), then shims and the sandboxes' processes.
     for round in 0..2 {
-        for (pid, args) in processes_mentioning(&needle) {
+        for (pid, args) in crate::procs::mentioning(&needle) {
             let is_daemon = args
                 .iter()
                 .any(|a| a.ends_with("/containerd") || a == "containerd");

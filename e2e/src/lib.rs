@@ -11,6 +11,7 @@ pub mod guest_checks;
 pub mod kubelet;
 pub mod local;
 pub mod ping;
+pub mod procs;
 pub mod sim;
 pub mod vm;
 

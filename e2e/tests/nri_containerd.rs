@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 enum Seen {
     Configured(RuntimeInfo),
     Synchronized(usize),
-    Run(PodSandbox),
+    Run(Box<PodSandbox>),
     Stop(String),
     Remove(String),
 }
@@ -67,7 +67,10 @@ impl PodEvents for Attacher {
         Ok(())
     }
     async fn run_pod_sandbox(&self, pod: PodSandbox) -> Result<(), String> {
-        self.seen.lock().unwrap().push(Seen::Run(pod.clone()));
+        self.seen
+            .lock()
+            .unwrap()
+            .push(Seen::Run(Box::new(pod.clone())));
         let netns = pod.network_namespace().ok_or("no network namespace")?;
         let node = self.node_netns.display().to_string();
         ip(&node, &["link", "set", "dev", &self.vf, "netns", netns])?;

@@ -173,6 +173,15 @@ fn start(rec: &Arc<Recorder>) -> (Runtime, tokio::task::JoinHandle<Result<(), Nr
     (runtime, task)
 }
 
+/// How the plugin's run ended (it always ends with an error).
+async fn ended(task: tokio::task::JoinHandle<Result<(), NriError>>) -> NriError {
+    let result = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the plugin stops")
+        .expect("no panic");
+    result.expect_err("run only returns errors")
+}
+
 fn pod(name: &str, netns: &str) -> api::PodSandbox {
     api::PodSandbox {
         id: format!("id-{name}"),
@@ -188,6 +197,13 @@ fn pod(name: &str, netns: &str) -> api::PodSandbox {
         }),
         ..Default::default()
     }
+}
+
+/// What the recorder logs for run, stop and remove of one pod.
+fn lifecycle(name: &str, netns: &str) -> Vec<String> {
+    ["run", "stop", "remove"]
+        .map(|e| format!("{e} {name} {netns}"))
+        .to_vec()
 }
 
 fn ok(r: &ttrpc::Response) -> &[u8] {
@@ -250,14 +266,7 @@ async fn registers_configures_synchronizes_and_gets_pod_events() {
         let r = rt.call("StateChange", ev.encode_to_vec()).await;
         ok(&r);
     }
-    assert_eq!(
-        rec.take(),
-        [
-            "run web /var/run/netns/cni-1",
-            "stop web /var/run/netns/cni-1",
-            "remove web /var/run/netns/cni-1"
-        ]
-    );
+    assert_eq!(rec.take(), lifecycle("web", "/var/run/netns/cni-1"));
 
     // Newer runtimes: their own calls.
     let run = api::RunPodSandboxRequest {
@@ -272,14 +281,7 @@ async fn registers_configures_synchronizes_and_gets_pod_events() {
         pod: Some(pod("db", "")),
     };
     ok(&rt.call("RemovePodSandbox", remove.encode_to_vec()).await);
-    assert_eq!(
-        rec.take(),
-        [
-            "run db /var/run/netns/cni-2",
-            "stop db /var/run/netns/cni-2",
-            "remove db /var/run/netns/cni-2"
-        ]
-    );
+    assert_eq!(rec.take(), lifecycle("db", "/var/run/netns/cni-2"));
 
     // A pod known from Synchronize ("a" had no netns there) and one never seen: no path.
     let stop = api::StopPodSandboxRequest {
@@ -307,11 +309,7 @@ async fn registers_configures_synchronizes_and_gets_pod_events() {
 
     // The runtime goes away: the plugin returns Closed.
     drop(rt);
-    let err = tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
+    let err = ended(task).await;
     assert!(matches!(err, NriError::Closed), "{err}");
 }
 
@@ -338,7 +336,7 @@ async fn refused_registration_and_broken_frames_are_errors_not_panics() {
         },
     )
     .await;
-    let err = task.await.unwrap().unwrap_err();
+    let err = ended(task).await;
     assert!(
         matches!(&err, NriError::Register(m) if m.contains("invalid plugin index")),
         "{err}"
@@ -353,11 +351,7 @@ async fn refused_registration_and_broken_frames_are_errors_not_panics() {
         .write_all(&mux::encode(PLUGIN_SERVICE_CONN, &header))
         .await
         .unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
+    let err = ended(task).await;
     assert!(matches!(err, NriError::Protocol(_)), "{err}");
 
     // An oversized mux chunk: a transport error.
@@ -366,11 +360,7 @@ async fn refused_registration_and_broken_frames_are_errors_not_panics() {
     let mut chunk = PLUGIN_SERVICE_CONN.to_be_bytes().to_vec();
     chunk.extend_from_slice(&u32::MAX.to_be_bytes());
     rt.io.write_all(&chunk).await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
+    let err = ended(task).await;
     assert!(matches!(err, NriError::Mux(_)), "{err}");
 
     // Bad options never reach the socket.
