@@ -7,6 +7,7 @@ pub mod cni;
 pub mod containerd17;
 pub mod cri;
 pub mod demo;
+pub mod dra;
 pub mod guest_checks;
 pub mod kubelet;
 pub mod local;

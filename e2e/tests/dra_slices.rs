@@ -5,13 +5,12 @@
 //! concurrent writer (409), stale slices of the node, and the node losing its devices.
 
 use serde_json::{json, Value};
-use sriov::config::Config;
 use sriov::discovery::{DiscoveryOptions, Node};
 use sriov::health::{Health, Unhealthy};
 use sriov::sysfs::Sysfs;
 use sriov_e2e::apiserver::{ApiServer, LoggedRequest, Resource};
 use sriov_e2e::sim::{unique_name, SimNode, SimSpec};
-use sriov_node_state::dra::{build_devices, DraDevices, DraOptions, PfTopology, DEFAULT_DRIVER};
+use sriov_node_state::dra::{DraDevices, DEFAULT_DRIVER};
 use sriov_node_state::slice_publisher::SlicePublisher;
 use sriov_node_state::PublisherConfig;
 use std::collections::BTreeMap;
@@ -23,18 +22,7 @@ fn devices(
     taints: bool,
     health: &BTreeMap<sriov::names::PciAddress, Health>,
 ) -> DraDevices {
-    let node = Node::discover(&Sysfs::new(sim.sysfs_root()), &DiscoveryOptions::default()).unwrap();
-    let config = Config::parse(
-        r#"{"resourceList": [{"resourceName": "sriov_net", "selectors": {"drivers": ["iavf"]}}]}"#,
-        "intel.com",
-    )
-    .unwrap();
-    let pools = sriov::pools::assign(&config, &node, "intel.com", &[]);
-    let opts = DraOptions {
-        driver: DEFAULT_DRIVER.into(),
-        taints,
-    };
-    build_devices(&node, &pools, health, &PfTopology::default(), &opts)
+    sriov_e2e::dra::sim_devices(sim, taints, health)
 }
 
 async fn api() -> ApiServer {
