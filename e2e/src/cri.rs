@@ -145,6 +145,16 @@ impl CriClient {
         .map(drop)
     }
 
+    /// Kubelet's way to clean up: stops and removes each sandbox (the runtime tears down its
+    /// network, shim and mounts), ignoring errors, at most 20 s a call.
+    pub fn remove_all(&mut self, ids: Vec<String>) {
+        self.set_timeout(Duration::from_secs(20));
+        for id in ids {
+            let _ = self.stop_pod_sandbox(&id);
+            let _ = self.remove_pod_sandbox(&id);
+        }
+    }
+
     pub fn remove_pod_sandbox(&mut self, id: &str) -> Result<(), tonic::Status> {
         let id = id.to_string();
         self.call("RemovePodSandbox", |mut c| async move {

@@ -274,25 +274,11 @@ fn containerd_sequence(netns: &str) -> Vec<(String, String, i32)> {
 impl Drop for Containerd {
     fn drop(&mut self) {
         // Kubelet's way first: containerd tears down the network, the shims and the mounts.
-        if let Some(cri) = self.cri.as_mut() {
-            cri.set_timeout(Duration::from_secs(20));
-            for id in std::mem::take(&mut self.sandboxes) {
-                let _ = cri.stop_pod_sandbox(&id);
-                let _ = cri.remove_pod_sandbox(&id);
-            }
+        if let Some(mut cri) = self.cri.take() {
+            cri.remove_all(std::mem::take(&mut self.sandboxes));
         }
-        self.cri = None;
         if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            for _ in 0..100 {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            sriov_e2e::procs::terminate(&mut child, Duration::from_secs(5));
         }
         remove_instance(&self.dir);
         if self.created_run_dir {
@@ -351,28 +337,6 @@ fn calls_in(dir: &Path) -> Vec<PluginCall> {
         .collect()
 }
 
-/// Processes with an argument that mentions `needle`: pid and arguments.
-fn processes_with(needle: &str) -> Vec<(i32, Vec<String>)> {
-    let mut out = vec![];
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = raw
-            .split(|&b| b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if pid != std::process::id() as i32 && args.iter().any(|a| a.contains(needle)) {
-            out.push((pid, args));
-        }
-    }
-    out
-}
-
 /// The value after `flag` in `args`.
 fn arg_after<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
     let i = args.iter().position(|a| a == flag)?;
@@ -387,7 +351,7 @@ fn remove_instance(dir: &Path) {
     use nix::unistd::Pid;
     let needle = dir.display().to_string();
     // The daemon (its --config is in dir) first, so that it restarts nothing.
-    for (pid, args) in processes_with(&needle) {
+    for (pid, args) in sriov_e2e::procs::mentioning(&needle) {
         if args[0] == "containerd" {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
@@ -413,7 +377,7 @@ fn remove_instance(dir: &Path) {
     }
     // Shims carry `-namespace NS -id ID -address DIR/containerd.sock`; containerd 1.6 puts
     // their sockets in /run/containerd/s/, named by the SHA-256 of `ADDRESS/NS/ID`.
-    for (pid, args) in processes_with(&needle) {
+    for (pid, args) in sriov_e2e::procs::mentioning(&needle) {
         if !args[0].ends_with("containerd-shim-runc-v2") {
             continue;
         }

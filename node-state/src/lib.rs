@@ -12,6 +12,10 @@
 //! - the `sriov-node-state` sidecar ([`sidecar`], feature `api`) follows that file and
 //!   publishes it ([`publisher`]): only what changed, at most once per interval.
 //!
+//! The same split serves Dynamic Resource Allocation: the daemon builds the node's DRA devices
+//! ([`dra`], no I/O) and writes them to a second file; the sidecar cuts them into ResourceSlices
+//! and keeps the node's slices matching ([`slice_publisher`]).
+//!
 //! [`crd`] is the custom resource type (its CRD is generated from it and shipped in the chart).
 //!
 //! Tests: no API server exists where this is built, so `tests/publisher.rs` points a
@@ -20,10 +24,13 @@
 
 #[cfg(feature = "api")]
 pub mod crd;
+pub mod dra;
 #[cfg(feature = "api")]
 pub mod publisher;
 #[cfg(feature = "api")]
 pub mod sidecar;
+#[cfg(feature = "api")]
+pub mod slice_publisher;
 pub mod status;
 pub mod status_file;
 

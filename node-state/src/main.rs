@@ -19,6 +19,10 @@ struct Args {
     /// The status file the daemon writes (its --node-state-file).
     #[arg(long, default_value = "/run/sriov-rs/daemon/node-state.json")]
     status_file: PathBuf,
+    /// The DRA devices file the daemon writes in DRA mode: publish it as the node's
+    /// ResourceSlices (off without it).
+    #[arg(long)]
+    dra_devices_file: Option<PathBuf>,
     /// This node's name (the object's name; the downward API's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
@@ -59,6 +63,7 @@ fn run(args: Args) -> Result<()> {
     publisher.min_interval = Duration::from_secs(args.min_interval_seconds);
     let opts = SidecarOptions {
         status_file: args.status_file,
+        dra_devices_file: args.dra_devices_file,
         publisher,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
     };

@@ -87,7 +87,7 @@ impl PublisherConfig {
         }
     }
 
-    fn jittered(&self, base: Duration) -> Duration {
+    pub(crate) fn jittered(&self, base: Duration) -> Duration {
         let nanos = u64::try_from(self.jitter.as_nanos()).unwrap_or(u64::MAX);
         if nanos == 0 {
             return base;
@@ -107,6 +107,18 @@ impl PublisherConfig {
                 .min(self.max_backoff),
         )
     }
+}
+
+/// An ownerReference to the Node `name` (its uid read from the API), so that the garbage
+/// collector deletes what we publish for a node together with the Node. No
+/// blockOwnerDeletion: it would need update rights on the Node's finalizers.
+pub(crate) async fn node_owner_reference(
+    nodes: &Api<Node>,
+    name: &str,
+) -> Result<serde_json::Value, kube::Error> {
+    let node = nodes.get(name).await?;
+    let uid = node.metadata.uid.unwrap_or_default();
+    Ok(json!({"apiVersion": "v1", "kind": "Node", "name": name, "uid": uid}))
 }
 
 /// Writes the node's state; remembers what was written so an unchanged state costs nothing.
@@ -187,23 +199,19 @@ impl Publisher {
     /// Applies the object itself (creating it), owned by the Node.
     async fn create(&self) -> Result<(), PublishError> {
         let node = &self.config.node_name;
-        let owner = self
-            .nodes
-            .get(node)
+        let owner = node_owner_reference(&self.nodes, node)
             .await
             .map_err(|source| PublishError::GetNode {
                 node: node.clone(),
                 source,
             })?;
-        let uid = owner.metadata.uid.unwrap_or_default();
         let object = json!({
             "apiVersion": SriovNodeState::api_version(&()),
             "kind": SriovNodeState::kind(&()),
             "metadata": {
                 "name": node,
                 "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER},
-                // No blockOwnerDeletion: it would need update rights on the Node's finalizers.
-                "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}],
+                "ownerReferences": [owner],
             },
             "spec": SriovNodeStateSpec { node_name: node.clone() },
         });
@@ -241,16 +249,44 @@ impl Publisher {
     }
 }
 
+/// Something [`run`] keeps current in the cluster: the SriovNodeState ([`Publisher`]) or the
+/// node's ResourceSlices ([`crate::slice_publisher::SlicePublisher`]).
+pub trait Publish: Send {
+    /// What the daemon's file holds.
+    type State: Clone + Send + Sync;
+    type Error: std::fmt::Display + Send;
+    /// What is published, for logs.
+    const WHAT: &'static str;
+    fn config(&self) -> &PublisherConfig;
+    /// Sends what differs from what was last published successfully; returns how many
+    /// requests it made (0: nothing changed). After an error, the next call tries again.
+    fn publish(
+        &mut self,
+        state: &Self::State,
+    ) -> impl std::future::Future<Output = Result<usize, Self::Error>> + Send;
+}
+
+impl Publish for Publisher {
+    type State = SriovNodeStateStatus;
+    type Error = PublishError;
+    const WHAT: &'static str = "SriovNodeState";
+
+    fn config(&self) -> &PublisherConfig {
+        &self.config
+    }
+
+    async fn publish(&mut self, state: &SriovNodeStateStatus) -> Result<usize, PublishError> {
+        Publisher::publish(self, state).await
+    }
+}
+
 /// Keeps the cluster's view of the node current until the sender of `states` is dropped.
 ///
-/// `states` holds the latest status (`None` until the daemon has one). The current value is
+/// `states` holds the latest state (`None` until the daemon has one). The current value is
 /// published at start (after up to [`PublisherConfig::jitter`]), then each change, at most
 /// once per [`PublisherConfig::min_interval`] and always the latest value; after a failure,
 /// the same is retried with exponential backoff even if nothing changes.
-pub async fn run(
-    mut publisher: Publisher,
-    mut states: watch::Receiver<Option<SriovNodeStateStatus>>,
-) {
+pub async fn run<P: Publish>(mut publisher: P, mut states: watch::Receiver<Option<P::State>>) {
     let config = publisher.config().clone();
     let mut next_allowed = Instant::now() + config.jittered(Duration::ZERO);
     let mut failures = 0u32;
@@ -263,20 +299,20 @@ pub async fn run(
         check_now = false;
         tokio::time::sleep_until(next_allowed).await;
         // Coalescing: whatever arrived while we waited is in the latest value.
-        let Some(status) = states.borrow_and_update().clone() else {
+        let Some(state) = states.borrow_and_update().clone() else {
             continue;
         };
-        match publisher.publish(&status).await {
+        match publisher.publish(&state).await {
             Ok(0) => failures = 0,
             Ok(n) => {
                 failures = 0;
-                tracing::debug!(node = %config.node_name, requests = n, "published SriovNodeState");
+                tracing::debug!(node = %config.node_name, requests = n, "published {}", P::WHAT);
                 next_allowed = Instant::now() + config.jittered(config.min_interval);
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let wait = config.backoff(failures);
-                tracing::warn!(node = %config.node_name, error = %e, retry_in = ?wait, "publishing the node state failed");
+                tracing::warn!(node = %config.node_name, error = %e, retry_in = ?wait, "publishing the {} failed", P::WHAT);
                 next_allowed = Instant::now() + wait;
                 // Retry even if nothing changes, unless the daemon is gone.
                 check_now = states.has_changed().is_ok();

@@ -1,14 +1,16 @@
 //! The `sriov-node-state` sidecar: follows the status file the node daemon writes
 //! ([`crate::status_file`]) and publishes every new status through the [`Publisher`], which
-//! coalesces and rate-limits the API writes.
+//! coalesces and rate-limits the API writes; with a DRA devices file, it follows that one too
+//! and keeps the node's ResourceSlices matching it ([`SlicePublisher`]).
 //!
 //! The file is re-read when inotify reports it replaced (the daemon renames a new file over
 //! it) or lost events, and, as a backstop, every `resync`. A missing file means the daemon has
 //! not written yet; an unreadable one keeps the last good status and is logged once per distinct
 //! error.
 
+use crate::dra::DraDevices;
 use crate::publisher::{Publisher, PublisherConfig};
-use crate::status::SriovNodeStateStatus;
+use crate::slice_publisher::SlicePublisher;
 use crate::status_file;
 use anyhow::{Context, Result};
 use inotify::{Inotify, WatchMask};
@@ -22,12 +24,15 @@ use tokio_stream::StreamExt;
 pub struct SidecarOptions {
     /// The file the daemon writes (`--node-state-file` of `sriov-device-plugin run`).
     pub status_file: PathBuf,
+    /// The DRA devices file the daemon writes in DRA mode ([`DraDevices`]); `None`: no
+    /// ResourceSlices are published.
+    pub dra_devices_file: Option<PathBuf>,
     pub publisher: PublisherConfig,
     /// Backstop re-read of the file.
     pub resync: Duration,
 }
 
-/// Runs until SIGTERM or SIGINT; fails only when the file's folder cannot be watched.
+/// Runs until SIGTERM or SIGINT; fails only when a file's folder cannot be watched.
 pub async fn run(client: kube::Client, opts: SidecarOptions) -> Result<()> {
     let (tx, rx) = watch::channel(None);
     tracing::info!(
@@ -36,28 +41,54 @@ pub async fn run(client: kube::Client, opts: SidecarOptions) -> Result<()> {
         "publishing SriovNodeState"
     );
     let mut publisher = tokio::spawn(crate::publisher::run(
-        Publisher::new(client, opts.publisher.clone()),
+        Publisher::new(client.clone(), opts.publisher.clone()),
         rx,
     ));
+    let (dra_tx, dra_rx) = watch::channel(None);
+    let mut slices = match &opts.dra_devices_file {
+        Some(file) => {
+            tracing::info!(file = %file.display(), "publishing the node's ResourceSlices");
+            tokio::spawn(crate::publisher::run(
+                SlicePublisher::new(client, opts.publisher.clone()),
+                dra_rx,
+            ))
+        }
+        None => tokio::spawn(std::future::pending()),
+    };
+    let follow_dra = async {
+        match &opts.dra_devices_file {
+            Some(file) => {
+                follow::<DraDevices>(file, "DRA devices file", opts.resync, &dra_tx).await
+            }
+            None => std::future::pending().await,
+        }
+    };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let result = tokio::select! {
-        r = follow(&opts.status_file, opts.resync, &tx) => r,
-        // It only ends if it panicked: exit, so the kubelet restarts the container.
+        r = follow(&opts.status_file, "node status", opts.resync, &tx) => r,
+        r = follow_dra => r,
+        // They only end if they panicked: exit, so the kubelet restarts the container.
         r = &mut publisher => Err(anyhow::anyhow!("the publisher stopped: {r:?}")),
+        r = &mut slices => Err(anyhow::anyhow!("the ResourceSlice publisher stopped: {r:?}")),
         _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
         _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); Ok(()) }
     };
     publisher.abort();
+    slices.abort();
     result
 }
 
-/// Feeds `tx` with every new status found in `path`.
-async fn follow(
+/// Feeds `tx` with every new value found in `path` (a JSON hand-over file holding a `what`).
+async fn follow<T>(
     path: &Path,
+    what: &'static str,
     resync: Duration,
-    tx: &watch::Sender<Option<SriovNodeStateStatus>>,
-) -> Result<()> {
+    tx: &watch::Sender<Option<T>>,
+) -> Result<()>
+where
+    T: serde::de::DeserializeOwned + PartialEq,
+{
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -93,13 +124,13 @@ async fn follow(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_problem: Option<String> = None;
     loop {
-        match status_file::read(path) {
-            Ok(Some(status)) => {
+        match status_file::read_json::<T>(path, what) {
+            Ok(Some(value)) => {
                 last_problem = None;
                 tx.send_if_modified(|cur| {
-                    let changed = cur.as_ref() != Some(&status);
+                    let changed = cur.as_ref() != Some(&value);
                     if changed {
-                        *cur = Some(status);
+                        *cur = Some(value);
                     }
                     changed
                 });

@@ -22,9 +22,10 @@ pub enum StatusFileError {
     },
     #[error("{0}")]
     File(#[from] sriov::owned_dir::FileError),
-    #[error("{path}: not a node status: {source}")]
+    #[error("{path}: not a {what}: {source}")]
     Parse {
         path: PathBuf,
+        what: &'static str,
         #[source]
         source: serde_json::Error,
     },
@@ -40,6 +41,23 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StatusFileError + '_ 
 /// Replaces `path` with `status` atomically; its folder is created (0755) if needed and must be
 /// ours. The file is world-readable (0644): the sidecar runs as another user.
 pub fn write(path: &Path, status: &SriovNodeStateStatus) -> Result<(), StatusFileError> {
+    write_json(path, status, NODE_STATUS)
+}
+
+/// The status in `path`; `None` while the file does not exist.
+pub fn read(path: &Path) -> Result<Option<SriovNodeStateStatus>, StatusFileError> {
+    read_json(path, NODE_STATUS)
+}
+
+const NODE_STATUS: &str = "node status";
+
+/// [`write`] for any hand-over file (e.g. the DRA devices, [`crate::dra::DraDevices`]); `what`
+/// names its content in errors.
+pub fn write_json<T: serde::Serialize>(
+    path: &Path,
+    value: &T,
+    what: &'static str,
+) -> Result<(), StatusFileError> {
     use sriov::owned_dir::{Access, OwnedDir};
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
         return Err(StatusFileError::Io {
@@ -47,8 +65,9 @@ pub fn write(path: &Path, status: &SriovNodeStateStatus) -> Result<(), StatusFil
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
         });
     };
-    let body = serde_json::to_vec(status).map_err(|source| StatusFileError::Parse {
+    let body = serde_json::to_vec(value).map_err(|source| StatusFileError::Parse {
         path: path.to_path_buf(),
+        what,
         source,
     })?;
     let folder = OwnedDir::open(dir, Access::Shared, true)?;
@@ -58,8 +77,11 @@ pub fn write(path: &Path, status: &SriovNodeStateStatus) -> Result<(), StatusFil
     Ok(())
 }
 
-/// The status in `path`; `None` while the file does not exist.
-pub fn read(path: &Path) -> Result<Option<SriovNodeStateStatus>, StatusFileError> {
+/// [`read`] for any hand-over file.
+pub fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &'static str,
+) -> Result<Option<T>, StatusFileError> {
     let body = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -69,6 +91,7 @@ pub fn read(path: &Path) -> Result<Option<SriovNodeStateStatus>, StatusFileError
         .map(Some)
         .map_err(|source| StatusFileError::Parse {
             path: path.to_path_buf(),
+            what,
             source,
         })
 }

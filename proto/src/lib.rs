@@ -7,6 +7,12 @@
 //!   the plugin in `plugins_registry/`);
 //! - [`podresources::v1`]: the pod resources API (`PodResourcesLister` served
 //!   by the kubelet);
+//! - `dra::v1`, `dra::v1beta1` and `dra::health::v1` (feature `dra`): the
+//!   DRA plugin API (`DRAPlugin`, served by a DRA driver on
+//!   `plugins/<driver>/dra.sock`) and its device health stream
+//!   (`DRAResourceHealth`);
+//! - `nri` (feature `nri`): containerd's NRI plugin API and our own transport
+//!   for it (ttrpc framing, NRI's connection multiplexer, the plugin side);
 //! - `cri::runtime::v1` (feature `cri`): a subset of the Container Runtime
 //!   Interface (`RuntimeService` served by the runtime), for the tests that
 //!   drive containerd as kubelet does.
@@ -47,6 +53,50 @@ pub mod podresources {
         tonic::include_proto!("v1");
     }
 }
+
+/// Kubelet DRA APIs (feature `dra`).
+#[cfg(feature = "dra")]
+pub mod dra {
+    /// `DRAPlugin` v1 (proto package `k8s.io.kubelet.pkg.apis.dra.v1`): messages and
+    /// `dra_plugin_{client,server}`.
+    pub mod v1 {
+        tonic::include_proto!("k8s.io.kubelet.pkg.apis.dra.v1");
+    }
+    /// `DRAPlugin` v1beta1 (proto package `k8s.io.kubelet.pkg.apis.dra.v1beta1`), for kubelets
+    /// before 1.34.
+    pub mod v1beta1 {
+        tonic::include_proto!("k8s.io.kubelet.pkg.apis.dra.v1beta1");
+    }
+    /// Device health.
+    pub mod health {
+        /// `DRAResourceHealth` v1 (proto package `v1`): messages and
+        /// `dra_resource_health_{client,server}`.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/drahealth/v1.rs"));
+        }
+    }
+
+    /// `PluginInfo.type` of a DRA driver.
+    pub const DRA_PLUGIN_TYPE: &str = "DRAPlugin";
+    /// `PluginInfo.supported_versions` of a driver serving both versions: the gRPC services it
+    /// offers on its endpoint.
+    pub const SUPPORTED_VERSIONS: [&str; 2] = ["v1.DRAPlugin", "v1beta1.DRAPlugin"];
+    /// The health service in the `<package>.<Service>` form of the versions above; it is served
+    /// on the same endpoint (a kubelet without it gets Unimplemented).
+    pub const HEALTH_SERVICE_VERSION: &str = "v1.DRAResourceHealth";
+    /// Folder of a DRA driver's own sockets: `PLUGINS_PATH/<driver>/dra.sock`.
+    pub const PLUGINS_PATH: &str = "/var/lib/kubelet/plugins";
+    /// File name of the DRA service socket in the driver's folder.
+    pub const DRA_SOCKET: &str = "dra.sock";
+
+    /// `plugins_registry/<driver>-reg.sock`: the registration socket's file name.
+    pub fn registration_socket_name(driver: &str) -> String {
+        format!("{driver}-reg.sock")
+    }
+}
+
+#[cfg(feature = "nri")]
+pub mod nri;
 
 /// Container Runtime Interface, version v1 (proto package `runtime.v1`): the subset the tests
 /// use (`Version` and pod sandboxes), same field names and numbers as kubelet's.
