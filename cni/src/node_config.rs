@@ -32,6 +32,8 @@ const KEYS: &[(&str, &str)] = &[
     ("deviceInfoDir", "/var/run/k8s.cni.cncf.io/devinfo"),
     ("logDir", "/var/log"),
     ("upstreamStateDir", "/var/lib/cni/sriov"),
+    // Not a path: MACs for attachments whose config names none; unset by default.
+    ("macPrefix", ""),
 ];
 
 /// The node-local settings.
@@ -56,6 +58,9 @@ pub struct NodeConfig {
     /// `upstreamStateDir`: upstream sriov-cni's data folder, whose attachments (made before the
     /// node switched) DEL, CHECK and GC take over ([`crate::upstream`]).
     pub upstream_state_dir: PathBuf,
+    /// `macPrefix`: attachments whose network config names no MAC get one from this prefix
+    /// ([`sriov::platform_mac`]); `None`: their VF keeps its MAC.
+    pub mac_prefix: Option<sriov::platform_mac::MacPrefix>,
 }
 
 impl Default for NodeConfig {
@@ -76,6 +81,7 @@ impl Default for NodeConfig {
             device_info_dir: d("deviceInfoDir"),
             log_dir: d("logDir"),
             upstream_state_dir: d("upstreamStateDir"),
+            mac_prefix: None,
         }
     }
 }
@@ -107,7 +113,8 @@ impl NodeConfig {
         Ok(conf)
     }
 
-    /// Reads the settings object; every key must be known and every path absolute.
+    /// Reads the settings object; every key must be known, every path absolute and the MAC
+    /// prefix one of local unicast addresses.
     pub fn parse(value: &Value) -> Result<NodeConfig, String> {
         let Value::Object(obj) = value else {
             return Err("must be a JSON object".into());
@@ -117,6 +124,10 @@ impl NodeConfig {
             let Some(s) = v.as_str() else {
                 return Err(format!("{key}: must be a string"));
             };
+            if key == "macPrefix" {
+                conf.mac_prefix = Some(s.parse().map_err(|e| format!("{key}: {e}"))?);
+                continue;
+            }
             let p = PathBuf::from(s);
             if !p.is_absolute() || p.components().any(|c| c == Component::ParentDir) {
                 return Err(format!(
@@ -198,7 +209,10 @@ mod tests {
         let d = NodeConfig::default();
         assert_eq!(d.sysfs_root, PathBuf::from("/sys"));
         assert_eq!(d.log_dir, PathBuf::from("/var/log"));
-        let c = NodeConfig::parse(&json!({"sysfsRoot": "/run/lab/sys", "stateDir": "/s"})).unwrap();
+        let c = NodeConfig::parse(&json!({"sysfsRoot": "/run/lab/sys", "stateDir": "/s",
+                                          "macPrefix": "0a:58:56"}))
+        .unwrap();
+        assert_eq!(c.mac_prefix.unwrap().to_string(), "0a:58:56");
         assert_eq!(c.sysfs_root, PathBuf::from("/run/lab/sys"));
         assert_eq!(c.state_dir, PathBuf::from("/s"));
         assert_eq!(c.pool_config, d.pool_config);
@@ -210,6 +224,10 @@ mod tests {
             (json!({"stateDir": "/a/../b"}), "without '..'"),
             (json!({"stateDir": 1}), "stateDir: must be a string"),
             (json!({"statedir": "/x"}), "statedir: unknown key"),
+            (
+                json!({"macPrefix": "00:50:56"}),
+                "macPrefix: 00:50:56 is not locally administered",
+            ),
             (json!([]), "must be a JSON object"),
         ] {
             let e = NodeConfig::parse(&bad).unwrap_err();

@@ -223,6 +223,7 @@ impl UpstreamAttachment {
             mtu_lock: None,
             orphaned: false,
             device_info_file: None,
+            assigned_mac: None,
             upstream: true,
         }
     }

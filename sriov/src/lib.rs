@@ -5,6 +5,7 @@
 //! - [`discovery`]: PCI network devices, PFs and their VFs, as plain values.
 //! - [`provision`]: setting a PF's VF count and MTU.
 //! - [`config`]: the upstream device plugin `config.json`, plus our extensions.
+//! - [`platform_mac`]: MACs from the node's prefix for attachments whose config names none.
 //! - [`pools`]: assigning discovered VFs to resource pools (first match wins).
 //! - [`report`]: the "physical adapters" status view.
 //! - [`allocation`]: GetPreferredAllocation (must-include, NUMA, pack or spread across PFs).
@@ -29,6 +30,7 @@ pub mod mtu_lock;
 pub mod names;
 pub mod netlink;
 pub mod owned_dir;
+pub mod platform_mac;
 pub mod pools;
 pub mod provision;
 pub mod report;

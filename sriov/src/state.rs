@@ -164,6 +164,10 @@ pub struct VfRecord {
     /// from any point removes it.
     #[serde(default)]
     pub device_info_file: Option<PathBuf>,
+    /// The MAC given from the node's prefix (`macPrefix`) because the config named none: taken
+    /// on this node until the record goes.
+    #[serde(default, with = "opt_string")]
+    pub assigned_mac: Option<MacAddr>,
     /// Made from upstream sriov-cni's record of an attachment it made: only what sriov-cni saved
     /// is restored (not the netdev's altnames, promiscuity or link state; its MTU only when
     /// captured, i.e. not 0).
@@ -184,12 +188,22 @@ impl VfLock {
     }
 }
 
+/// A held node-wide lock ([`StateDir::lock_named`]).
+#[derive(Debug)]
+pub struct NamedLock {
+    _flock: Flock<File>,
+}
+
 /// The plugin's state folder, open.
 #[derive(Debug)]
 pub struct StateDir {
     root: PathBuf,
     records: OwnedDir,
     locks: OwnedDir,
+    /// `macs/<mac>` naming the VF whose record holds that platform MAC: an index, so choosing
+    /// a MAC costs a lookup, not a read of every record (the record stays the truth). `None` in
+    /// a folder opened for reading only.
+    macs: Option<OwnedDir>,
 }
 
 fn record_name(pci: &PciAddress) -> String {
@@ -204,6 +218,7 @@ impl StateDir {
             root: root.to_path_buf(),
             records: top.subdir("vfs", Access::Private, true)?,
             locks: top.subdir("locks", Access::Private, true)?,
+            macs: Some(top.subdir("macs", Access::Private, true)?),
         })
     }
 
@@ -224,6 +239,8 @@ impl StateDir {
                 root: root.to_path_buf(),
                 records,
                 locks,
+                // Only a writer needs it (and folders of older versions have none).
+                macs: sub("macs")?,
             })),
             _ => Ok(None),
         }
@@ -291,6 +308,66 @@ impl StateDir {
     pub fn lock_vf(&self, pci: PciAddress) -> Result<VfLock> {
         self.flock(pci, FlockArg::LockExclusive)?
             .ok_or_else(|| unreachable_would_block(&self.locks, pci))
+    }
+
+    /// Waits for and takes a node-wide lock of the plugin's (`name` a plain word), e.g. while a
+    /// MAC is chosen from the node's prefix; held until dropped.
+    pub fn lock_named(&self, name: &str) -> Result<NamedLock> {
+        let path = self.locks.path().join(format!("{name}.lock"));
+        let file = self.locks.open_lock(&format!("{name}.lock"))?;
+        let flock =
+            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| StateError::Io {
+                op: "flock",
+                path,
+                source: io::Error::from(e),
+            })?;
+        Ok(NamedLock { _flock: flock })
+    }
+
+    /// Whether another VF's live record holds the platform MAC `mac` (under the platform-MAC
+    /// lock). An index entry whose record no longer holds it is stale and does not count.
+    pub fn mac_taken(&self, mac: &MacAddr, by_other_than: &PciAddress) -> Result<bool> {
+        let Some(text) = self
+            .macs
+            .as_ref()
+            .map(|m| m.read(&mac.to_string()))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(false);
+        };
+        let Ok(pci) = PciAddress::parse(String::from_utf8_lossy(&text).trim()) else {
+            return Ok(false);
+        };
+        if pci == *by_other_than {
+            return Ok(false);
+        }
+        Ok(self
+            .load(&pci)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.assigned_mac.as_ref() == Some(mac)))
+    }
+
+    /// Records in the index that `pci`'s record holds `mac` (before the record says so).
+    pub fn claim_mac(&self, mac: &MacAddr, pci: &PciAddress) -> Result<()> {
+        if let Some(macs) = &self.macs {
+            macs.write_atomic(&mac.to_string(), pci.to_string().as_bytes(), 0o600)?;
+        }
+        Ok(())
+    }
+
+    /// Drops `mac` from the index if `pci` holds it there (after its record went).
+    pub fn release_mac(&self, mac: &MacAddr, pci: &PciAddress) -> Result<()> {
+        let (name, Some(macs)) = (mac.to_string(), &self.macs) else {
+            return Ok(());
+        };
+        if let Some(text) = macs.read(&name)? {
+            if String::from_utf8_lossy(&text).trim() == pci.to_string() {
+                macs.remove(&name)?;
+            }
+        }
+        Ok(())
     }
 
     /// Takes the VF's lock if nobody holds it.
@@ -501,6 +578,7 @@ mod tests {
             }),
             orphaned: false,
             device_info_file: None,
+            assigned_mac: None,
             upstream: false,
         }
     }

@@ -112,6 +112,17 @@ pub fn add(ctx: &Ctx) -> Result<Value, CniError> {
         ));
     }
 
+    // A MAC from the node's prefix when the config names none: chosen and recorded under a
+    // node-wide lock, so two parallel ADDs never pick the same one.
+    let asked = env.args.mac.or(conf.mac);
+    let _mac_lock = match (&ctx.node.mac_prefix, asked) {
+        (Some(_), None) => Some(ctx.state.lock_named("platform-mac").map_err(state_err)?),
+        _ => None,
+    };
+    let assigned_mac = match (&ctx.node.mac_prefix, asked) {
+        (Some(prefix), None) => Some(platform_mac(ctx, prefix, pci)?),
+        _ => None,
+    };
     let mut record = VfRecord {
         format: RECORD_FORMAT,
         pci,
@@ -127,9 +138,11 @@ pub fn add(ctx: &Ctx) -> Result<Value, CniError> {
         mtu_lock: None,
         orphaned: false,
         device_info_file: devinfo.as_ref().filter(|t| t.ours).map(|t| t.path.clone()),
+        assigned_mac,
         upstream: false,
     };
     ctx.state.save(&lock, &record).map_err(state_err)?;
+    drop(_mac_lock);
     tracing::debug!("VF {pci}: original state saved");
     fault::point("save");
 
@@ -167,7 +180,7 @@ fn attach(
     ipam_ran: &mut bool,
 ) -> Result<Value, CniError> {
     let (env, conf, pci) = (&ctx.env, &ctx.conf, record.pci);
-    let mac = env.args.mac.or(conf.mac);
+    let mac = env.args.mac.or(conf.mac).or(record.assigned_mac);
     let pf = PfSettings {
         vlan: conf.vlan.map(|v| {
             (
@@ -256,6 +269,36 @@ fn attach(
     ctx.state.save(lock, record).map_err(state_err)?;
     fault::point("record");
     Ok(result)
+}
+
+/// The attachment's MAC from the node's prefix: derived from the pod (or container) and the
+/// interface, moved on while another live attachment of this node holds it.
+fn platform_mac(
+    ctx: &Ctx,
+    prefix: &sriov::platform_mac::MacPrefix,
+    pci: PciAddress,
+) -> Result<sriov::netlink::MacAddr, CniError> {
+    let env = &ctx.env;
+    let key = sriov::platform_mac::key(env.args.pod(), &env.container_id, &env.ifname);
+    let mut failed = None;
+    let mac = prefix.assign(&key, |m| match ctx.state.mac_taken(m, &pci) {
+        Ok(taken) => taken,
+        Err(e) => {
+            failed.get_or_insert(e);
+            true
+        }
+    });
+    if let Some(e) = failed {
+        return Err(state_err(e));
+    }
+    let mac = mac.ok_or_else(|| {
+        CniError::new(
+            ErrorCode::VfBusy,
+            format!("macPrefix: every MAC of {prefix} is taken on this node"),
+        )
+    })?;
+    ctx.state.claim_mac(&mac, &pci).map_err(state_err)?;
+    Ok(mac)
 }
 
 /// Addresses, announcement settings, link up, routes.

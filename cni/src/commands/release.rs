@@ -166,6 +166,12 @@ pub(crate) fn release(
             problems.push(Problem::State { pci, error });
             return Err(problems);
         }
+        // The MAC is free again once the record is gone (a stale index entry never counts).
+        if let Some(mac) = &record.assigned_mac {
+            if let Err(error) = ctx.state.release_mac(mac, &pci) {
+                tracing::warn!("VF {pci}: {error}");
+            }
+        }
         return Ok(());
     }
     let only_missing = report.netdev_missing && report.errors.len() == 1;
