@@ -36,10 +36,10 @@ pub enum MtuLockError {
         source: Box<NetlinkError>,
     },
     #[error("MTU lock of VF {pci}: waiting for notifications: {source}")]
-    Poll {
+    Wait {
         pci: PciAddress,
         #[source]
-        source: nix::Error,
+        source: std::io::Error,
     },
 }
 
@@ -235,10 +235,10 @@ impl MtuLockWatcher {
         let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(source) => {
-                return Err(MtuLockError::Poll {
+            Err(errno) => {
+                return Err(MtuLockError::Wait {
                     pci: self.pci,
-                    source,
+                    source: errno.into(),
                 })
             }
         }
