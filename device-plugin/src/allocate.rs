@@ -187,12 +187,24 @@ mod tests {
         std::fs::write(dev.join("driver"), "").unwrap();
         let e = allocate(&pool, &[vec!["0000:3b:02.0".into(), "0000:3b:02.1".into()]]).unwrap_err();
         assert_eq!(e.reason(), "sysfs");
-        assert!(e.to_string().contains("0000:3b:02.1") && e.to_string().contains("driver"), "{e}");
-        assert!(!tmp.path().join("devinfo").exists() || std::fs::read_dir(tmp.path().join("devinfo")).unwrap().next().is_none());
+        assert!(
+            e.to_string().contains("0000:3b:02.1") && e.to_string().contains("driver"),
+            "{e}"
+        );
+        assert!(
+            !tmp.path().join("devinfo").exists()
+                || std::fs::read_dir(tmp.path().join("devinfo"))
+                    .unwrap()
+                    .next()
+                    .is_none()
+        );
         // A device whose folder vanished is gone.
         std::fs::remove_dir_all(&dev).unwrap();
         let e = allocate(&pool, &[vec!["0000:3b:02.1".into()]]).unwrap_err();
-        assert_eq!((e.reason(), e.gone().map(|p| p.to_string())), ("device_gone", Some("0000:3b:02.1".into())));
+        assert_eq!(
+            (e.reason(), e.gone().map(|p| p.to_string())),
+            ("device_gone", Some("0000:3b:02.1".into()))
+        );
     }
 
     /// The second file cannot be written: the first one goes again, and none is remembered.
@@ -203,17 +215,31 @@ mod tests {
         let dir = tmp.path().join("devinfo");
         std::fs::create_dir_all(dir.join("intel.com-net-0000:3b:02.1-device.json")).unwrap();
         std::fs::write(dir.join("keep"), "").unwrap();
-        let e = allocate(&pool, &[vec!["0000:3b:02.0".into()], vec!["0000:3b:02.1".into()]]).unwrap_err();
+        let e = allocate(
+            &pool,
+            &[vec!["0000:3b:02.0".into()], vec!["0000:3b:02.1".into()]],
+        )
+        .unwrap_err();
         assert_eq!(e.reason(), "devinfo");
-        assert!(!dir.join("intel.com-net-0000:3b:02.0-device.json").exists(), "rolled back");
+        assert!(
+            !dir.join("intel.com-net-0000:3b:02.0-device.json").exists(),
+            "rolled back"
+        );
         assert!(pool.devinfo_files.lock().unwrap().is_empty());
         std::fs::remove_dir(dir.join("intel.com-net-0000:3b:02.1-device.json")).unwrap();
-        let done = allocate(&pool, &[vec!["0000:3b:02.0".into()], vec!["0000:3b:02.1".into()]]).unwrap();
+        let done = allocate(
+            &pool,
+            &[vec!["0000:3b:02.0".into()], vec!["0000:3b:02.1".into()]],
+        )
+        .unwrap();
         assert_eq!(done.len(), 2);
         assert_eq!(done[1].envs["PCIDEVICE_INTEL_COM_NET"], "0000:3b:02.1");
         assert_eq!(pool.devinfo_files.lock().unwrap().len(), 2);
         pool.remove_files();
-        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left, ["keep"]);
     }
 
@@ -227,6 +253,9 @@ mod tests {
         assert_eq!(e.reason(), "no_iommu_group");
         symlink("../../../kernel/iommu_groups/77", dev.join("iommu_group")).unwrap();
         let a = allocate(&pool, &[vec!["0000:3b:02.0".into()]]).unwrap();
-        assert!(a[0].devices.iter().any(|n| n.container_path == "/dev/vfio/77"));
+        assert!(a[0]
+            .devices
+            .iter()
+            .any(|n| n.container_path == "/dev/vfio/77"));
     }
 }

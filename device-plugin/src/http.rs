@@ -144,7 +144,10 @@ mod tests {
         };
         probes.beat();
         assert_eq!(respond("/healthz", &e).status(), StatusCode::OK);
-        assert_eq!(respond("/readyz", &e).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            respond("/readyz", &e).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         probes.set_ready(Ok(()));
         assert_eq!(respond("/readyz", &e).status(), StatusCode::OK);
         assert_eq!(respond("/metrics", &e).status(), StatusCode::NOT_FOUND);

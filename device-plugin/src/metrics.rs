@@ -185,7 +185,9 @@ impl Metrics {
     }
 
     pub fn allocation_error(&self, pool: &str, reason: &'static str) {
-        self.pool(pool, |p| *p.allocation_errors.entry(reason).or_default() += 1);
+        self.pool(pool, |p| {
+            *p.allocation_errors.entry(reason).or_default() += 1
+        });
     }
 
     pub fn preferred_allocation(&self, pool: &str) {
@@ -256,20 +258,19 @@ impl Metrics {
                 .map(|(p, v)| (format!("{{resource=\"{}\"}}", escape(p)), f(v).to_string()))
                 .collect()
         };
-        let per_pool_label =
-            |label: &str, f: &dyn Fn(&PoolNumbers) -> Vec<(&'static str, u64)>| {
-                n.pools
-                    .iter()
-                    .flat_map(|(p, v)| {
-                        f(v).into_iter().map(move |(l, x)| {
-                            (
-                                format!("{{resource=\"{}\",{label}=\"{l}\"}}", escape(p)),
-                                x.to_string(),
-                            )
-                        })
+        let per_pool_label = |label: &str, f: &dyn Fn(&PoolNumbers) -> Vec<(&'static str, u64)>| {
+            n.pools
+                .iter()
+                .flat_map(|(p, v)| {
+                    f(v).into_iter().map(move |(l, x)| {
+                        (
+                            format!("{{resource=\"{}\",{label}=\"{l}\"}}", escape(p)),
+                            x.to_string(),
+                        )
                     })
-                    .collect::<Vec<_>>()
-            };
+                })
+                .collect::<Vec<_>>()
+        };
         let single = |v: String| vec![(String::new(), v)];
         family(
             "sriov_dp_build_info",
@@ -493,14 +494,18 @@ mod tests {
         assert!(families.len() >= 22, "{families:?}");
         for f in &families {
             assert!(
-                text.lines()
-                    .any(|l| l.starts_with(f) && !l.starts_with('#') && l[f.len()..].starts_with(['{', ' '])),
+                text.lines().any(|l| l.starts_with(f)
+                    && !l.starts_with('#')
+                    && l[f.len()..].starts_with(['{', ' '])),
                 "family {f} has no sample:\n{text}"
             );
         }
         let zero = |line: String| assert!(sample(&text, &line), "missing {line:?} in\n{text}");
         for kind in ErrorKind::ALL {
-            zero(format!("sriov_dp_errors_total{{kind=\"{}\"}} 0", kind.as_str()));
+            zero(format!(
+                "sriov_dp_errors_total{{kind=\"{}\"}} 0",
+                kind.as_str()
+            ));
         }
         for reason in AllocateError::REASONS {
             zero(format!(
@@ -521,7 +526,9 @@ mod tests {
             ));
         }
         for r in ["applied", "rejected"] {
-            zero(format!("sriov_dp_reconfigurations_total{{result=\"{r}\"}} 0"));
+            zero(format!(
+                "sriov_dp_reconfigurations_total{{result=\"{r}\"}} 0"
+            ));
         }
         zero(format!(
             "sriov_dp_build_info{{version=\"{}\"}} 1",

@@ -286,7 +286,10 @@ impl PluginServer {
                 Ok(Ok(())) => "it stopped".to_string(),
                 Ok(Err(e)) => e.to_string(),
                 Err(e) if e.is_panic() => {
-                    format!("panicked: {}", crate::supervise::panic_message(&*e.into_panic()))
+                    format!(
+                        "panicked: {}",
+                        crate::supervise::panic_message(&*e.into_panic())
+                    )
                 }
                 Err(_) => "cancelled".to_string(),
             };

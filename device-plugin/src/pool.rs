@@ -161,10 +161,17 @@ pub(crate) mod tests {
     /// `<tmp>/devinfo`. Also returns the receiver of the events sent to the main loop.
     pub(crate) fn pool_with(
         devices: &[PoolDevice],
-    ) -> (tempfile::TempDir, PoolShared, mpsc::UnboundedReceiver<Event>) {
+    ) -> (
+        tempfile::TempDir,
+        PoolShared,
+        mpsc::UnboundedReceiver<Event>,
+    ) {
         let tmp = tempfile::tempdir().unwrap();
         for d in devices {
-            let dir = tmp.path().join("sys/bus/pci/devices").join(d.pci.to_string());
+            let dir = tmp
+                .path()
+                .join("sys/bus/pci/devices")
+                .join(d.pci.to_string());
             std::fs::create_dir_all(&dir).unwrap();
             symlink("../../../bus/pci/drivers/iavf", dir.join("driver")).unwrap();
         }

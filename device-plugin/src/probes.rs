@@ -46,7 +46,8 @@ impl Probes {
     /// `Err` with the reason when the loop looks stuck.
     pub fn live(&self) -> Result<(), String> {
         let now = self.started.elapsed().as_millis() as u64;
-        let since = Duration::from_millis(now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)));
+        let since =
+            Duration::from_millis(now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)));
         if since < self.stall_limit {
             Ok(())
         } else {
@@ -128,7 +129,10 @@ mod tests {
     fn liveness_follows_the_heartbeat() {
         let p = Probes::new(Duration::from_millis(300));
         assert_eq!(p.heartbeat_interval(), Duration::from_millis(50));
-        assert_eq!(Probes::new(Duration::from_secs(30)).heartbeat_interval(), Duration::from_secs(5));
+        assert_eq!(
+            Probes::new(Duration::from_secs(30)).heartbeat_interval(),
+            Duration::from_secs(5)
+        );
         p.beat();
         assert!(p.live().is_ok());
         std::thread::sleep(Duration::from_millis(350));

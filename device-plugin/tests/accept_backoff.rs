@@ -1,10 +1,10 @@
 //! The metrics and probe listeners back off when accept fails. A test binary of its own: it
 //! lowers this process's file descriptor limit, which would disturb tests running beside it.
 
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use sriov_device_plugin::http::{serve, Endpoints};
 use sriov_device_plugin::metrics::{ErrorKind, Metrics};
 use sriov_device_plugin::probes::Probes;
-use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -20,7 +20,9 @@ async fn accept_errors_back_off() {
         serve_metrics: true,
     };
     let (stop_tx, stop) = watch::channel(false);
-    let addr = serve("127.0.0.1:0".parse().unwrap(), e, stop).await.unwrap();
+    let addr = serve("127.0.0.1:0".parse().unwrap(), e, stop)
+        .await
+        .unwrap();
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     let client = std::net::TcpStream::connect(addr).unwrap();
     // No descriptor free for the accepted socket: every number below the limit is taken.

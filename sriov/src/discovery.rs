@@ -524,7 +524,10 @@ const LOCAL_TABLE: u32 = 255;
 pub fn default_route_interfaces(netns: Option<&Path>) -> Result<Vec<String>, UplinkError> {
     use crate::netlink::{NetlinkSocket, Netns};
     let err = |source| UplinkError::Netlink {
-        netns: netns.map_or_else(|| "this network namespace".into(), |p| p.display().to_string()),
+        netns: netns.map_or_else(
+            || "this network namespace".into(),
+            |p| p.display().to_string(),
+        ),
         source,
     };
     let mut socket = match netns {

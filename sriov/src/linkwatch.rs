@@ -9,11 +9,11 @@
 //! that cannot be parsed is handed on as [`LinkUpdate::Unparsed`], for the caller to count and
 //! log; the links that did parse are still reported.
 //!
-//! The socket is blocking and meant for a thread of its own ([`spawn`]).
+//! The socket is blocking: [`LinkWatcher::next_update`] is for a thread of its own (the daemon
+//! runs it as a supervised blocking job).
 
 use crate::netlink::{Group, LinkInfo, NetlinkError, NetlinkSocket, Netns, Notification};
 use std::collections::VecDeque;
-use std::io;
 use std::path::Path;
 
 /// Receive buffer asked for; bursts beyond it cost a re-dump, not a lost state.
@@ -91,24 +91,6 @@ impl LinkWatcher {
     }
 }
 
-/// Runs a watcher on a thread of its own, handing every update to `on_update` until it returns
-/// false or the socket fails (the error is handed over too). The thread notices a `false` only
-/// at the next update.
-pub fn spawn(
-    mut watcher: LinkWatcher,
-    mut on_update: impl FnMut(Result<LinkUpdate, LinkWatchError>) -> bool + Send + 'static,
-) -> io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("linkwatch".into())
-        .spawn(move || loop {
-            let update = watcher.next_update();
-            let failed = update.is_err();
-            if !on_update(update) || failed {
-                return;
-            }
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,13 +134,15 @@ mod tests {
                 break;
             }
         };
-        wait(&mut w, &|u| {
-            matches!(u, LinkUpdate::Changed(l) if l.name == "v0" && state(l).admin_up && state(l).carrier)
-        });
+        wait(
+            &mut w,
+            &|u| matches!(u, LinkUpdate::Changed(l) if l.name == "v0" && state(l).admin_up && state(l).carrier),
+        );
         assert!(ip(&["-n", &ns.0, "link", "set", "v1", "down"]));
-        wait(&mut w, &|u| {
-            matches!(u, LinkUpdate::Changed(l) if l.name == "v0" && state(l).admin_up && !state(l).carrier)
-        });
+        wait(
+            &mut w,
+            &|u| matches!(u, LinkUpdate::Changed(l) if l.name == "v0" && state(l).admin_up && !state(l).carrier),
+        );
         assert!(ip(&["-n", &ns.0, "link", "set", "v0", "mtu", "1400"]));
         wait(
             &mut w,

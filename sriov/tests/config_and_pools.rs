@@ -279,7 +279,12 @@ fn unknown_uplinks_keep_every_netdev_out() {
     let unknown = pools::assign_with(&config, &node(), "intel.com", pools::Uplinks::Unknown);
     assert!(names(&known, "intel.com/all").len() > 4);
     let all = unknown.pool("intel.com/all").unwrap();
-    assert_eq!(all.devices.len(), 2, "{:?}", names(&unknown, "intel.com/all"));
+    assert_eq!(
+        all.devices.len(),
+        2,
+        "{:?}",
+        names(&unknown, "intel.com/all")
+    );
     assert!(all
         .devices
         .iter()

@@ -37,7 +37,16 @@ fn default_route_interfaces_of_another_netns() {
     n(&["addr", "add", "10.67.0.1/24", "dev", "lan0"]);
     n(&["route", "add", "default", "via", "10.66.0.2", "dev", "up0"]);
     n(&["-6", "addr", "add", "fd00:66::1/64", "dev", "v6a", "nodad"]);
-    n(&["-6", "route", "add", "default", "via", "fd00:66::2", "dev", "v6a"]);
+    n(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "fd00:66::2",
+        "dev",
+        "v6a",
+    ]);
     let path = format!("/var/run/netns/{}", ns.0);
     let mut got = default_route_interfaces(Some(Path::new(&path))).unwrap();
     got.sort();

@@ -112,10 +112,7 @@ impl Daemon {
                 path.display()
             ),
             ConfigCheck::Reverted => {
-                tracing::info!(
-                    "config {} holds the running config again",
-                    path.display()
-                );
+                tracing::info!("config {} holds the running config again", path.display());
                 self.ctx.metrics.config_valid();
                 self.problems.clear("config");
             }

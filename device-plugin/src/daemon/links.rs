@@ -41,8 +41,10 @@ impl Daemon {
             "link notifications unavailable ({why}); health follows sysfs at discovery; retrying in {:?}",
             retry.unwrap_or_default()
         );
-        self.problems
-            .set("linkwatch", format!("link notifications unavailable: {why}"));
+        self.problems.set(
+            "linkwatch",
+            format!("link notifications unavailable: {why}"),
+        );
         self.links = Links::partial([]);
         self.sched.schedule(Job::Discovery, Duration::ZERO);
     }

@@ -94,7 +94,10 @@ pub enum Event {
         error: String,
     },
     /// Allocate found a device of `pool` gone from sysfs.
-    DeviceGone { pool: String, pci: PciAddress },
+    DeviceGone {
+        pool: String,
+        pci: PciAddress,
+    },
     MtuLock(crate::mtu_locks::Ended),
 }
 
@@ -254,7 +257,9 @@ impl Daemon {
             Event::Fs(FsEvent::SysfsChanged) => {
                 self.sched.schedule(Job::Discovery, DISCOVERY_DEBOUNCE)
             }
-            Event::Fs(FsEvent::CniStateChanged) => self.sched.schedule(Job::MtuLocks, Duration::ZERO),
+            Event::Fs(FsEvent::CniStateChanged) => {
+                self.sched.schedule(Job::MtuLocks, Duration::ZERO)
+            }
             Event::Fs(FsEvent::Overflow) => self.sched.schedule(Job::Resync, Duration::ZERO),
             Event::Uevent(e) => {
                 tracing::debug!(action = %e.action, subsystem = %e.subsystem, devpath = %e.devpath, "uevent");
@@ -332,7 +337,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     d.start_fs_watcher()?;
     d.sched.schedule(Job::Discovery, Duration::ZERO);
     d.sched.schedule(Job::LinkWatch, Duration::ZERO);
-    d.sched.schedule(Job::Heartbeat, d.probes.heartbeat_interval());
+    d.sched
+        .schedule(Job::Heartbeat, d.probes.heartbeat_interval());
     d.sched.schedule(Job::Resync, d.opts.resync_interval);
     d.check_mtu_locks();
     let uevents = d.tx.clone();

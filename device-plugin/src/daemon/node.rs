@@ -130,10 +130,15 @@ impl Daemon {
                 self.ctx.metrics.error(ErrorKind::Discovery);
                 tracing::error!(
                     "discovery {}: {e}; keeping the devices known so far, retrying in {:?}",
-                    if matches!(e, TaskError::Panicked(_)) { "panicked" } else { "failed" },
+                    if matches!(e, TaskError::Panicked(_)) {
+                        "panicked"
+                    } else {
+                        "failed"
+                    },
                     retry.unwrap_or_default()
                 );
-                self.problems.set("discovery", format!("discovery failed: {e}"));
+                self.problems
+                    .set("discovery", format!("discovery failed: {e}"));
                 return;
             }
         };
@@ -189,7 +194,8 @@ impl Daemon {
                 Ok(list)
             }
             Err(e) => {
-                let why = format!("{e}: every netdev that could be the uplink stays out of the pools");
+                let why =
+                    format!("{e}: every netdev that could be the uplink stays out of the pools");
                 self.ctx.metrics.error(ErrorKind::Uplink);
                 if self.uplinks.as_ref().err() != Some(&why) {
                     tracing::error!("{why}");

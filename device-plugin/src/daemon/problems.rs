@@ -47,7 +47,11 @@ mod tests {
         p.set("config", "config refused".into());
         assert_eq!(p.last().as_deref(), Some("config refused"));
         p.set("discovery", "discovery panicked".into());
-        assert_eq!(p.last().as_deref(), Some("config refused"), "a repeat keeps its place");
+        assert_eq!(
+            p.last().as_deref(),
+            Some("config refused"),
+            "a repeat keeps its place"
+        );
         p.clear("config");
         assert_eq!(p.last().as_deref(), Some("discovery panicked"));
         p.clear("discovery");

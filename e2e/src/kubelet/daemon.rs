@@ -35,6 +35,18 @@ impl DaemonProcess {
         Self::spawn_command(Command::new(bin), args, log)
     }
 
+    /// Like [`DaemonProcess::spawn`], with these environment variables (e.g. `SRIOV_DP_FAULT`).
+    pub fn spawn_with_env(
+        bin: &Path,
+        args: &DaemonArgs,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<DaemonProcess> {
+        let mut cmd = Command::new(bin);
+        cmd.envs(env.iter().copied());
+        Self::spawn_command(cmd, args, log)
+    }
+
     /// Like [`DaemonProcess::spawn`], with the daemon inside the network namespace `netns`
     /// (`nsenter --net`, which execs the daemon: the PID is the daemon's).
     pub fn spawn_in_netns(

@@ -143,8 +143,9 @@ impl NetlinkSocket {
             let len = msg.length() as usize;
             let stale_reply = msg.port_number() == self.port() && msg.sequence_number() != 0;
             if !stale_reply {
-                self.queued
-                    .push_back(datagram[offset..offset + len.min(datagram.len() - offset)].to_vec());
+                self.queued.push_back(
+                    datagram[offset..offset + len.min(datagram.len() - offset)].to_vec(),
+                );
             }
             offset += super::attrs::align4(len);
         }
@@ -225,7 +226,10 @@ mod tests {
         p.extend(nla(4, &9000u32.to_ne_bytes()));
         match parse_notification(&message(RTM_NEWLINK, &p)) {
             Some(Notification::NewLink(l)) => {
-                assert_eq!((l.index, l.name.as_str(), l.mtu, l.up), (4, "ens1f0", 9000, true))
+                assert_eq!(
+                    (l.index, l.name.as_str(), l.mtu, l.up),
+                    (4, "ens1f0", 9000, true)
+                )
             }
             other => panic!("{other:?}"),
         }

@@ -63,7 +63,9 @@ impl RouteInfo {
 
     /// Every output interface the route names: its own and its next hops'.
     pub fn oifs(&self) -> impl Iterator<Item = u32> + '_ {
-        self.oif.into_iter().chain(self.multipath_oifs.iter().copied())
+        self.oif
+            .into_iter()
+            .chain(self.multipath_oifs.iter().copied())
     }
 }
 
@@ -344,7 +346,9 @@ mod tests {
     #[test]
     fn multipath_default_route() {
         let hop = |ifindex: u32, attrs: &[u8]| {
-            let mut h = ((RTNEXTHOP_LEN + attrs.len()) as u16).to_ne_bytes().to_vec();
+            let mut h = ((RTNEXTHOP_LEN + attrs.len()) as u16)
+                .to_ne_bytes()
+                .to_vec();
             h.extend_from_slice(&[0, 0]);
             h.extend_from_slice(&ifindex.to_ne_bytes());
             h.extend_from_slice(attrs);

@@ -347,7 +347,9 @@ fn process_datagram(
         offset += align4(msg.length() as usize);
         if msg.sequence_number() != seq {
             match keep.as_mut() {
-                Some((port, queue)) if is_notification(msg.port_number(), msg.sequence_number(), *port) => {
+                Some((port, queue))
+                    if is_notification(msg.port_number(), msg.sequence_number(), *port) =>
+                {
                     let end = (start + msg.length() as usize).min(datagram.len());
                     queue.push_back(datagram[start..end].to_vec());
                 }
@@ -541,7 +543,10 @@ mod tests {
         let mut d = with_port(message(16, 0, 0, &[1; 16]), 0); // kernel notification
         d.extend(with_port(message(16, 0, 2, &[2; 16]), 77)); // stale reply of ours
         d.extend(with_port(message(16, 0, 9, &[3; 16]), 1234)); // caused by another socket
-        d.extend(with_port(message(NLMSG_DONE, 0, 5, &0i32.to_ne_bytes()), 77));
+        d.extend(with_port(
+            message(NLMSG_DONE, 0, 5, &0i32.to_ne_bytes()),
+            77,
+        ));
         let mut queue = VecDeque::new();
         let mut interrupted = false;
         let outcome = process_datagram(
