@@ -43,6 +43,8 @@ pub struct Scheduler<J: Ord + Clone> {
     running: BTreeSet<J>,
     failures: BTreeMap<J, u32>,
     backoff: Backoff,
+    /// Jobs whose retries follow another backoff.
+    backoffs: BTreeMap<J, Backoff>,
 }
 
 impl<J: Ord + Clone> Default for Scheduler<J> {
@@ -58,7 +60,13 @@ impl<J: Ord + Clone> Scheduler<J> {
             running: BTreeSet::new(),
             failures: BTreeMap::new(),
             backoff,
+            backoffs: BTreeMap::new(),
         }
+    }
+
+    /// Retries of `job` follow `backoff` instead of the default.
+    pub fn set_backoff(&mut self, job: J, backoff: Backoff) {
+        self.backoffs.insert(job, backoff);
     }
 
     /// Runs `job` after `delay`, or earlier if it was already asked for earlier.
@@ -121,7 +129,7 @@ impl<J: Ord + Clone> Scheduler<J> {
         }
         let failures = self.failures.entry(job.clone()).or_default();
         *failures = failures.saturating_add(1);
-        let delay = self.backoff.delay(*failures);
+        let delay = self.backoffs.get(job).unwrap_or(&self.backoff).delay(*failures);
         self.schedule(job.clone(), delay);
         Some(delay)
     }
@@ -220,6 +228,17 @@ mod tests {
         s.start("discovery");
         s.finish(&"discovery", false);
         assert_eq!(next(&mut s).await, Some(("discovery", 100 * MS)));
+        // Another job with a backoff of its own.
+        s.set_backoff(
+            "node-state",
+            Backoff {
+                first: 10 * MS,
+                max: 15 * MS,
+            },
+        );
+        for want in [10, 15, 15] {
+            assert_eq!(s.finish(&"node-state", false), Some(want * MS));
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -91,7 +91,7 @@ impl Daemon {
             }
             Err(e) => {
                 self.ctx.metrics.error(ErrorKind::NodeState);
-                ns.failed(format!("{e} (next try in {:?})", retry.unwrap_or_default()));
+                ns.failed(e.to_string(), retry.unwrap_or_default());
                 self.problems
                     .set("node_state", format!("node state not written: {e}"));
             }

@@ -335,6 +335,14 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         source,
     })?;
     d.start_fs_watcher()?;
+    // A local file: retried soon, so the node's status catches up quickly once it can be.
+    d.sched.set_backoff(
+        Job::NodeState,
+        crate::scheduler::Backoff {
+            first: Duration::from_millis(250),
+            max: Duration::from_secs(2),
+        },
+    );
     d.sched.schedule(Job::Discovery, Duration::ZERO);
     d.sched.schedule(Job::LinkWatch, Duration::ZERO);
     d.sched
