@@ -28,6 +28,8 @@ fn default_expect() -> Expect {
         cni_bin_dir: "/opt/cni/bin".into(),
         resource_prefix: "intel.com".into(),
         metrics_port: 9808,
+        probe_port: 9809,
+        liveness_timeout: 30,
         log_format: "json".into(),
         node_state: true,
     }
@@ -123,6 +125,30 @@ fn without_the_node_state_sidecar_the_pod_has_no_api_access() {
         .all(|v| v.projected.is_none() && v.empty_dir.is_none()));
 }
 
+/// Metrics kept on the loopback: kubelet's probes (which come to the node's address) still
+/// reach the probe listener, bound to every address.
+#[test]
+fn loopback_metrics_leave_the_probes_reachable() {
+    let yaml = helm_ok(&[
+        "template",
+        "sriov-rs",
+        CHART,
+        "--namespace",
+        "sriov-rs",
+        "--set",
+        "metrics.bindAddress=127.0.0.1",
+    ]);
+    let objs = parse_stream(&yaml, "helm template (loopback metrics)");
+    let ds = objs.daemon_set("sriov-rs");
+    check_daemon_set(ds, &default_expect());
+    let args = ds.spec.template.spec.as_ref().unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(args.contains(&"--metrics-address=127.0.0.1:9808".to_string()), "{args:?}");
+    assert!(args.contains(&"--probe-address=0.0.0.0:9809".to_string()), "{args:?}");
+}
+
 #[test]
 fn full_values_change_everything_they_name() {
     let yaml = helm_ok(&[
@@ -183,6 +209,8 @@ fn full_values_change_everything_they_name() {
         cni_bin_dir: "/usr/libexec/cni".into(),
         resource_prefix: "example.com".into(),
         metrics_port: 19808,
+        probe_port: 19809,
+        liveness_timeout: 60,
         log_format: "text".into(),
         node_state: true,
     };
@@ -237,7 +265,8 @@ fn full_values_change_everything_they_name() {
         assert_eq!(field.values.as_deref().unwrap(), nodes, "{name}");
         let args = pod.containers[0].args.clone().unwrap();
         assert!(
-            args.contains(&"--metrics-address=[::]:19808".to_string()),
+            args.contains(&"--metrics-address=[::]:19808".to_string())
+                && args.contains(&"--probe-address=[::]:19809".to_string()),
             "IPv6 bracketed: {args:?}"
         );
         assert_eq!(pod.image_pull_secrets.as_ref().unwrap()[0].name, "regcred");
