@@ -145,8 +145,14 @@ fn loopback_metrics_leave_the_probes_reachable() {
         .args
         .clone()
         .unwrap();
-    assert!(args.contains(&"--metrics-address=127.0.0.1:9808".to_string()), "{args:?}");
-    assert!(args.contains(&"--probe-address=0.0.0.0:9809".to_string()), "{args:?}");
+    assert!(
+        args.contains(&"--metrics-address=127.0.0.1:9808".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--probe-address=0.0.0.0:9809".to_string()),
+        "{args:?}"
+    );
 }
 
 #[test]

@@ -102,7 +102,9 @@ impl NodeState {
     pub fn failed(&mut self, error: String, retry: std::time::Duration) {
         self.written = None;
         if self.failing.as_deref() != Some(error.as_str()) {
-            tracing::warn!("node state not written (retried with backoff, next in {retry:?}): {error}");
+            tracing::warn!(
+                "node state not written (retried with backoff, next in {retry:?}): {error}"
+            );
             self.failing = Some(error);
         } else {
             tracing::debug!("node state still not written, next try in {retry:?}: {error}");

@@ -129,7 +129,11 @@ impl<J: Ord + Clone> Scheduler<J> {
         }
         let failures = self.failures.entry(job.clone()).or_default();
         *failures = failures.saturating_add(1);
-        let delay = self.backoffs.get(job).unwrap_or(&self.backoff).delay(*failures);
+        let delay = self
+            .backoffs
+            .get(job)
+            .unwrap_or(&self.backoff)
+            .delay(*failures);
         self.schedule(job.clone(), delay);
         Some(delay)
     }
