@@ -5,7 +5,9 @@
 mod common;
 
 use common::helm::helm_ok;
-use common::{check_config_map, check_daemon_set, check_nad, check_rbac, parse_stream, Expect};
+use common::{
+    check_config_map, check_daemon_set, check_nad, check_rbac, parse_stream, Expect, Objects,
+};
 use std::collections::BTreeMap;
 
 const CHART: &str = "charts/sriov-rs";
@@ -98,8 +100,8 @@ fn default_values_render_the_daemon_set_and_least_privilege() {
     );
 }
 
-#[test]
-fn without_the_node_state_sidecar_the_pod_has_no_api_access() {
+/// `helm template` with the default values but one `--set`.
+fn template_with(set: &str) -> Objects {
     let yaml = helm_ok(&[
         "template",
         "sriov-rs",
@@ -107,9 +109,14 @@ fn without_the_node_state_sidecar_the_pod_has_no_api_access() {
         "--namespace",
         "sriov-rs",
         "--set",
-        "nodeState.enabled=false",
+        set,
     ]);
-    let objs = parse_stream(&yaml, "helm template (nodeState off)");
+    parse_stream(&yaml, &format!("helm template --set {set}"))
+}
+
+#[test]
+fn without_the_node_state_sidecar_the_pod_has_no_api_access() {
+    let objs = template_with("nodeState.enabled=false");
     let ds = objs.daemon_set("sriov-rs");
     check_daemon_set(
         ds,
@@ -129,16 +136,7 @@ fn without_the_node_state_sidecar_the_pod_has_no_api_access() {
 /// reach the probe listener, bound to every address.
 #[test]
 fn loopback_metrics_leave_the_probes_reachable() {
-    let yaml = helm_ok(&[
-        "template",
-        "sriov-rs",
-        CHART,
-        "--namespace",
-        "sriov-rs",
-        "--set",
-        "metrics.bindAddress=127.0.0.1",
-    ]);
-    let objs = parse_stream(&yaml, "helm template (loopback metrics)");
+    let objs = template_with("metrics.bindAddress=127.0.0.1");
     let ds = objs.daemon_set("sriov-rs");
     check_daemon_set(ds, &default_expect());
     let args = ds.spec.template.spec.as_ref().unwrap().containers[0]

@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node daemon: one kubelet device plugin per pool.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show the node's network PCI devices, their SR-IOV state and the pools.
     Status {
         /// Root of the sysfs tree to read.
@@ -149,14 +149,18 @@ fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(sriov_device_plugin::run(opts))?;
+    let result = runtime.block_on(sriov_device_plugin::run(opts));
+    // The link watcher's blocking thread sits in recv() until a notification comes: exit
+    // without waiting for it (dropping the runtime would).
+    runtime.shutdown_background();
+    result?;
     Ok(())
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Status {
             sysfs_root,
             config,

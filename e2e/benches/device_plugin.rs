@@ -57,19 +57,15 @@ fn start(bin: &Path, lab: &SimNode) -> Run {
         KubeletEmulator::start(&kubelet_dir, RegistrationMode::KubeletSocket).expect("kubelet");
     let config = tmp.path().join("config.json");
     std::fs::write(&config, CONFIG).expect("config");
+    // As deployed: metrics and probes served, the node-state file written.
     let args = DaemonArgs {
-        config,
-        sysfs_root: lab.sysfs_root().to_path_buf(),
-        kubelet_dir,
-        devinfo_dir: tmp.path().join("devinfo"),
-        dev_root: lab.paths().dev(),
-        netns: Some(lab.netns_path().to_path_buf()),
-        // As deployed: metrics served, the node-state file written.
         metrics_address: Some(sriov_e2e::local::unused_local_addr()),
         extra: vec![
             "--node-state-file".into(),
             tmp.path().join("node-state.json").display().to_string(),
+            format!("--probe-address={}", sriov_e2e::local::unused_local_addr()),
         ],
+        ..DaemonArgs::on_lab(lab, tmp.path(), config)
     };
     let log = tmp.path().join("daemon.log");
     std::env::set_var("RUST_LOG", "warn");

@@ -42,24 +42,19 @@ fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
 
 fn start(bin: &std::path::Path, lab: &SimNode, resync: u64) -> Daemon {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let kubelet_dir = tmp.path().join("kubelet");
     let kubelet =
-        KubeletEmulator::start(&kubelet_dir, RegistrationMode::KubeletSocket).expect("kubelet");
+        KubeletEmulator::start(&tmp.path().join("kubelet"), RegistrationMode::KubeletSocket)
+            .expect("kubelet");
     let config = tmp.path().join("config.json");
     std::fs::write(&config, CONFIG).expect("config");
     let probes = sriov_e2e::local::unused_local_addr();
     let args = DaemonArgs {
-        config,
-        sysfs_root: lab.sysfs_root().to_path_buf(),
-        kubelet_dir,
-        devinfo_dir: tmp.path().join("devinfo"),
-        dev_root: lab.paths().dev(),
-        netns: Some(lab.netns_path().to_path_buf()),
         metrics_address: Some(sriov_e2e::local::unused_local_addr()),
         extra: vec![
             format!("--resync-seconds={resync}"),
             format!("--probe-address={probes}"),
         ],
+        ..DaemonArgs::on_lab(lab, tmp.path(), config)
     };
     let process = DaemonProcess::spawn_with_env(
         bin,

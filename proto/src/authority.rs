@@ -25,14 +25,33 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::codegen::http::uri::Authority;
 
 /// The client's connection preface (RFC 9113 §3.4).
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
-const HEADERS: u8 = 0x1;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
+/// Frame types and flags (RFC 9113 §6) used here and by test clients.
+pub const DATA: u8 = 0x0;
+pub const HEADERS: u8 = 0x1;
+pub const RST_STREAM: u8 = 0x3;
+pub const SETTINGS: u8 = 0x4;
+pub const GOAWAY: u8 = 0x7;
+pub const CONTINUATION: u8 = 0x9;
+pub const END_STREAM: u8 = 0x1;
+pub const ACK: u8 = 0x1;
+pub const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
+
+/// One HTTP/2 frame: the 9-byte header, then `parts` as its payload.
+pub fn frame(kind: u8, flags: u8, stream: u32, parts: &[&[u8]]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut f = Vec::with_capacity(FRAME_HEADER + len);
+    f.extend_from_slice(&(len as u32).to_be_bytes()[1..]);
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    for p in parts {
+        f.extend_from_slice(p);
+    }
+    f
+}
 /// `SETTINGS_MAX_FRAME_SIZE`'s initial value: every peer accepts frames this large.
 const MAX_FRAME: usize = 16_384;
 /// `SETTINGS_HEADER_TABLE_SIZE`'s initial value, which `h2` keeps.
@@ -129,7 +148,7 @@ impl Rewriter {
                 break;
             }
             let frame = std::mem::take(&mut self.input);
-            let result = self.frame(&frame[start..end]);
+            let result = self.on_frame(&frame[start..end]);
             self.input = frame;
             result?;
             start = end;
@@ -143,7 +162,7 @@ impl Rewriter {
         self.output.append(&mut self.input);
     }
 
-    fn frame(&mut self, frame: &[u8]) -> io::Result<()> {
+    fn on_frame(&mut self, frame: &[u8]) -> io::Result<()> {
         let (kind, flags) = (frame[3], frame[4]);
         let stream = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
         let payload = &frame[FRAME_HEADER..];
@@ -257,14 +276,7 @@ impl Rewriter {
     }
 
     fn write_frame(&mut self, kind: u8, flags: u8, stream: u32, parts: &[&[u8]]) {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        self.output
-            .extend_from_slice(&(len as u32).to_be_bytes()[1..]);
-        self.output.extend_from_slice(&[kind, flags]);
-        self.output.extend_from_slice(&stream.to_be_bytes());
-        for p in parts {
-            self.output.extend_from_slice(p);
-        }
+        self.output.extend(frame(kind, flags, stream, parts));
     }
 }
 
@@ -378,17 +390,16 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
 mod tests {
     use super::*;
 
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-        f.extend_from_slice(&[kind, flags]);
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
+    fn one(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        frame(kind, flags, stream, &[payload])
     }
 
     /// Splits `output` into frames and decodes the header blocks (as h2 would, with one
     /// decoder for the connection).
-    fn server_view(output: &[u8]) -> Vec<(u8, u8, Vec<(Vec<u8>, Vec<u8>)>)> {
+    /// A header block's fields, as h2 decodes them.
+    type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn server_view(output: &[u8]) -> Vec<(u8, u8, Fields)> {
         assert!(output.starts_with(PREFACE));
         let mut rest = &output[PREFACE.len()..];
         let mut decoder = Decoder::new();
@@ -434,14 +445,14 @@ mod tests {
         let path = b"/var/lib/kubelet/device-plugins/intel.com_net.sock";
         let mut client = Encoder::new();
         let mut bytes = PREFACE.to_vec();
-        bytes.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+        bytes.extend(one(0x4, 0, 0, &[])); // SETTINGS
         for stream in [1u32, 3] {
             // The second block refers to the first one's dynamic table entries.
             let block = client.encode(request(path).iter().map(|(n, v)| (*n, &v[..])));
             let mut payload = vec![0, 0, 0, 0, 7]; // priority
             payload.extend_from_slice(&block);
-            bytes.extend(frame(HEADERS, END_HEADERS | PRIORITY, stream, &payload));
-            bytes.extend(frame(0x0, END_STREAM, stream, &[0, 0, 0, 0, 0])); // DATA
+            bytes.extend(one(HEADERS, END_HEADERS | PRIORITY, stream, &payload));
+            bytes.extend(one(0x0, END_STREAM, stream, &[0, 0, 0, 0, 0])); // DATA
         }
         // A good authority, split over HEADERS + CONTINUATION, padded.
         let block = client.encode(request(b"localhost:1234").iter().map(|(n, v)| (*n, &v[..])));
@@ -449,8 +460,8 @@ mod tests {
         let mut payload = vec![3];
         payload.extend_from_slice(a);
         payload.extend_from_slice(&[0, 0, 0]);
-        bytes.extend(frame(HEADERS, PADDED | END_STREAM, 5, &payload));
-        bytes.extend(frame(CONTINUATION, END_HEADERS, 5, b));
+        bytes.extend(one(HEADERS, PADDED | END_STREAM, 5, &payload));
+        bytes.extend(one(CONTINUATION, END_HEADERS, 5, b));
 
         let mut r = Rewriter::new();
         // One byte at a time: frames are reassembled whatever the reads.
@@ -471,7 +482,7 @@ mod tests {
             } else {
                 b"localhost:1234"
             };
-            let expected: Vec<(Vec<u8>, Vec<u8>)> = request(want)
+            let expected: Fields = request(want)
                 .into_iter()
                 .map(|(n, v)| (n.to_vec(), v))
                 .collect();
@@ -494,7 +505,7 @@ mod tests {
         for (i, chunk) in block.chunks(MAX_FRAME).enumerate() {
             let last = (i + 1) * MAX_FRAME >= block.len();
             let kind = if i == 0 { HEADERS } else { CONTINUATION };
-            bytes.extend(frame(kind, if last { END_HEADERS } else { 0 }, 1, chunk));
+            bytes.extend(one(kind, if last { END_HEADERS } else { 0 }, 1, chunk));
         }
         let mut r = Rewriter::new();
         r.feed(&bytes).unwrap();
@@ -513,7 +524,7 @@ mod tests {
         assert_eq!(r.output, b"GET / HTTP/1.1\r\n\r\n");
         let mut r = Rewriter::new();
         let mut bytes = PREFACE.to_vec();
-        bytes.extend(frame(
+        bytes.extend(one(
             HEADERS,
             END_HEADERS,
             1,
@@ -522,12 +533,12 @@ mod tests {
         assert!(r.feed(&bytes).is_err());
         let mut r = Rewriter::new();
         let mut bytes = PREFACE.to_vec();
-        bytes.extend(frame(HEADERS, 0, 1, &[0x82]));
-        bytes.extend(frame(0x0, 0, 1, &[]));
+        bytes.extend(one(HEADERS, 0, 1, &[0x82]));
+        bytes.extend(one(0x0, 0, 1, &[]));
         assert!(r.feed(&bytes).is_err(), "a block interrupted");
         let mut r = Rewriter::new();
         let mut bytes = PREFACE.to_vec();
-        bytes.extend(frame(HEADERS, PADDED | END_HEADERS, 1, &[9, 0x82]));
+        bytes.extend(one(HEADERS, PADDED | END_HEADERS, 1, &[9, 0x82]));
         assert!(r.feed(&bytes).is_err(), "padding past the end");
         assert!(!acceptable(b"/var/lib/kubelet/device-plugins/kubelet.sock"));
         assert!(!acceptable(b""));

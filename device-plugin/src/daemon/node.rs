@@ -128,17 +128,15 @@ impl Daemon {
             Ok(d) => d,
             Err(e) => {
                 self.ctx.metrics.error(ErrorKind::Discovery);
+                let what = match &e {
+                    TaskError::Panicked(m) => format!("discovery panicked: {m}"),
+                    other => format!("discovery failed: {other}"),
+                };
                 tracing::error!(
-                    "discovery {}: {e}; keeping the devices known so far, retrying in {:?}",
-                    if matches!(e, TaskError::Panicked(_)) {
-                        "panicked"
-                    } else {
-                        "failed"
-                    },
+                    "{what}; keeping the devices known so far, retrying in {:?}",
                     retry.unwrap_or_default()
                 );
-                self.problems
-                    .set("discovery", format!("discovery failed: {e}"));
+                self.problems.set("discovery", what);
                 return;
             }
         };

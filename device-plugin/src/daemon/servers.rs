@@ -180,10 +180,10 @@ impl Daemon {
                 rt.registration = None;
                 self.ctx.metrics.error(ErrorKind::Registration);
                 let retry = self.sched.finish(&job, false);
-                tracing::error!(pool = %pool, "registration {e}; retrying in {:?}", retry.unwrap_or_default());
+                tracing::error!(pool = %pool, "registration task {e}; retrying in {:?}", retry.unwrap_or_default());
                 self.problems.set(
                     format!("registration {pool}"),
-                    format!("registration of {pool} {e}"),
+                    format!("registration of {pool}: {e}"),
                 );
             }
         }
@@ -215,10 +215,8 @@ impl Daemon {
     /// A scheduled retry of a pool's server or registration.
     pub(super) async fn retry_pool(&mut self, job: Job) {
         match job {
-            Job::StartServer(name) => {
-                if self.pools.get(&name).is_some_and(|rt| !rt.served()) {
-                    self.restart_server(&name).await;
-                }
+            Job::StartServer(name) if self.pools.get(&name).is_some_and(|rt| !rt.served()) => {
+                self.restart_server(&name).await;
             }
             Job::Register(name) => {
                 if let Some(mut rt) = self.pools.remove(&name) {

@@ -21,6 +21,23 @@ pub struct DaemonArgs {
     pub extra: Vec<String>,
 }
 
+impl DaemonArgs {
+    /// The daemon on a simulated node, with `config`, its kubelet folder at `dir/kubelet` and
+    /// its device-information files in `dir/devinfo`; no metrics, no further flags.
+    pub fn on_lab(lab: &crate::sim::SimNode, dir: &Path, config: PathBuf) -> DaemonArgs {
+        DaemonArgs {
+            config,
+            sysfs_root: lab.sysfs_root().to_path_buf(),
+            kubelet_dir: dir.join("kubelet"),
+            devinfo_dir: dir.join("devinfo"),
+            dev_root: lab.paths().dev(),
+            netns: Some(lab.netns_path().to_path_buf()),
+            metrics_address: None,
+            extra: Vec::new(),
+        }
+    }
+}
+
 /// A running daemon.
 pub struct DaemonProcess {
     child: Option<Child>,

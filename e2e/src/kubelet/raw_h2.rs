@@ -3,20 +3,13 @@
 //! client cannot send that (its URI type refuses a path as authority), hence frames by hand.
 
 use loona_hpack::{Decoder, Encoder};
+use sriov_proto::authority::{
+    frame, ACK, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE, RST_STREAM, SETTINGS,
+};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const ACK: u8 = 0x1;
 
 /// How a call ended when it did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,14 +21,6 @@ pub enum RawCallError {
     /// The call ended with a non-zero `grpc-status`.
     Status(String, String),
     Io(String),
-}
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    f.extend_from_slice(&[kind, flags]);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
 }
 
 /// Calls the unary gRPC method `method` (`/package.Service/Method`) on the server at `socket`
@@ -64,8 +49,8 @@ pub fn unary_call(
     grpc.extend_from_slice(message);
     let mut out = PREFACE.to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
-    out.extend(frame(HEADERS, END_HEADERS, 1, &block));
-    out.extend(frame(DATA, END_STREAM, 1, &grpc));
+    out.extend(frame(HEADERS, END_HEADERS, 1, &[&block]));
+    out.extend(frame(DATA, END_STREAM, 1, &[&grpc]));
     s.write_all(&out).map_err(io)?;
 
     let mut decoder = Decoder::new();

@@ -107,8 +107,8 @@ impl NetlinkSocket {
             }
             match self.recv_datagram(flags) {
                 Ok(datagram) => {
-                    if let Err(n) = self.queue_datagram(&datagram) {
-                        return Ok(Some(n));
+                    if let Err(error) = self.queue_datagram(&datagram) {
+                        return Ok(Some(Notification::Unparsed { kind: 0, error }));
                     }
                 }
                 Err(e) if is_overflow(&e) => continue,
@@ -125,21 +125,15 @@ impl NetlinkSocket {
     /// Queue the messages of a datagram that are notifications (stale replies
     /// to our own abandoned requests are skipped). A datagram whose framing
     /// is broken is reported as such (its remaining bytes cannot be split).
-    fn queue_datagram(&mut self, datagram: &[u8]) -> Result<(), Notification> {
+    fn queue_datagram(&mut self, datagram: &[u8]) -> Result<(), NetlinkError> {
         let mut offset = 0;
         while offset < datagram.len() {
-            let msg = match NetlinkBuffer::new_checked(&datagram[offset..]) {
-                Ok(m) => m,
-                Err(e) => {
-                    return Err(Notification::Unparsed {
-                        kind: 0,
-                        error: NetlinkError::Decode {
-                            what: "netlink notification",
-                            reason: e.to_string(),
-                        },
-                    })
+            let msg = NetlinkBuffer::new_checked(&datagram[offset..]).map_err(|e| {
+                NetlinkError::Decode {
+                    what: "netlink notification",
+                    reason: e.to_string(),
                 }
-            };
+            })?;
             let len = msg.length() as usize;
             let stale_reply = msg.port_number() == self.port() && msg.sequence_number() != 0;
             if !stale_reply {
