@@ -50,6 +50,29 @@ fn work_that_panics_is_retried_and_the_daemon_keeps_serving() {
     assert_eq!(r.envs["PCIDEVICE_INTEL_COM_NET"], vf(0, 1));
 }
 
+/// SIGTERM on a quiet node (no link notification comes): the daemon stops at once, not when
+/// its link watcher's blocking read next returns.
+#[test]
+fn sigterm_on_a_quiet_node_stops_at_once() {
+    let mut env = Env::new(
+        "dp-sigterm",
+        SimSpec::default().pfs(1).vfs(2),
+        IAVF_POOL,
+        RegistrationMode::KubeletSocket,
+    );
+    env.wait_devices("intel.com/net", |d| d.len() == 2);
+    env.wait_log("link snapshot");
+    // The kernel announces a new link's carrier up to a second late: let the lab settle.
+    std::thread::sleep(Duration::from_secs(3));
+    let asked = Instant::now();
+    let status = env
+        .daemon
+        .terminate(Duration::from_secs(5))
+        .expect("exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    println!("stopped {:?} after SIGTERM", asked.elapsed());
+}
+
 /// The probe listener has an address of its own (here 127.0.0.2, where the metrics listener
 /// on 127.0.0.1 does not answer). With a resync of 300 s and a stall limit of 2 s the loop must
 /// still beat; a loop that stops turning fails liveness.
