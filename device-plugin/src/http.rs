@@ -82,14 +82,16 @@ async fn handle(req: Request<Incoming>, e: Endpoints) -> Result<Response<Full<By
 }
 
 /// Binds `addr` and serves until `stop` turns true. Returns the bound address (port 0 picks one).
+/// If serving ends otherwise (a panic), `on_end` says why.
 pub async fn serve(
     addr: SocketAddr,
     endpoints: Endpoints,
     mut stop: watch::Receiver<bool>,
+    on_end: impl FnOnce(String) + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    tokio::spawn(async move {
+    let accept = async move {
         let mut backoff = FIRST_ACCEPT_BACKOFF;
         loop {
             let accepted = tokio::select! {
@@ -124,6 +126,14 @@ pub async fn serve(
                     }
                     backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
                 }
+            }
+        }
+        Ok::<(), std::convert::Infallible>(())
+    };
+    crate::supervise::spawn(accept, move |r| {
+        if let Err(e) = r {
+            if !e.is_cancelled() {
+                on_end(e.to_string());
             }
         }
     });

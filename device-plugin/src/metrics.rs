@@ -44,10 +44,14 @@ pub enum ErrorKind {
     MtuLock,
     /// A device-information file could not be removed.
     Devinfo,
+    /// The inotify watcher stopped (it restarts).
+    Inotify,
+    /// The kernel uevent listener stopped (it restarts).
+    Uevent,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::ConfigRead,
         ErrorKind::Discovery,
         ErrorKind::Uplink,
@@ -62,6 +66,8 @@ impl ErrorKind {
         ErrorKind::MetricsAccept,
         ErrorKind::MtuLock,
         ErrorKind::Devinfo,
+        ErrorKind::Inotify,
+        ErrorKind::Uevent,
     ];
 
     /// The label value.
@@ -81,6 +87,8 @@ impl ErrorKind {
             ErrorKind::MetricsAccept => "metrics_accept",
             ErrorKind::MtuLock => "mtu_lock",
             ErrorKind::Devinfo => "devinfo",
+            ErrorKind::Inotify => "inotify",
+            ErrorKind::Uevent => "uevent",
         }
     }
 }

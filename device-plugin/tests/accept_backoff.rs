@@ -20,7 +20,7 @@ async fn accept_errors_back_off() {
         serve_metrics: true,
     };
     let (stop_tx, stop) = watch::channel(false);
-    let addr = serve("127.0.0.1:0".parse().unwrap(), e, stop)
+    let addr = serve("127.0.0.1:0".parse().unwrap(), e, stop, |_| {})
         .await
         .unwrap();
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();

@@ -25,6 +25,9 @@ impl Daemon {
                 return false;
             }
             Job::MtuLocks => self.check_mtu_locks(),
+            Job::FsWatch => self.restart_fs_watcher(),
+            Job::Uevent => self.start_uevents(),
+            Job::Http(metrics) => self.start_listener(metrics).await,
             job @ (Job::StartServer(_) | Job::Register(_)) => self.retry_pool(job).await,
         }
         true

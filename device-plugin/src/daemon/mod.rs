@@ -99,6 +99,13 @@ pub enum Event {
         pci: PciAddress,
     },
     MtuLock(crate::mtu_locks::Ended),
+    /// The uevent listener stopped.
+    UeventEnded(String),
+    /// A metrics (`metrics: true`) or probe listener stopped.
+    HttpEnded {
+        metrics: bool,
+        why: String,
+    },
 }
 
 pub struct Discovered {
@@ -120,6 +127,12 @@ pub enum Job {
     LinkWatch,
     NodeState,
     MtuLocks,
+    /// Restart the inotify watcher.
+    FsWatch,
+    /// Restart the uevent listener.
+    Uevent,
+    /// Restart the metrics (`true`) or probe listener.
+    Http(bool),
     StartServer(String),
     Register(String),
 }
@@ -165,6 +178,8 @@ pub struct Daemon {
     generation: u64,
     /// Test-only: the loop stops turning (`SRIOV_DP_FAULT=stall-on-config-change`).
     stalled: bool,
+    /// Stops the metrics and probe listeners.
+    http_stop: watch::Sender<bool>,
 }
 
 impl Daemon {
@@ -203,6 +218,7 @@ impl Daemon {
             mtu_locks,
             generation: 0,
             stalled: false,
+            http_stop: watch::channel(false).0,
         })
     }
 
@@ -261,6 +277,15 @@ impl Daemon {
                 self.sched.schedule(Job::MtuLocks, Duration::ZERO)
             }
             Event::Fs(FsEvent::Overflow) => self.sched.schedule(Job::Resync, Duration::ZERO),
+            Event::Fs(FsEvent::Failed(why)) => {
+                self.restart_failed(Job::FsWatch, ErrorKind::Inotify, "inotify", &why)
+            }
+            Event::UeventEnded(why) => {
+                self.restart_failed(Job::Uevent, ErrorKind::Uevent, "uevents", &why)
+            }
+            Event::HttpEnded { metrics, why } => {
+                self.restart_failed(Job::Http(metrics), ErrorKind::Metrics, "http", &why)
+            }
             Event::Uevent(e) => {
                 tracing::debug!(action = %e.action, subsystem = %e.subsystem, devpath = %e.devpath, "uevent");
                 self.sched.schedule(Job::Discovery, DISCOVERY_DEBOUNCE);
@@ -349,18 +374,15 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         .schedule(Job::Heartbeat, d.probes.heartbeat_interval());
     d.sched.schedule(Job::Resync, d.opts.resync_interval);
     d.check_mtu_locks();
-    let uevents = d.tx.clone();
-    if let Err(e) = crate::uevent::spawn(move |e| uevents.send(Event::Uevent(e)).is_ok()) {
-        tracing::warn!(
-            "kernel uevents unavailable ({e}); kernel-made sysfs changes are seen on resync only"
-        );
-    }
+    d.start_uevents();
     d.node_state = d
         .opts
         .node_state_file
         .clone()
         .map(|file| crate::node_state::NodeState::new(file, &d.opts.kubelet_dir));
-    let stop_http = d.start_http().await;
+    for metrics in [true, false] {
+        d.start_listener(metrics).await;
+    }
 
     let mut first = true;
     loop {
@@ -392,38 +414,89 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         }
     }
     d.shutdown().await;
-    let _ = stop_http.send(true);
+    let _ = d.http_stop.send(true);
     tracing::info!("stopped");
     Ok(())
 }
 
 impl Daemon {
-    /// The metrics and probe listeners; a failed bind is logged and counted, not fatal.
-    async fn start_http(&mut self) -> watch::Sender<bool> {
-        let (stop, stop_rx) = watch::channel(false);
-        let listeners = [
-            (self.opts.metrics_address, true, "metrics"),
-            (self.opts.probe_address, false, "probes"),
-        ];
-        for (addr, serve_metrics, what) in listeners {
-            let Some(addr) = addr else { continue };
-            let endpoints = crate::http::Endpoints {
-                metrics: self.ctx.metrics.clone(),
-                probes: self.probes.clone(),
-                serve_metrics,
-            };
-            match crate::http::serve(addr, endpoints, stop_rx.clone()).await {
-                Ok(bound) if serve_metrics => tracing::info!("metrics on http://{bound}/metrics"),
-                Ok(bound) => tracing::info!("probes on http://{bound}/healthz and /readyz"),
-                Err(e) => {
-                    self.ctx.metrics.error(ErrorKind::Metrics);
-                    tracing::error!("cannot serve {what} on {addr}: {e}");
-                    self.problems
-                        .set("http", format!("cannot serve {what} on {addr}: {e}"));
-                }
+    /// The metrics (`metrics: true`) or probe listener, if configured; a failed bind is logged,
+    /// counted and retried, not fatal.
+    async fn start_listener(&mut self, metrics: bool) {
+        let (addr, what) = if metrics {
+            (self.opts.metrics_address, "metrics")
+        } else {
+            (self.opts.probe_address, "probes")
+        };
+        let Some(addr) = addr else { return };
+        let endpoints = crate::http::Endpoints {
+            metrics: self.ctx.metrics.clone(),
+            probes: self.probes.clone(),
+            serve_metrics: metrics,
+        };
+        let tx = self.tx.clone();
+        let on_end = move |why| {
+            let _ = tx.send(Event::HttpEnded { metrics, why });
+        };
+        match crate::http::serve(addr, endpoints, self.http_stop.subscribe(), on_end).await {
+            Ok(bound) => {
+                tracing::info!("{what} on http://{bound}");
+                self.sched.finish(&Job::Http(metrics), true);
+                self.problems.clear(&format!("http {what}"));
+            }
+            Err(e) => self.restart_failed(
+                Job::Http(metrics),
+                ErrorKind::Metrics,
+                &format!("http {what}"),
+                &format!("cannot serve {what} on {addr}: {e}"),
+            ),
+        }
+    }
+
+    /// Listens to kernel uevents on a thread of its own; restarted with backoff if it stops.
+    fn start_uevents(&mut self) {
+        let (events, ended) = (self.tx.clone(), self.tx.clone());
+        match crate::uevent::spawn(
+            move |e| events.send(Event::Uevent(e)).is_ok(),
+            move |why| {
+                let _ = ended.send(Event::UeventEnded(why));
+            },
+        ) {
+            Ok(()) => self.problems.clear("uevents"),
+            Err(e) => self.restart_failed(
+                Job::Uevent,
+                ErrorKind::Uevent,
+                "uevents",
+                &format!("kernel uevents unavailable ({e}); kernel-made sysfs changes are seen on resync only"),
+            ),
+        }
+    }
+
+    /// The inotify watcher again (a new one: the old reader stopped), with every watch.
+    fn restart_fs_watcher(&mut self) {
+        self.fs = None;
+        match self.start_fs_watcher() {
+            Ok(()) => {
+                self.sched.finish(&Job::FsWatch, true);
+                self.problems.clear("inotify");
+                self.watch_sysfs();
+                self.check_mtu_locks();
+                // Changes were missed meanwhile.
+                self.sched.schedule(Job::Resync, Duration::ZERO);
+            }
+            Err(e) => {
+                self.restart_failed(Job::FsWatch, ErrorKind::Inotify, "inotify", &e.to_string())
             }
         }
-        stop
+    }
+
+    /// Something long-running stopped (or would not start): counted, logged, shown, and `job`
+    /// retried with backoff.
+    fn restart_failed(&mut self, job: Job, kind: ErrorKind, what: &str, why: &str) {
+        self.ctx.metrics.error(kind);
+        let retry = self.sched.finish(&job, false).unwrap_or_default();
+        tracing::error!("{why}; retrying in {retry:?}");
+        self.problems.set(what, why.to_string());
     }
 
     /// Writes the node-state file soon (once for a burst of changes); a failing write keeps
