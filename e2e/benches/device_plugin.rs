@@ -1,7 +1,7 @@
 //! The node daemon on a simulated node of 8 PFs x 128 VFs (1,024 VFs), driven by the kubelet
 //! emulator over real sockets. `cargo bench -p sriov-e2e --bench device_plugin` (root). The
 //! daemon measured is the image's (static) binary, built by `scripts/build-image.sh
-//! --binaries-only`.
+//! --binaries-only`, or the one `SRIOV_DP_BENCH_BINARY` names (to compare builds).
 //!
 //! Prints, against the targets of the daemon's issue:
 //! - cold start to the first ListAndWatch answer (< 50 ms);
@@ -57,13 +57,12 @@ fn start(bin: &Path, lab: &SimNode) -> Run {
         KubeletEmulator::start(&kubelet_dir, RegistrationMode::KubeletSocket).expect("kubelet");
     let config = tmp.path().join("config.json");
     std::fs::write(&config, CONFIG).expect("config");
-    // As deployed: metrics and probes served, the node-state file written.
+    // As deployed: metrics served, the node-state file written.
     let args = DaemonArgs {
         metrics_address: Some(sriov_e2e::local::unused_local_addr()),
         extra: vec![
             "--node-state-file".into(),
             tmp.path().join("node-state.json").display().to_string(),
-            format!("--probe-address={}", sriov_e2e::local::unused_local_addr()),
         ],
         ..DaemonArgs::on_lab(lab, tmp.path(), config)
     };
@@ -129,9 +128,12 @@ fn main() {
         "the device plugin benchmark needs root (simulated node)"
     );
     sriov_e2e::sim::gc().expect("gc");
-    // The binary the image ships: static, built by `scripts/build-image.sh --binaries-only`.
-    let bin: PathBuf =
-        sriov_e2e::image_binary("sriov-device-plugin").unwrap_or_else(|e| panic!("{e}"));
+    // The binary the image ships: static, built by `scripts/build-image.sh --binaries-only`;
+    // or another build to compare with (`SRIOV_DP_BENCH_BINARY=path`).
+    let bin: PathBuf = match std::env::var_os("SRIOV_DP_BENCH_BINARY") {
+        Some(path) => PathBuf::from(path),
+        None => sriov_e2e::image_binary("sriov-device-plugin").unwrap_or_else(|e| panic!("{e}")),
+    };
     println!("daemon binary: {} (as in the image)", bin.display());
     let spec = SimSpec::new(unique_name("bench-dp"))
         .pfs(8)

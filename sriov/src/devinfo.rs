@@ -78,10 +78,11 @@ pub fn resolve(
 ) -> Result<AllocatedDevice, DevInfoError> {
     let dir = sysfs.pci_device(&pci);
     let err = |source| DevInfoError::Sysfs { pci, source };
-    if !sysfs.exists(&dir) {
+    let driver = sysfs.link_name(&dir.join("driver")).map_err(err)?;
+    // No driver link: unbound, or the whole device is gone.
+    if driver.is_none() && !sysfs.exists(&dir) {
         return Err(DevInfoError::Gone { pci });
     }
-    let driver = sysfs.link_name(&dir.join("driver")).map_err(err)?;
     let userspace = driver
         .as_deref()
         .is_some_and(|d| crate::discovery::USERSPACE_DRIVERS.contains(&d));
