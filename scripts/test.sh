@@ -25,5 +25,7 @@ cargo run --locked -q -p sriov-e2e --bin sriov-lab -- gc || true
 # CNI end-to-end tests: Debian's containernetworking-plugins (static, host-local, host-device),
 # podman and runc, busybox-static.
 e2e/scripts/install-cni-test-deps.sh
+# Daemon end-to-end tests: promtool (Debian's prometheus package) lints /metrics.
+e2e/scripts/install-daemon-test-deps.sh
 
 cargo test --workspace --locked --no-fail-fast "$@"

@@ -5,7 +5,9 @@
 mod common;
 
 use common::helm::helm_ok;
-use common::{check_config_map, check_daemon_set, check_nad, check_rbac, parse_stream, Expect};
+use common::{
+    check_config_map, check_daemon_set, check_nad, check_rbac, parse_stream, Expect, Objects,
+};
 use std::collections::BTreeMap;
 
 const CHART: &str = "charts/sriov-rs";
@@ -28,6 +30,8 @@ fn default_expect() -> Expect {
         cni_bin_dir: "/opt/cni/bin".into(),
         resource_prefix: "intel.com".into(),
         metrics_port: 9808,
+        probe_port: 9809,
+        liveness_timeout: 30,
         log_format: "json".into(),
         node_state: true,
         cni_settings: r#"{"podResourcesSocket":"/var/lib/kubelet/pod-resources/kubelet.sock"}"#
@@ -100,8 +104,8 @@ fn default_values_render_the_daemon_set_and_least_privilege() {
     );
 }
 
-#[test]
-fn without_the_node_state_sidecar_the_pod_has_no_api_access() {
+/// `helm template` with the default values but one `--set`.
+fn template_with(set: &str) -> Objects {
     let yaml = helm_ok(&[
         "template",
         "sriov-rs",
@@ -109,9 +113,14 @@ fn without_the_node_state_sidecar_the_pod_has_no_api_access() {
         "--namespace",
         "sriov-rs",
         "--set",
-        "nodeState.enabled=false",
+        set,
     ]);
-    let objs = parse_stream(&yaml, "helm template (nodeState off)");
+    parse_stream(&yaml, &format!("helm template --set {set}"))
+}
+
+#[test]
+fn without_the_node_state_sidecar_the_pod_has_no_api_access() {
+    let objs = template_with("nodeState.enabled=false");
     let ds = objs.daemon_set("sriov-rs");
     check_daemon_set(
         ds,
@@ -125,6 +134,27 @@ fn without_the_node_state_sidecar_the_pod_has_no_api_access() {
         .unwrap()
         .iter()
         .all(|v| v.projected.is_none() && v.empty_dir.is_none()));
+}
+
+/// Metrics kept on the loopback: kubelet's probes (which come to the node's address) still
+/// reach the probe listener, bound to every address.
+#[test]
+fn loopback_metrics_leave_the_probes_reachable() {
+    let objs = template_with("metrics.bindAddress=127.0.0.1");
+    let ds = objs.daemon_set("sriov-rs");
+    check_daemon_set(ds, &default_expect());
+    let args = ds.spec.template.spec.as_ref().unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(
+        args.contains(&"--metrics-address=127.0.0.1:9808".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--probe-address=0.0.0.0:9809".to_string()),
+        "{args:?}"
+    );
 }
 
 #[test]
@@ -189,6 +219,8 @@ fn full_values_change_everything_they_name() {
         cni_bin_dir: "/usr/libexec/cni".into(),
         resource_prefix: "example.com".into(),
         metrics_port: 19808,
+        probe_port: 19809,
+        liveness_timeout: 60,
         log_format: "text".into(),
         node_state: true,
         cni_settings: r#"{"logDir":"/var/log/sriov-cni","podResourcesSocket":"/var/lib/k0s/kubelet/pod-resources/kubelet.sock","stateDir":"/var/lib/sriov-cni"}"#.into(),
@@ -244,7 +276,8 @@ fn full_values_change_everything_they_name() {
         assert_eq!(field.values.as_deref().unwrap(), nodes, "{name}");
         let args = pod.containers[0].args.clone().unwrap();
         assert!(
-            args.contains(&"--metrics-address=[::]:19808".to_string()),
+            args.contains(&"--metrics-address=[::]:19808".to_string())
+                && args.contains(&"--probe-address=[::]:19809".to_string()),
             "IPv6 bracketed: {args:?}"
         );
         assert_eq!(pod.image_pull_secrets.as_ref().unwrap()[0].name, "regcred");

@@ -99,6 +99,8 @@ fn node_daemon_manifests() {
             cni_bin_dir: "/opt/cni/bin".into(),
             resource_prefix: "intel.com".into(),
             metrics_port: 9808,
+            probe_port: 9809,
+            liveness_timeout: 30,
             log_format: "json".into(),
             node_state: true,
             cni_settings: r#"{"podResourcesSocket":"/var/lib/kubelet/pod-resources/kubelet.sock"}"#

@@ -1,9 +1,11 @@
-//! Allocate and GetPreferredAllocation on a pool snapshot: the decisions, without gRPC.
+//! Allocate and GetPreferredAllocation on a pool: the decisions and the device-information
+//! files, without gRPC (the gRPC edge maps [`AllocateError`] to a status, once).
 
-use crate::pool::{Context, PoolSnapshot};
+use crate::pool::{Context, PoolShared, PoolSnapshot};
 use sriov::allocation::{self, Candidate};
 use sriov::devinfo::{self, AllocatedDevice, DevInfoError, DeviceNode};
 use sriov::health::Health;
+use sriov::names::PciAddress;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -21,11 +23,26 @@ pub enum AllocateError {
     NoIommuGroup { id: String },
     #[error("no devices requested")]
     Empty,
-    #[error(transparent)]
-    DevInfo(#[from] DevInfoError),
+    /// Reading the device's current state failed, or the device is gone.
+    #[error("{0}")]
+    Resolve(DevInfoError),
+    /// Writing a device-information file failed (every file of the call was removed again).
+    #[error("{0}")]
+    Write(DevInfoError),
 }
 
 impl AllocateError {
+    /// Every [`AllocateError::reason`], for metrics at 0 from the start.
+    pub const REASONS: [&'static str; 7] = [
+        "unknown_device",
+        "unhealthy",
+        "no_iommu_group",
+        "empty",
+        "device_gone",
+        "sysfs",
+        "devinfo",
+    ];
+
     /// A short label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -33,7 +50,17 @@ impl AllocateError {
             AllocateError::Unhealthy { .. } => "unhealthy",
             AllocateError::NoIommuGroup { .. } => "no_iommu_group",
             AllocateError::Empty => "empty",
-            AllocateError::DevInfo(_) => "devinfo",
+            AllocateError::Resolve(DevInfoError::Gone { .. }) => "device_gone",
+            AllocateError::Resolve(_) => "sysfs",
+            AllocateError::Write(_) => "devinfo",
+        }
+    }
+
+    /// The device that is gone from sysfs, if that is the error.
+    pub fn gone(&self) -> Option<PciAddress> {
+        match self {
+            AllocateError::Resolve(DevInfoError::Gone { pci }) => Some(*pci),
+            _ => None,
         }
     }
 }
@@ -73,7 +100,8 @@ pub fn plan(
                 reason: why.to_string(),
             });
         }
-        let d = devinfo::resolve(&ctx.sysfs, tracked.device.pci, tracked.device.pf_pci, rdma);
+        let d = devinfo::resolve(&ctx.sysfs, tracked.device.pci, tracked.device.pf_pci, rdma)
+            .map_err(AllocateError::Resolve)?;
         if d.is_vfio() && d.iommu_group.is_none() {
             return Err(AllocateError::NoIommuGroup { id: id.clone() });
         }
@@ -86,16 +114,33 @@ pub fn plan(
     })
 }
 
-/// Writes the device-information files of a planned allocation; returns their paths.
-pub fn write_devinfo(
-    pool: &str,
-    ctx: &Context,
-    a: &ContainerAllocation,
-) -> Result<Vec<PathBuf>, AllocateError> {
-    a.devinfo
+/// One Allocate call: plans every container first (nothing is written unless all are valid),
+/// then writes the device-information files, each remembered by the pool as soon as it exists
+/// (removed when the pool stops). If one cannot be written, every file this call wrote is
+/// removed again and the call fails.
+pub fn allocate(
+    pool: &PoolShared,
+    containers: &[Vec<String>],
+) -> Result<Vec<ContainerAllocation>, AllocateError> {
+    let snapshot = pool.current();
+    let plans = containers
         .iter()
-        .map(|d| devinfo::write_file(&ctx.devinfo_dir, pool, d).map_err(AllocateError::from))
-        .collect()
+        .map(|ids| plan(&snapshot, &pool.ctx, ids))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut written: Vec<PathBuf> = Vec::new();
+    for d in plans.iter().flat_map(|p| &p.devinfo) {
+        match devinfo::write_file(&pool.ctx.devinfo_dir, &pool.name, d) {
+            Ok(path) => {
+                pool.remember_files([path.clone()]);
+                written.push(path);
+            }
+            Err(e) => {
+                pool.remove_files_of(&written);
+                return Err(AllocateError::Write(e));
+            }
+        }
+    }
+    Ok(plans)
 }
 
 /// GetPreferredAllocation for one container: only healthy pool devices are candidates.
@@ -124,4 +169,93 @@ pub fn preferred(
         },
         snapshot.config.allocation_policy,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::tests::{pool_with, vf};
+    use std::os::unix::fs::symlink;
+
+    /// A VF whose `driver` link cannot be read (a file where the link should be: readlink
+    /// fails) is an error, not a kernel VF without device nodes; nothing is written.
+    #[test]
+    fn an_unreadable_driver_link_fails_the_allocation() {
+        let (tmp, pool, _events) = pool_with(&[vf(0), vf(1)]);
+        let dev = tmp.path().join("sys/bus/pci/devices/0000:3b:02.1");
+        std::fs::remove_file(dev.join("driver")).unwrap();
+        std::fs::write(dev.join("driver"), "").unwrap();
+        let e = allocate(&pool, &[vec!["0000:3b:02.0".into(), "0000:3b:02.1".into()]]).unwrap_err();
+        assert_eq!(e.reason(), "sysfs");
+        assert!(
+            e.to_string().contains("0000:3b:02.1") && e.to_string().contains("driver"),
+            "{e}"
+        );
+        assert!(
+            !tmp.path().join("devinfo").exists()
+                || std::fs::read_dir(tmp.path().join("devinfo"))
+                    .unwrap()
+                    .next()
+                    .is_none()
+        );
+        // A device whose folder vanished is gone.
+        std::fs::remove_dir_all(&dev).unwrap();
+        let e = allocate(&pool, &[vec!["0000:3b:02.1".into()]]).unwrap_err();
+        assert_eq!(
+            (e.reason(), e.gone().map(|p| p.to_string())),
+            ("device_gone", Some("0000:3b:02.1".into()))
+        );
+    }
+
+    /// The second file cannot be written: the first one goes again, and none is remembered.
+    /// Written files are remembered and removed when the pool stops.
+    #[test]
+    fn a_failed_write_rolls_back_and_stop_removes_the_rest() {
+        let (tmp, pool, _events) = pool_with(&[vf(0), vf(1)]);
+        let dir = tmp.path().join("devinfo");
+        std::fs::create_dir_all(dir.join("intel.com-net-0000:3b:02.1-device.json")).unwrap();
+        std::fs::write(dir.join("keep"), "").unwrap();
+        let e = allocate(
+            &pool,
+            &[vec!["0000:3b:02.0".into()], vec!["0000:3b:02.1".into()]],
+        )
+        .unwrap_err();
+        assert_eq!(e.reason(), "devinfo");
+        assert!(
+            !dir.join("intel.com-net-0000:3b:02.0-device.json").exists(),
+            "rolled back"
+        );
+        assert!(pool.devinfo_files.lock().unwrap().is_empty());
+        std::fs::remove_dir(dir.join("intel.com-net-0000:3b:02.1-device.json")).unwrap();
+        let done = allocate(
+            &pool,
+            &[vec!["0000:3b:02.0".into()], vec!["0000:3b:02.1".into()]],
+        )
+        .unwrap();
+        assert_eq!(done.len(), 2);
+        assert_eq!(done[1].envs["PCIDEVICE_INTEL_COM_NET"], "0000:3b:02.1");
+        assert_eq!(pool.devinfo_files.lock().unwrap().len(), 2);
+        pool.remove_files();
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["keep"]);
+    }
+
+    #[test]
+    fn vfio_devices_get_their_group_read_now() {
+        let (tmp, pool, _events) = pool_with(&[vf(0)]);
+        let dev = tmp.path().join("sys/bus/pci/devices/0000:3b:02.0");
+        std::fs::remove_file(dev.join("driver")).unwrap();
+        symlink("../../../bus/pci/drivers/vfio-pci", dev.join("driver")).unwrap();
+        let e = allocate(&pool, &[vec!["0000:3b:02.0".into()]]).unwrap_err();
+        assert_eq!(e.reason(), "no_iommu_group");
+        symlink("../../../kernel/iommu_groups/77", dev.join("iommu_group")).unwrap();
+        let a = allocate(&pool, &[vec!["0000:3b:02.0".into()]]).unwrap();
+        assert!(a[0]
+            .devices
+            .iter()
+            .any(|n| n.container_path == "/dev/vfio/77"));
+    }
 }

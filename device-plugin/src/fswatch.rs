@@ -32,6 +32,8 @@ pub enum FsEvent {
     CniStateChanged,
     /// Events were lost: re-check everything.
     Overflow,
+    /// The reader stopped (its stream ended, or it panicked): the watcher must be started again.
+    Failed(String),
 }
 
 #[derive(Debug, Clone)]
@@ -45,10 +47,18 @@ enum Kind {
     CniState,
 }
 
-/// The watcher; events go to the channel given to [`FsWatcher::start`].
+/// The watcher; events go to the channel given to [`FsWatcher::start`]. Dropping it stops its
+/// reader.
 pub struct FsWatcher {
     watches: Watches,
     kinds: Arc<Mutex<HashMap<WatchDescriptor, Kind>>>,
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for FsWatcher {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 fn classify(kind: &Kind, mask: EventMask, name: Option<&OsString>) -> Option<FsEvent> {
@@ -81,46 +91,65 @@ fn classify(kind: &Kind, mask: EventMask, name: Option<&OsString>) -> Option<FsE
 }
 
 impl FsWatcher {
-    /// Starts the inotify reader task; `wrap` turns an [`FsEvent`] into the daemon's event type.
+    /// Starts the inotify reader task (supervised: if it ends by itself, a last
+    /// [`FsEvent::Failed`] says why); `wrap` turns an [`FsEvent`] into the daemon's event type.
     pub fn start<E: Send + 'static>(
         tx: mpsc::UnboundedSender<E>,
-        wrap: impl Fn(FsEvent) -> E + Send + 'static,
+        wrap: impl Fn(FsEvent) -> E + Send + Sync + 'static,
     ) -> std::io::Result<FsWatcher> {
         let inotify = Inotify::init()?;
         let mut stream = inotify.into_event_stream(vec![0u8; 64 * 1024])?;
         let watches = stream.watches();
         let kinds: Arc<Mutex<HashMap<WatchDescriptor, Kind>>> = Default::default();
         let reader_kinds = kinds.clone();
-        tokio::spawn(async move {
-            while let Some(event) = stream.next().await {
-                let event = match event {
-                    Ok(e) => e,
-                    Err(e) => {
-                        tracing::error!("inotify: {e}");
-                        if tx.send(wrap(FsEvent::Overflow)).is_err() {
-                            return;
+        let wrap = Arc::new(wrap);
+        let (end_tx, end_wrap) = (tx.clone(), wrap.clone());
+        let reader = crate::supervise::spawn(
+            async move {
+                while let Some(event) = stream.next().await {
+                    let event = match event {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::error!("inotify: {e}");
+                            if tx.send(wrap(FsEvent::Overflow)).is_err() {
+                                return Ok(());
+                            }
+                            continue;
                         }
-                        continue;
-                    }
-                };
-                let kind = reader_kinds
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&event.wd)
-                    .cloned();
-                let fs_event = match kind {
-                    Some(kind) => classify(&kind, event.mask, event.name.as_ref()),
-                    None if event.mask.contains(EventMask::Q_OVERFLOW) => Some(FsEvent::Overflow),
-                    None => None,
-                };
-                if let Some(ev) = fs_event {
-                    if tx.send(wrap(ev)).is_err() {
-                        return;
+                    };
+                    let kind = reader_kinds
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&event.wd)
+                        .cloned();
+                    let fs_event = match kind {
+                        Some(kind) => classify(&kind, event.mask, event.name.as_ref()),
+                        None if event.mask.contains(EventMask::Q_OVERFLOW) => {
+                            Some(FsEvent::Overflow)
+                        }
+                        None => None,
+                    };
+                    if let Some(ev) = fs_event {
+                        if tx.send(wrap(ev)).is_err() {
+                            return Ok(());
+                        }
                     }
                 }
-            }
-        });
-        Ok(FsWatcher { watches, kinds })
+                Err("the inotify stream ended".to_string())
+            },
+            move |r| match r {
+                Ok(()) => {}
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => {
+                    let _ = end_tx.send(end_wrap(FsEvent::Failed(e.to_string())));
+                }
+            },
+        );
+        Ok(FsWatcher {
+            watches,
+            kinds,
+            reader,
+        })
     }
 
     fn add(&mut self, path: &Path, mask: WatchMask, kind: Kind) -> std::io::Result<()> {

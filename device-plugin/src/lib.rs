@@ -9,18 +9,28 @@
 //! - [`pool`]: the snapshot shared by the daemon and the servers;
 //! - [`mtu_locks`]: enforcing the CNI's MTU locks in pods;
 //! - [`node_state`]: the SriovNodeState object, when running in a cluster;
-//! - [`metrics`], [`options`] (logging is `sriov::logging`).
+//! - [`scheduler`]: the loop's debounced job queue with backoff; [`supervise`]: every task and
+//!   blocking job reports how it ended, panics included;
+//! - [`metrics`], [`process`] (the `process_*` metrics), [`probes`] (liveness and readiness),
+//!   [`http`] (the metrics and probe listeners), [`options`]; [`fault`]: test-only faults
+//!   (logging is `sriov::logging`).
 
 pub mod allocate;
 pub mod daemon;
+pub mod fault;
 pub mod fswatch;
+pub mod http;
 pub mod metrics;
 pub mod mtu_locks;
 pub mod node_state;
 pub mod options;
 pub mod plugin_server;
 pub mod pool;
+pub mod probes;
+pub mod process;
 pub mod registration;
+pub mod scheduler;
+pub mod supervise;
 pub mod uevent;
 
 pub use daemon::{run, DaemonError};

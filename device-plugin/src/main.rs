@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node daemon: one kubelet device plugin per pool.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show the node's network PCI devices, their SR-IOV state and the pools.
     Status {
         /// Root of the sysfs tree to read.
@@ -78,9 +78,17 @@ struct RunArgs {
     /// Prefix for resources that do not set resourcePrefix.
     #[arg(long, default_value = DEFAULT_RESOURCE_PREFIX)]
     resource_prefix: String,
-    /// Serve /metrics and /healthz on this address (e.g. 0.0.0.0:9808); none = off.
+    /// Serve /metrics (and /healthz, /readyz) on this address (e.g. 0.0.0.0:9808); none = off.
     #[arg(long)]
     metrics_address: Option<SocketAddr>,
+    /// Serve the probes /healthz (liveness) and /readyz (readiness) on this address (e.g.
+    /// 0.0.0.0:9809), whatever the metrics address; none = off.
+    #[arg(long)]
+    probe_address: Option<SocketAddr>,
+    /// /healthz fails once the main loop has not turned for this many seconds (it turns at least
+    /// every sixth of it and every 5 s, whatever --resync-seconds says).
+    #[arg(long, default_value_t = 30)]
+    liveness_timeout_seconds: u64,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormatArg,
     /// Where device-information files are written.
@@ -119,6 +127,8 @@ fn run(args: RunArgs) -> Result<()> {
         kubelet_dir: args.kubelet_dir,
         resource_prefix: args.resource_prefix,
         metrics_address: args.metrics_address,
+        probe_address: args.probe_address,
+        liveness_timeout: Duration::from_secs(args.liveness_timeout_seconds.max(1)),
         devinfo_dir: args.devinfo_dir,
         dev_root: args.dev_root,
         netns: args.netns,
@@ -139,14 +149,18 @@ fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(sriov_device_plugin::run(opts))?;
+    let result = runtime.block_on(sriov_device_plugin::run(opts));
+    // The link watcher's blocking thread sits in recv() until a notification comes: exit
+    // without waiting for it (dropping the runtime would).
+    runtime.shutdown_background();
+    result?;
     Ok(())
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Status {
             sysfs_root,
             config,

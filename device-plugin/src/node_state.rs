@@ -24,7 +24,7 @@ pub struct NodeState {
     file: PathBuf,
     /// What the file holds now (`None`: unknown, e.g. after a failed write).
     written: Option<SriovNodeStateStatus>,
-    /// The last write error, logged once (writes are retried at every later update).
+    /// The last write error, logged once (writes are retried with backoff).
     failing: Option<String>,
     pod_resources_socket: PathBuf,
     allocated: BTreeMap<String, u32>,
@@ -51,16 +51,15 @@ impl NodeState {
         }
     }
 
-    /// Writes the current state if it differs from what the file holds. Returns true when a
-    /// write failed with an error not seen just before (logged here, once).
-    pub fn update<'a>(
-        &mut self,
+    /// The status to write now, if it differs from what the file holds.
+    pub fn pending<'a>(
+        &self,
         node: &Node,
         pools: impl Iterator<Item = &'a PoolSnapshot>,
         zero_config: bool,
         last_error: Option<String>,
         live_link_up: &dyn Fn(&str) -> Option<bool>,
-    ) -> bool {
+    ) -> Option<SriovNodeStateStatus> {
         let mut counts = BTreeMap::new();
         let pools = Pools {
             pools: pools
@@ -83,29 +82,40 @@ impl NodeState {
             zero_config,
         };
         let status = build_status(node, &pools, &counts, last_error, live_link_up);
-        if self.written.as_ref() == Some(&status) {
-            return false;
-        }
-        self.written = None;
-        match status_file::write(&self.file, &status) {
-            Ok(()) => {
-                self.written = Some(status);
-                if self.failing.take().is_some() {
-                    tracing::info!(file = %self.file.display(), "node state written again");
-                }
-                false
-            }
-            Err(e) => {
-                let error = e.to_string();
-                let new = self.failing.as_deref() != Some(error.as_str());
-                if new {
-                    tracing::warn!("node state not written (retried at every change): {error}");
-                    self.failing = Some(error);
-                }
-                new
-            }
+        (self.written.as_ref() != Some(&status)).then_some(status)
+    }
+
+    /// The file to write.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// The file now holds `status`.
+    pub fn written(&mut self, status: SriovNodeStateStatus) {
+        self.written = Some(status);
+        if self.failing.take().is_some() {
+            tracing::info!(file = %self.file.display(), "node state written again");
         }
     }
+
+    /// A write failed (the file's content is unknown now); logged when the error is new.
+    pub fn failed(&mut self, error: String, retry: std::time::Duration) {
+        self.written = None;
+        if self.failing.as_deref() != Some(error.as_str()) {
+            tracing::warn!(
+                "node state not written (retried with backoff, next in {retry:?}): {error}"
+            );
+            self.failing = Some(error);
+        } else {
+            tracing::debug!("node state still not written, next try in {retry:?}: {error}");
+        }
+    }
+}
+
+/// Writes `status` to `file` (on a blocking thread: the caller's).
+pub fn write(file: &Path, status: &SriovNodeStateStatus) -> Result<(), String> {
+    crate::fault::panic_at("node-state-panic-once");
+    status_file::write(file, status).map_err(|e| e.to_string())
 }
 
 /// Devices per resource that kubelet reports as held by pods.

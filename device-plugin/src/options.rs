@@ -25,7 +25,12 @@ pub struct Options {
     /// Holds `device-plugins/`, `plugins_registry/`, `pod-resources/`.
     pub kubelet_dir: PathBuf,
     pub resource_prefix: String,
+    /// `/metrics` (and the probes) here.
     pub metrics_address: Option<SocketAddr>,
+    /// `/healthz` and `/readyz` here, whatever the metrics address.
+    pub probe_address: Option<SocketAddr>,
+    /// `/healthz` fails once the main loop has not turned for this long.
+    pub liveness_timeout: Duration,
     /// Where device-information files go.
     pub devinfo_dir: PathBuf,
     /// Root of the device nodes (`/dev`) whose host paths Allocate returns.

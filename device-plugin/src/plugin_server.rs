@@ -5,7 +5,9 @@
 //! answers the kubelet's `GetInfo` / `NotifyRegistrationStatus`.
 
 use crate::allocate::{self, AllocateError};
+use crate::daemon::Event;
 use crate::pool::PoolShared;
+use sriov::devinfo::DevInfoError;
 use sriov_proto::deviceplugin::v1beta1 as dp;
 use sriov_proto::pluginregistration as reg;
 use std::os::unix::fs::MetadataExt;
@@ -24,10 +26,12 @@ impl From<AllocateError> for Status {
             AllocateError::UnknownDevice { .. } | AllocateError::Empty => {
                 Status::invalid_argument(e.to_string())
             }
-            AllocateError::Unhealthy { .. } | AllocateError::NoIommuGroup { .. } => {
+            AllocateError::Unhealthy { .. }
+            | AllocateError::NoIommuGroup { .. }
+            | AllocateError::Resolve(DevInfoError::Gone { .. }) => {
                 Status::failed_precondition(e.to_string())
             }
-            AllocateError::DevInfo(_) => Status::internal(e.to_string()),
+            AllocateError::Resolve(_) | AllocateError::Write(_) => Status::internal(e.to_string()),
         }
     }
 }
@@ -117,44 +121,48 @@ impl dp::device_plugin_server::DevicePlugin for PluginService {
         &self,
         request: Request<dp::AllocateRequest>,
     ) -> Result<Response<dp::AllocateResponse>, Status> {
-        let snapshot = self.pool.current();
         let ctx = &self.pool.ctx;
         let name = &self.pool.name;
-        let fail = |e: AllocateError| {
-            ctx.metrics.allocation_error(name, e.reason());
-            tracing::warn!(pool = %name, "Allocate refused: {e}");
-            Status::from(e)
-        };
-        // Check every container before writing anything.
-        let plans = request
+        let containers: Vec<Vec<String>> = request
             .into_inner()
             .container_requests
-            .iter()
-            .map(|c| allocate::plan(&snapshot, ctx, &c.devices_ids))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(fail)?;
-        let mut container_responses = Vec::with_capacity(plans.len());
-        for plan in plans {
-            let files = allocate::write_devinfo(name, ctx, &plan).map_err(fail)?;
-            self.pool.remember_files(files);
-            ctx.metrics.allocation(name, plan.devinfo.len() as u64);
-            tracing::info!(pool = %name, devices = %plan.envs.get(&sriov::devinfo::env_name(name)).map(String::as_str).unwrap_or(""), "allocated");
-            container_responses.push(dp::ContainerAllocateResponse {
-                envs: plan.envs.into_iter().collect(),
-                mounts: vec![],
-                devices: plan
-                    .devices
-                    .into_iter()
-                    .map(|n| dp::DeviceSpec {
-                        container_path: n.container_path,
-                        host_path: n.host_path.display().to_string(),
-                        permissions: n.permissions.to_string(),
-                    })
-                    .collect(),
-                annotations: Default::default(),
-                cdi_devices: vec![],
-            });
-        }
+            .into_iter()
+            .map(|c| c.devices_ids)
+            .collect();
+        let allocations = allocate::allocate(&self.pool, &containers).map_err(|e| {
+            ctx.metrics.allocation_error(name, e.reason());
+            tracing::warn!(pool = %name, "Allocate refused: {e}");
+            if let Some(pci) = e.gone() {
+                // Rediscover: the device shows as Unhealthy in the next ListAndWatch list.
+                let _ = ctx.events.send(Event::DeviceGone {
+                    pool: name.clone(),
+                    pci,
+                });
+            }
+            Status::from(e)
+        })?;
+        let container_responses = allocations
+            .into_iter()
+            .map(|plan| {
+                ctx.metrics.allocation(name, plan.devinfo.len() as u64);
+                tracing::info!(pool = %name, devices = %plan.envs.get(&sriov::devinfo::env_name(name)).map(String::as_str).unwrap_or(""), "allocated");
+                dp::ContainerAllocateResponse {
+                    envs: plan.envs.into_iter().collect(),
+                    mounts: vec![],
+                    devices: plan
+                        .devices
+                        .into_iter()
+                        .map(|n| dp::DeviceSpec {
+                            container_path: n.container_path,
+                            host_path: n.host_path.display().to_string(),
+                            permissions: n.permissions.to_string(),
+                        })
+                        .collect(),
+                    annotations: Default::default(),
+                    cdi_devices: vec![],
+                }
+            })
+            .collect();
         Ok(Response::new(dp::AllocateResponse {
             container_responses,
         }))
@@ -178,9 +186,9 @@ pub fn plugin_options() -> dp::DevicePluginOptions {
 
 /// The plugin-watcher `Registration` service of one pool.
 struct WatcherRegistration {
-    pool: String,
+    pool: Arc<PoolShared>,
     endpoint: String,
-    metrics: Arc<crate::metrics::Metrics>,
+    generation: u64,
 }
 
 #[tonic::async_trait]
@@ -191,7 +199,7 @@ impl reg::registration_server::Registration for WatcherRegistration {
     ) -> Result<Response<reg::PluginInfo>, Status> {
         Ok(Response::new(reg::PluginInfo {
             r#type: sriov_proto::DEVICE_PLUGIN_TYPE.to_string(),
-            name: self.pool.clone(),
+            name: self.pool.name.clone(),
             endpoint: self.endpoint.clone(),
             supported_versions: vec![sriov_proto::DEVICE_PLUGIN_API_VERSION.to_string()],
         }))
@@ -202,13 +210,25 @@ impl reg::registration_server::Registration for WatcherRegistration {
         request: Request<reg::RegistrationStatus>,
     ) -> Result<Response<reg::RegistrationStatusResponse>, Status> {
         let status = request.into_inner();
-        self.metrics
-            .registration(&self.pool, status.plugin_registered);
+        let pool = &self.pool.name;
+        self.pool
+            .ctx
+            .metrics
+            .registration(pool, status.plugin_registered);
         if status.plugin_registered {
-            tracing::info!(pool = %self.pool, "registered with kubelet (plugin watcher)");
+            tracing::info!(pool = %pool, "registered with kubelet (plugin watcher)");
         } else {
-            tracing::error!(pool = %self.pool, "kubelet refused the registration: {}", status.error);
+            tracing::error!(pool = %pool, "kubelet refused the registration: {}", status.error);
         }
+        let _ = self.pool.ctx.events.send(Event::Registered {
+            pool: pool.clone(),
+            generation: self.generation,
+            result: if status.plugin_registered {
+                Ok(())
+            } else {
+                Err(crate::supervise::TaskError::Failed(status.error))
+            },
+        });
         Ok(Response::new(reg::RegistrationStatusResponse {}))
     }
 }
@@ -219,26 +239,31 @@ pub struct PluginServer {
     /// (device, inode) of the socket file we bound, so we never remove a successor's.
     identity: Option<(u64, u64)>,
     stop: watch::Sender<bool>,
+    /// The supervisor of the serving task: ends when it does.
     task: JoinHandle<()>,
+    serving: tokio::task::AbortHandle,
 }
 
 impl PluginServer {
     /// Binds `socket` (replacing a stale file) and serves the pool; with `watcher`, also the
-    /// plugin-watcher `Registration` service.
+    /// plugin-watcher `Registration` service. If serving ends by itself (an error, a panic), the
+    /// main loop hears of it ([`Event::ServerEnded`] with `generation`).
     pub fn start(
         pool: Arc<PoolShared>,
         socket: PathBuf,
         watcher: bool,
+        generation: u64,
     ) -> std::io::Result<PluginServer> {
         let listener = sriov_proto::bind_unix(&socket)?;
         let identity = std::fs::metadata(&socket).ok().map(|m| (m.dev(), m.ino()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let name = pool.name.clone();
+        let events = pool.ctx.events.clone();
         let registration = watcher.then(|| {
             reg::registration_server::RegistrationServer::new(WatcherRegistration {
-                pool: name.clone(),
+                pool: pool.clone(),
                 endpoint: socket.display().to_string(),
-                metrics: pool.ctx.metrics.clone(),
+                generation,
             })
         });
         let service = dp::device_plugin_server::DevicePluginServer::new(PluginService {
@@ -249,12 +274,31 @@ impl PluginServer {
             .add_service(service)
             .add_optional_service(registration);
         let incoming = sriov_proto::serve_unix_incoming(listener);
-        let task = tokio::spawn(async move {
-            if let Err(e) = router
+        let stopping = stop_rx.clone();
+        let serve = tokio::spawn(async move {
+            router
                 .serve_with_incoming_shutdown(incoming, stopped(stop_rx))
                 .await
-            {
-                tracing::error!(pool = %name, "plugin server failed: {e}");
+        });
+        let serving = serve.abort_handle();
+        let task = tokio::spawn(async move {
+            let error = match serve.await {
+                Ok(Ok(())) => "it stopped".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) if e.is_panic() => {
+                    format!(
+                        "panicked: {}",
+                        crate::supervise::panic_message(&*e.into_panic())
+                    )
+                }
+                Err(_) => "cancelled".to_string(),
+            };
+            if !*stopping.borrow() {
+                let _ = events.send(Event::ServerEnded {
+                    pool: name,
+                    generation,
+                    error,
+                });
             }
         });
         Ok(PluginServer {
@@ -262,6 +306,7 @@ impl PluginServer {
             identity,
             stop: stop_tx,
             task,
+            serving,
         })
     }
 
@@ -296,7 +341,7 @@ impl PluginServer {
             .await
             .is_err()
         {
-            task.abort();
+            self.serving.abort();
         }
     }
 }

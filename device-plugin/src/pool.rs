@@ -1,7 +1,8 @@
 //! A pool as the gRPC side sees it: an immutable snapshot (config + devices with health),
 //! replaced as a whole by the daemon and read by the plugin server without locks.
 
-use crate::metrics::Metrics;
+use crate::daemon::Event;
+use crate::metrics::{ErrorKind, Metrics};
 use sriov::config::ResourceConfig;
 use sriov::health::{Health, TrackedDevice};
 use sriov::sysfs::Sysfs;
@@ -9,7 +10,7 @@ use sriov_proto::deviceplugin::v1beta1 as dp;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// One version of a pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,12 +70,14 @@ impl PoolSnapshot {
     }
 }
 
-/// What every pool server shares: where things are on the node.
+/// What every pool server shares: where things are on the node, and the way back to the main
+/// loop (a device found gone, a plugin-watcher registration status).
 pub struct Context {
     pub sysfs: Sysfs,
     pub dev_root: PathBuf,
     pub devinfo_dir: PathBuf,
     pub metrics: Arc<Metrics>,
+    pub events: mpsc::UnboundedSender<Event>,
 }
 
 /// A pool's live state shared between the daemon (writer) and its plugin servers (readers).
@@ -91,21 +94,120 @@ impl PoolShared {
         self.snapshot.borrow().clone()
     }
 
+    fn files(&self) -> std::sync::MutexGuard<'_, BTreeSet<PathBuf>> {
+        self.devinfo_files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn remember_files(&self, files: impl IntoIterator<Item = PathBuf>) {
-        self.devinfo_files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(files);
+        self.files().extend(files);
+    }
+
+    /// Removes these device-information files (an allocation's rollback) and forgets them.
+    pub fn remove_files_of(&self, files: &[PathBuf]) {
+        let mut remembered = self.files();
+        for f in files {
+            remembered.remove(f);
+        }
+        drop(remembered);
+        self.remove(files.iter());
     }
 
     /// Removes every device-information file this pool wrote.
     pub fn remove_files(&self) {
-        let files =
-            std::mem::take(&mut *self.devinfo_files.lock().unwrap_or_else(|p| p.into_inner()));
+        let files = std::mem::take(&mut *self.files());
+        self.remove(files.iter());
+    }
+
+    fn remove<'a>(&self, files: impl Iterator<Item = &'a PathBuf>) {
         for f in files {
-            if let Err(e) = sriov::devinfo::remove_file(&f) {
+            if let Err(e) = sriov::devinfo::remove_file(f) {
+                self.ctx.metrics.error(ErrorKind::Devinfo);
                 tracing::warn!(pool = %self.name, "{e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use sriov::health::{Health, TrackedDevice};
+    use sriov::names::PciAddress;
+    use sriov::pools::PoolDevice;
+    use std::os::unix::fs::symlink;
+
+    /// VF `k` of PF 0000:3b:00.0, bound to iavf.
+    pub(crate) fn vf(k: u8) -> PoolDevice {
+        let pci = |s: String| PciAddress::parse(&s).unwrap();
+        PoolDevice {
+            pci: pci(format!("0000:3b:02.{k}")),
+            vendor: 0x8086,
+            device: 0x154c,
+            driver: Some("iavf".into()),
+            pf_pci: pci("0000:3b:00.0".into()),
+            pf_name: Some("ens1f0".into()),
+            vf_index: Some(u32::from(k)),
+            netdev: None,
+            numa_node: None,
+            iommu_group: None,
+            link_type: None,
+            rdma: false,
+            acpi_index: None,
+        }
+    }
+
+    /// Pool `intel.com/net` of `devices` (Healthy) over a sysfs tree in a temporary folder
+    /// (each device's folder with its `driver` link), device-information files in
+    /// `<tmp>/devinfo`. Also returns the receiver of the events sent to the main loop.
+    pub(crate) fn pool_with(
+        devices: &[PoolDevice],
+    ) -> (
+        tempfile::TempDir,
+        PoolShared,
+        mpsc::UnboundedReceiver<Event>,
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        for d in devices {
+            let dir = tmp
+                .path()
+                .join("sys/bus/pci/devices")
+                .join(d.pci.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            symlink("../../../bus/pci/drivers/iavf", dir.join("driver")).unwrap();
+        }
+        let config = sriov::config::Config::parse(
+            r#"{"resourceList": [{"resourceName": "net", "selectors": {"drivers": ["iavf"]}}]}"#,
+            "intel.com",
+        )
+        .unwrap()
+        .resources
+        .unwrap()
+        .remove(0);
+        let snapshot = PoolSnapshot {
+            config,
+            devices: devices
+                .iter()
+                .map(|d| TrackedDevice {
+                    device: d.clone(),
+                    health: Health::Healthy,
+                })
+                .collect(),
+        };
+        let (events, rx) = mpsc::unbounded_channel();
+        let ctx = Arc::new(Context {
+            sysfs: Sysfs::new(tmp.path().join("sys")),
+            dev_root: tmp.path().join("dev"),
+            devinfo_dir: tmp.path().join("devinfo"),
+            metrics: Arc::new(Metrics::default()),
+            events,
+        });
+        let (_tx, snapshot) = watch::channel(Arc::new(snapshot));
+        let pool = PoolShared {
+            name: "intel.com/net".into(),
+            snapshot,
+            devinfo_files: Default::default(),
+            ctx,
+        };
+        (tmp, pool, rx)
     }
 }

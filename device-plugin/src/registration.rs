@@ -2,8 +2,8 @@
 //!
 //! Kubelet creates `kubelet.sock` at bind() and only accepts after listen(), so the first attempt
 //! right after the inotify event may be refused: attempts start 5 ms apart and back off to one a
-//! second, for as long as it takes. A registration is superseded (its task aborted) when a newer
-//! one starts, e.g. after another kubelet restart.
+//! second, for as long as it takes. The daemon runs [`register`] as a supervised task and aborts
+//! it when a newer registration supersedes it, e.g. after another kubelet restart.
 
 use crate::metrics::Metrics;
 use crate::plugin_server::plugin_options;
@@ -11,7 +11,6 @@ use sriov_proto::deviceplugin::v1beta1 as dp;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistrationError {
@@ -61,37 +60,36 @@ pub async fn register_once(
 }
 
 /// Registers `resource` (served at `endpoint`, a file name in kubelet's folder) until kubelet
-/// accepts it. Never gives up: the task ends on success or when aborted.
-pub fn spawn(
+/// accepts it; returns the number of attempts. Never gives up: it ends on success or when its
+/// task is aborted.
+pub async fn register(
     kubelet_socket: PathBuf,
     endpoint: String,
     resource: String,
     metrics: Arc<Metrics>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut backoff = FIRST_BACKOFF;
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            match register_once(&kubelet_socket, &endpoint, &resource).await {
-                Ok(()) => {
-                    metrics.registration(&resource, true);
-                    tracing::info!(pool = %resource, endpoint = %endpoint, attempts, "registered with kubelet");
-                    return;
-                }
-                Err(e) => {
-                    // A missing or not-yet-listening kubelet.sock is the normal state while kubelet
-                    // (re)starts; say so quietly at first.
-                    if attempts == 10 || attempts.is_multiple_of(60) {
-                        metrics.registration(&resource, false);
-                        tracing::warn!(pool = %resource, attempts, "registration still failing: {e}");
-                    } else {
-                        tracing::debug!(pool = %resource, attempts, "registration attempt failed: {e}");
-                    }
+) -> Result<u32, std::convert::Infallible> {
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match register_once(&kubelet_socket, &endpoint, &resource).await {
+            Ok(()) => {
+                metrics.registration(&resource, true);
+                tracing::info!(pool = %resource, endpoint = %endpoint, attempts, "registered with kubelet");
+                return Ok(attempts);
+            }
+            Err(e) => {
+                // A missing or not-yet-listening kubelet.sock is the normal state while kubelet
+                // (re)starts; say so quietly at first.
+                if attempts == 10 || attempts.is_multiple_of(60) {
+                    metrics.registration(&resource, false);
+                    tracing::warn!(pool = %resource, attempts, "registration still failing: {e}");
+                } else {
+                    tracing::debug!(pool = %resource, attempts, "registration attempt failed: {e}");
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-    })
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
 }

@@ -45,33 +45,42 @@ pub fn is_relevant(e: &Uevent) -> bool {
 }
 
 /// Listens on a thread of its own and calls `on_event` for every relevant uevent, until it
-/// returns false (noticed at the next uevent) or the socket fails.
-pub fn spawn(mut on_event: impl FnMut(Uevent) -> bool + Send + 'static) -> std::io::Result<()> {
+/// returns false (noticed at the next uevent). If the socket fails or the thread panics,
+/// `on_end` says why.
+pub fn spawn(
+    mut on_event: impl FnMut(Uevent) -> bool + Send + 'static,
+    on_end: impl FnOnce(String) + Send + 'static,
+) -> std::io::Result<()> {
     let mut socket = Socket::new(NETLINK_KOBJECT_UEVENT)?;
     socket.bind(&SocketAddr::new(0, KERNEL_GROUP))?;
     std::thread::Builder::new()
         .name("uevent".into())
         .spawn(move || {
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                let mut slice = &mut buf[..];
-                let n = match socket.recv(&mut slice, 0) {
-                    Ok(n) => n.min(buf.len()),
-                    // Overflow: events were lost; the resync tick covers them.
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        tracing::error!(
-                            "uevent socket: {e}; kernel-made sysfs changes are seen on resync only"
-                        );
-                        return;
-                    }
-                };
-                if let Some(e) = parse(&buf[..n]).filter(is_relevant) {
-                    if !on_event(e) {
-                        return;
+            let listen = std::panic::AssertUnwindSafe(|| -> Result<(), String> {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let mut slice = &mut buf[..];
+                    let n = match socket.recv(&mut slice, 0) {
+                        Ok(n) => n.min(buf.len()),
+                        // Overflow: events were lost; the resync tick covers them.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => continue,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(format!("uevent socket: {e}")),
+                    };
+                    if let Some(e) = parse(&buf[..n]).filter(is_relevant) {
+                        if !on_event(e) {
+                            return Ok(());
+                        }
                     }
                 }
+            });
+            match std::panic::catch_unwind(listen) {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => on_end(why),
+                Err(panic) => on_end(format!(
+                    "the uevent listener panicked: {}",
+                    crate::supervise::panic_message(&*panic)
+                )),
             }
         })?;
     Ok(())

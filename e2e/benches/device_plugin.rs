@@ -1,7 +1,7 @@
 //! The node daemon on a simulated node of 8 PFs x 128 VFs (1,024 VFs), driven by the kubelet
 //! emulator over real sockets. `cargo bench -p sriov-e2e --bench device_plugin` (root). The
 //! daemon measured is the image's (static) binary, built by `scripts/build-image.sh
-//! --binaries-only`.
+//! --binaries-only`, or the one `SRIOV_DP_BENCH_BINARY` names (to compare builds).
 //!
 //! Prints, against the targets of the daemon's issue:
 //! - cold start to the first ListAndWatch answer (< 50 ms);
@@ -57,19 +57,14 @@ fn start(bin: &Path, lab: &SimNode) -> Run {
         KubeletEmulator::start(&kubelet_dir, RegistrationMode::KubeletSocket).expect("kubelet");
     let config = tmp.path().join("config.json");
     std::fs::write(&config, CONFIG).expect("config");
+    // As deployed: metrics served, the node-state file written.
     let args = DaemonArgs {
-        config,
-        sysfs_root: lab.sysfs_root().to_path_buf(),
-        kubelet_dir,
-        devinfo_dir: tmp.path().join("devinfo"),
-        dev_root: lab.paths().dev(),
-        netns: Some(lab.netns_path().to_path_buf()),
-        // As deployed: metrics served, the node-state file written.
         metrics_address: Some(sriov_e2e::local::unused_local_addr()),
         extra: vec![
             "--node-state-file".into(),
             tmp.path().join("node-state.json").display().to_string(),
         ],
+        ..DaemonArgs::on_lab(lab, tmp.path(), config)
     };
     let log = tmp.path().join("daemon.log");
     std::env::set_var("RUST_LOG", "warn");
@@ -133,9 +128,12 @@ fn main() {
         "the device plugin benchmark needs root (simulated node)"
     );
     sriov_e2e::sim::gc().expect("gc");
-    // The binary the image ships: static, built by `scripts/build-image.sh --binaries-only`.
-    let bin: PathBuf =
-        sriov_e2e::image_binary("sriov-device-plugin").unwrap_or_else(|e| panic!("{e}"));
+    // The binary the image ships: static, built by `scripts/build-image.sh --binaries-only`;
+    // or another build to compare with (`SRIOV_DP_BENCH_BINARY=path`).
+    let bin: PathBuf = match std::env::var_os("SRIOV_DP_BENCH_BINARY") {
+        Some(path) => PathBuf::from(path),
+        None => sriov_e2e::image_binary("sriov-device-plugin").unwrap_or_else(|e| panic!("{e}")),
+    };
     println!("daemon binary: {} (as in the image)", bin.display());
     let spec = SimSpec::new(unique_name("bench-dp"))
         .pfs(8)

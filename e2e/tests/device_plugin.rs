@@ -3,197 +3,16 @@
 //! mounts). Every test has its own lab, kubelet folder and daemon, all removed on drop, also
 //! when the test fails (the daemon's log is printed then).
 
+mod dp_common;
+
+use dp_common::*;
 use serde_json::Value;
-use sriov_e2e::kubelet::{DaemonArgs, DaemonProcess, KubeletEmulator, RegistrationMode};
-use sriov_e2e::sim::{self, vf_pci, SimNode, SimSpec};
+use sriov_e2e::kubelet::RegistrationMode;
+use sriov_e2e::sim::{self, SimSpec};
 use sriov_proto::deviceplugin::v1beta1 as dp;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-const WAIT: Duration = Duration::from_secs(10);
-/// One pool, `intel.com/net`, of the VFs bound to iavf.
-const IAVF_POOL: &str =
-    r#"{"resourceList": [{"resourceName": "net", "selectors": {"drivers": ["iavf"]}}]}"#;
-
-/// One test's world. Fields drop in order: daemon, kubelet, lab, temp folder.
-struct Env {
-    daemon: DaemonProcess,
-    _kernel: Option<sim::KernelEmulator>,
-    kubelet: KubeletEmulator,
-    lab: SimNode,
-    tmp: tempfile::TempDir,
-    config_version: u32,
-    metrics: SocketAddr,
-}
-
-/// Writes the config as Kubernetes updates a mounted ConfigMap: a new timestamped folder, then
-/// an atomic rename of the `..data` symlink; `config.json` is a symlink through `..data`.
-fn write_configmap(dir: &Path, version: u32, text: &str) {
-    let data = dir.join(format!("..v{version}"));
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("config.json"), text).unwrap();
-    let tmp = dir.join("..data_tmp");
-    let _ = std::fs::remove_file(&tmp);
-    symlink(format!("..v{version}"), &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    let link = dir.join("config.json");
-    if std::fs::symlink_metadata(&link).is_err() {
-        symlink("..data/config.json", &link).unwrap();
-    }
-}
-
-impl Env {
-    fn new(prefix: &str, spec: SimSpec, config: &str, mode: RegistrationMode) -> Env {
-        Env::with_kernel(prefix, spec, config, mode, false)
-    }
-
-    /// `emulate_kernel`: answer `sriov_numvfs` writes (the daemon's provisioning) as the kernel.
-    fn with_kernel(
-        prefix: &str,
-        spec: SimSpec,
-        config: &str,
-        mode: RegistrationMode,
-        emulate_kernel: bool,
-    ) -> Env {
-        Env::start(prefix, spec, config, mode, emulate_kernel, None)
-    }
-
-    /// The daemon runs inside the node's netns, with `extra` flags and no metrics server (the
-    /// lab's loopback is down). Its uevent socket hears what is sent in that netns, plus the
-    /// kernel's uevents of devices without a netns (PCI, block, ...).
-    fn in_node_netns(prefix: &str, spec: SimSpec, config: &str, extra: &[&str]) -> Env {
-        let extra = extra.iter().map(|s| s.to_string()).collect();
-        Env::start(
-            prefix,
-            spec,
-            config,
-            RegistrationMode::KubeletSocket,
-            false,
-            Some(extra),
-        )
-    }
-
-    /// `in_netns`: `Some(extra flags)` runs the daemon inside the node's netns.
-    fn start(
-        prefix: &str,
-        spec: SimSpec,
-        config: &str,
-        mode: RegistrationMode,
-        emulate_kernel: bool,
-        in_netns: Option<Vec<String>>,
-    ) -> Env {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "the device plugin tests need root (they build a simulated node)"
-        );
-        sim::gc().expect("gc of dead labs");
-        let bin = sriov_e2e::workspace_binary("sriov-device-plugin");
-        let spec = SimSpec {
-            name: sim::unique_name(prefix),
-            ..spec
-        };
-        let lab = SimNode::up(&spec).unwrap_or_else(|e| panic!("lab up: {e}"));
-        let kernel = emulate_kernel.then(|| lab.emulate_kernel().expect("kernel emulator"));
-        let tmp = tempfile::tempdir().unwrap();
-        let kubelet_dir = tmp.path().join("kubelet");
-        let kubelet = KubeletEmulator::start(&kubelet_dir, mode).expect("kubelet emulator");
-        let config_dir = tmp.path().join("pcidp");
-        write_configmap(&config_dir, 1, config);
-        let metrics = sriov_e2e::local::unused_local_addr();
-        let args = DaemonArgs {
-            config: config_dir.join("config.json"),
-            sysfs_root: lab.sysfs_root().to_path_buf(),
-            kubelet_dir,
-            devinfo_dir: tmp.path().join("devinfo"),
-            dev_root: lab.paths().dev(),
-            netns: Some(lab.netns_path().to_path_buf()),
-            metrics_address: in_netns.is_none().then_some(metrics),
-            extra: in_netns.clone().unwrap_or_default(),
-        };
-        let log = tmp.path().join("daemon.log");
-        let daemon = match in_netns {
-            Some(_) => DaemonProcess::spawn_in_netns(lab.netns_path(), &bin, &args, &log),
-            None => DaemonProcess::spawn(&bin, &args, &log),
-        }
-        .expect("spawn daemon");
-        Env {
-            daemon,
-            _kernel: kernel,
-            kubelet,
-            lab,
-            tmp,
-            config_version: 1,
-            metrics,
-        }
-    }
-
-    fn set_config(&mut self, text: &str) {
-        self.config_version += 1;
-        write_configmap(&self.tmp.path().join("pcidp"), self.config_version, text);
-    }
-
-    fn devinfo_dir(&self) -> PathBuf {
-        self.tmp.path().join("devinfo")
-    }
-
-    fn wait_devices(
-        &self,
-        resource: &str,
-        check: impl Fn(&[dp::Device]) -> bool,
-    ) -> Vec<dp::Device> {
-        self.kubelet
-            .wait_devices(resource, WAIT, check)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let out = self.lab.ip(args).expect("ip");
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn http_get(&self, path: &str) -> String {
-        let mut s = TcpStream::connect(self.metrics).expect("connect to metrics");
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    }
-
-    /// Waits until the daemon logs `text`.
-    fn wait_log(&self, text: &str) {
-        let deadline = Instant::now() + WAIT;
-        while !self.daemon.log().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "the daemon never logged {text:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn ids(devices: &[dp::Device]) -> Vec<String> {
-    devices.iter().map(|d| d.id.clone()).collect()
-}
-
-fn all_healthy(d: &[dp::Device]) -> bool {
-    d.iter().all(|d| d.health == sriov_proto::HEALTHY)
-}
-
-fn vf(pf: u32, k: u32) -> String {
-    vf_pci(pf, k)
-}
 
 const THREE_POOLS: &str = r#"{"resourceList": [
     {"resourceName": "netdev", "selectors": {"drivers": ["iavf"]},
@@ -773,7 +592,6 @@ fn provisioning_sets_vf_counts_at_start_and_on_reload() {
         "dp-prov",
         SimSpec::default().pfs(1).vfs(2).total_vfs(8),
         &config(5),
-        RegistrationMode::KubeletSocket,
         true,
     );
     env.wait_devices("intel.com/net", |d| d.len() == 5 && all_healthy(d));

@@ -23,9 +23,12 @@
 //! `deviceIDs` → `device_i_ds`.
 //!
 //! [`connect_unix`] and [`serve_unix_incoming`] carry gRPC over Unix sockets
-//! for the daemon, the CNI and the kubelet emulator.
+//! for the daemon, the CNI and the kubelet emulator; servers accept any
+//! `:authority` a client sends ([`authority`]).
 
 use std::path::{Path, PathBuf};
+
+pub mod authority;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
@@ -172,11 +175,14 @@ pub fn connect_unix_lazy(path: impl AsRef<Path>) -> Channel {
 
 /// Turns a bound Unix listener into the connection stream that
 /// `tonic::transport::Server::builder()...serve_with_incoming(..)` and
-/// `serve_with_incoming_shutdown(..)` take.
+/// `serve_with_incoming_shutdown(..)` take. Each connection accepts whatever
+/// `:authority` its client sends (a socket path, as older kubelets do).
 pub fn serve_unix_incoming(
     listener: UnixListener,
-) -> impl Stream<Item = std::io::Result<UnixStream>> + Send + 'static {
+) -> impl Stream<Item = std::io::Result<authority::AnyAuthority<UnixStream>>> + Send + 'static {
+    use tokio_stream::StreamExt;
     tokio_stream::wrappers::UnixListenerStream::new(listener)
+        .map(|conn| conn.map(authority::AnyAuthority::new))
 }
 
 /// Binds a Unix listener at `path`, removing a stale socket file left there by

@@ -7,7 +7,7 @@
 
 use crate::names::PciAddress;
 use crate::owned_dir::{Access, FileError, OwnedDir};
-use crate::sysfs::Sysfs;
+use crate::sysfs::{Sysfs, SysfsError};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::io;
@@ -22,6 +22,14 @@ pub const VFIO_CONTAINER: &str = "/dev/vfio/vfio";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevInfoError {
+    #[error("device {pci} is gone from sysfs")]
+    Gone { pci: PciAddress },
+    #[error("cannot resolve device {pci}: {source}")]
+    Sysfs {
+        pci: PciAddress,
+        #[source]
+        source: SysfsError,
+    },
     #[error("cannot write device-information file {path}: {source}")]
     Write {
         path: PathBuf,
@@ -59,18 +67,38 @@ impl AllocatedDevice {
 }
 
 /// Reads the current state of a device from sysfs. `rdma` asks for its RDMA devices.
-pub fn resolve(sysfs: &Sysfs, pci: PciAddress, pf_pci: PciAddress, rdma: bool) -> AllocatedDevice {
+///
+/// Every sysfs error is an error: a `driver` link that cannot be read must not turn a vfio-pci
+/// device into one without VFIO device nodes. A device whose folder is gone is
+/// [`DevInfoError::Gone`].
+pub fn resolve(
+    sysfs: &Sysfs,
+    pci: PciAddress,
+    pf_pci: PciAddress,
+    rdma: bool,
+) -> Result<AllocatedDevice, DevInfoError> {
     let dir = sysfs.pci_device(&pci);
-    let driver = sysfs.link_name(&dir.join("driver")).ok().flatten();
+    let err = |source| DevInfoError::Sysfs { pci, source };
+    let driver = sysfs.link_name(&dir.join("driver")).map_err(err)?;
+    // No driver link: unbound, or the whole device is gone.
+    if driver.is_none() && !sysfs.exists(&dir) {
+        return Err(DevInfoError::Gone { pci });
+    }
     let userspace = driver
         .as_deref()
         .is_some_and(|d| crate::discovery::USERSPACE_DRIVERS.contains(&d));
     let iommu_group = if userspace {
-        sysfs
-            .link_name(&dir.join("iommu_group"))
-            .ok()
-            .flatten()
-            .and_then(|g| g.parse().ok())
+        let path = dir.join("iommu_group");
+        match sysfs.link_name(&path).map_err(err)? {
+            Some(g) => Some(g.parse().map_err(|_| {
+                err(SysfsError::Malformed {
+                    path,
+                    content: g,
+                    expected: "a link to an IOMMU group number",
+                })
+            })?),
+            None => None,
+        }
     } else {
         None
     };
@@ -78,24 +106,23 @@ pub fn resolve(sysfs: &Sysfs, pci: PciAddress, pf_pci: PciAddress, rdma: bool) -
     if rdma {
         rdma_device = sysfs
             .list(&dir.join("infiniband"))
-            .ok()
-            .flatten()
+            .map_err(err)?
             .and_then(|n| n.into_iter().next());
         // The character devices of a port sit under the PCI device in their class folders.
         for class in ["infiniband_verbs", "infiniband_mad"] {
-            if let Ok(Some(names)) = sysfs.list(&dir.join(class)) {
+            if let Some(names) = sysfs.list(&dir.join(class)).map_err(err)? {
                 rdma_char_devices.extend(names);
             }
         }
     }
-    AllocatedDevice {
+    Ok(AllocatedDevice {
         pci,
         pf_pci,
         driver,
         iommu_group,
         rdma_device,
         rdma_char_devices,
-    }
+    })
 }
 
 /// `PCIDEVICE_INTEL_COM_SRIOV_NET` for `intel.com/sriov_net`: upper case, `.` and `/` → `_`
@@ -406,7 +433,7 @@ mod tests {
             std::fs::write(dev_root.join("infiniband").join(n), "").unwrap();
         }
         let sysfs = Sysfs::new(root.path().join("sys"));
-        let d = resolve(&sysfs, pci, pf, true);
+        let d = resolve(&sysfs, pci, pf, true).unwrap();
         assert_eq!(d.rdma_device.as_deref(), Some("mlx5_3"));
         assert_eq!(d.rdma_char_devices, ["uverbs3", "umad3"]);
         let nodes = device_nodes(&dev_root, std::slice::from_ref(&d), false);
@@ -419,7 +446,36 @@ mod tests {
         assert_eq!(nodes[1].host_path, dev_root.join("infiniband/uverbs3"));
         assert_eq!(nodes[1].permissions, "rw");
         // Without isRdma nothing RDMA is read.
-        let plain = resolve(&sysfs, pci, pf, false);
+        let plain = resolve(&sysfs, pci, pf, false).unwrap();
         assert!(plain.rdma_device.is_none() && plain.rdma_char_devices.is_empty());
+    }
+
+    /// A `driver` link that cannot be read (here: a file, so readlink fails with EINVAL) or an
+    /// IOMMU group that is no number are errors, not a device without a driver; a device
+    /// without its folder is gone.
+    #[test]
+    fn sysfs_errors_are_errors() {
+        let root = tempfile::tempdir().unwrap();
+        let pci = PciAddress::parse("0000:3b:02.0").unwrap();
+        let pf = PciAddress::parse("0000:3b:00.0").unwrap();
+        let sysfs = Sysfs::new(root.path());
+        assert!(matches!(
+            resolve(&sysfs, pci, pf, false),
+            Err(DevInfoError::Gone { .. })
+        ));
+        let dev = root.path().join("bus/pci/devices/0000:3b:02.0");
+        std::fs::create_dir_all(&dev).unwrap();
+        assert_eq!(resolve(&sysfs, pci, pf, false).unwrap().driver, None);
+        std::fs::write(dev.join("driver"), "").unwrap();
+        let e = resolve(&sysfs, pci, pf, false).unwrap_err();
+        assert!(matches!(e, DevInfoError::Sysfs { .. }), "{e}");
+        assert!(e.to_string().contains("driver"), "{e}");
+        std::fs::remove_file(dev.join("driver")).unwrap();
+        std::os::unix::fs::symlink("../../../bus/pci/drivers/vfio-pci", dev.join("driver"))
+            .unwrap();
+        std::os::unix::fs::symlink("../../../kernel/iommu_groups/x1", dev.join("iommu_group"))
+            .unwrap();
+        let e = resolve(&sysfs, pci, pf, false).unwrap_err();
+        assert!(e.to_string().contains("IOMMU group"), "{e}");
     }
 }

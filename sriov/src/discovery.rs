@@ -498,60 +498,68 @@ fn read_vf(
     Ok(vf)
 }
 
-/// Interfaces that carry an IPv4 default route in network namespace `netns` (None: the calling
-/// thread's). The upstream device plugin never hands those out; neither do we. Best effort: no
-/// readable route table means no default route.
-///
-/// `/proc/thread-self/net/route` shows the calling thread's namespace, so for another one a
-/// short-lived thread enters it and reads there.
-pub fn default_route_interfaces(netns: Option<&Path>) -> Vec<String> {
-    let read = || {
-        std::fs::read_to_string("/proc/thread-self/net/route")
-            .map(|text| parse_default_routes(&text))
-            .unwrap_or_default()
-    };
-    let Some(path) = netns else { return read() };
-    let path = path.to_path_buf();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).ok()?;
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
-        Some(read())
-    })
-    .join()
-    .ok()
-    .flatten()
-    .unwrap_or_default()
+/// Why the node's uplinks could not be determined.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("cannot read the routes of {netns}: {source}")]
+    Netlink {
+        netns: String,
+        #[source]
+        source: crate::netlink::NetlinkError,
+    },
+    #[error("a default route (table {table}) goes through nexthop object {id}, whose interface is not resolved")]
+    NexthopObject { table: u32, id: u32 },
+    #[error("a default route (table {table}) names no output interface")]
+    NoInterface { table: u32 },
 }
 
-fn parse_default_routes(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in text.lines().skip(1) {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
-        if cols.len() >= 8 && cols[1] == "00000000" && cols[7] == "00000000" {
-            let iface = cols[0].to_string();
-            if !out.contains(&iface) {
-                out.push(iface);
+/// `RT_TABLE_LOCAL`: the kernel's own routes (local and broadcast addresses).
+const LOCAL_TABLE: u32 = 255;
+
+/// The node's uplinks: every interface carrying a default route (IPv4 or IPv6, any table but
+/// the local one, each next hop of a multipath route) in network namespace `netns` (None: the
+/// calling thread's), from a netlink route dump. The upstream device plugin never hands those
+/// out; neither do we, and when they cannot be determined the caller must assume any netdev
+/// may be one ([`crate::pools::Uplinks::Unknown`]).
+pub fn default_route_interfaces(netns: Option<&Path>) -> Result<Vec<String>, UplinkError> {
+    use crate::netlink::{NetlinkSocket, Netns};
+    let err = |source| UplinkError::Netlink {
+        netns: netns.map_or_else(
+            || "this network namespace".into(),
+            |p| p.display().to_string(),
+        ),
+        source,
+    };
+    let mut socket = match netns {
+        Some(path) => NetlinkSocket::new_in(&Netns::open(path).map_err(err)?),
+        None => NetlinkSocket::new(),
+    }
+    .map_err(err)?;
+    let routes = socket.routes().map_err(err)?;
+    let mut out: Vec<String> = Vec::new();
+    for r in routes
+        .iter()
+        .filter(|r| r.is_default_unicast() && r.table != LOCAL_TABLE)
+    {
+        if r.oifs().next().is_none() {
+            return Err(match r.nexthop_id {
+                Some(id) => UplinkError::NexthopObject { table: r.table, id },
+                None => UplinkError::NoInterface { table: r.table },
+            });
+        }
+        for index in r.oifs() {
+            let name = socket.link_by_index(index).map_err(err)?.name;
+            if !out.contains(&name) {
+                out.push(name);
             }
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn default_routes() {
-        let text =
-            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-                    eno1\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
-                    eno1\t0001A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n\
-                    ens1f0\t0002A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n";
-        assert_eq!(parse_default_routes(text), vec!["eno1".to_string()]);
-        assert!(parse_default_routes("garbage\n\n1 2 3").is_empty());
-    }
 
     #[test]
     fn status_display() {

@@ -25,7 +25,18 @@ pub struct LinkState {
     pub carrier: bool,
 }
 
+/// `IFF_LOWER_UP`: the driver signals carrier.
+const IFF_LOWER_UP: u32 = 1 << 16;
+
 impl LinkState {
+    /// From a netlink link message (a dump or a notification).
+    pub fn from_link(l: &crate::netlink::LinkInfo) -> LinkState {
+        LinkState {
+            admin_up: l.up,
+            carrier: l.flags & IFF_LOWER_UP != 0 || l.carrier == Some(true),
+        }
+    }
+
     /// From sysfs attributes: the kernel answers `carrier` only for an interface that is
     /// administratively up (EINVAL otherwise), so its presence tells `admin_up`.
     pub fn from_sysfs(n: &crate::discovery::Netdev) -> LinkState {

@@ -1,31 +1,29 @@
 //! MTU lock enforcement (`mtuLock: true`): the CNI records the lock in its state folder
-//! ([`crate::state::MtuLock`]); the node daemon finds the locks with [`scan_locks`] and drives
-//! one [`MtuLockWatcher`] per lock, which restores the pinned MTU whenever the pod changes it.
+//! ([`crate::state::MtuLock`]); the node daemon finds the locks with [`scan_locks`] and keeps one
+//! [`MtuLockWatcher`] per lock, which restores the pinned MTU whenever the pod changes it.
 //!
-//! The watcher subscribes to link notifications (`RTNLGRP_LINK`) inside the pod's netns; every
-//! notification (or an overflow, which means some were lost) is only a wake-up: the watcher then
-//! reads the locked link and restores its MTU if it drifted. A change is therefore undone within
-//! the notification latency (microseconds), far under a second.
+//! A watcher is the library's [`NetlinkSocket`] inside the pod's netns, subscribed to link
+//! notifications: a change of the locked link's MTU (or its departure, or lost notifications)
+//! arrives as a notification within microseconds and is acted on at once; nothing is polled.
+//! The watcher owns no thread: the daemon waits for its socket to become readable (it is a file
+//! descriptor, [`AsFd`]) together with everything else, and calls
+//! [`MtuLockWatcher::on_readable`]; [`MtuLockWatcher::wait`] does the same for one watcher on
+//! the caller's thread.
 //!
 //! A netlink socket keeps its namespace alive. So that a watcher never keeps a dead pod's netns
-//! (and its VF) around, [`MtuLockWatcher::wait`] reports [`LockEvent::Gone`] as soon as the
-//! netns path no longer names the same namespace or the interface left; the daemon must then
-//! drop the watcher (and should also drop it when the lock record disappears).
+//! (and its VF) around, it reports [`LockEvent::Gone`] as soon as the netns path no longer names
+//! the same namespace or the interface left; the daemon must then drop the watcher (and also
+//! drops it when the lock record disappears, and when a resync finds the netns gone).
 
 pub use crate::state::scan_locks;
 
 use crate::names::PciAddress;
-use crate::netlink::{LinkInfo, NetlinkError, NetlinkSocket, Netns};
+use crate::netlink::{Group, LinkInfo, NetlinkError, NetlinkSocket, Netns, Notification};
 use crate::state::MtuLock;
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// `RTNLGRP_LINK` from `<linux/rtnetlink.h>`.
-const RTNLGRP_LINK: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MtuLockError {
@@ -37,8 +35,8 @@ pub enum MtuLockError {
         #[source]
         source: Box<NetlinkError>,
     },
-    #[error("MTU lock of VF {pci}: notification socket: {source}")]
-    Socket {
+    #[error("MTU lock of VF {pci}: waiting for notifications: {source}")]
+    Wait {
         pci: PciAddress,
         #[source]
         source: std::io::Error,
@@ -68,14 +66,23 @@ pub enum LockEvent {
     Gone(String),
 }
 
+/// What the notifications read by [`MtuLockWatcher::on_readable`] led to.
+#[derive(Debug, Default)]
+pub struct Woken {
+    /// The outcome of looking at the link, when a notification called for it.
+    pub event: Option<LockEvent>,
+    /// Notifications the parser refused (the link was looked at anyway).
+    pub unparsed: Vec<NetlinkError>,
+}
+
 /// Enforces one MTU lock.
 pub struct MtuLockWatcher {
     pci: PciAddress,
     lock: MtuLock,
     netns: Netns,
-    sock: NetlinkSocket,
-    events: Socket,
-    buf: Vec<u8>,
+    socket: NetlinkSocket,
+    /// The locked link's index, once found.
+    index: Option<u32>,
 }
 
 impl std::fmt::Debug for MtuLockWatcher {
@@ -84,6 +91,18 @@ impl std::fmt::Debug for MtuLockWatcher {
             .field("pci", &self.pci)
             .field("lock", &self.lock)
             .finish()
+    }
+}
+
+impl AsFd for MtuLockWatcher {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+impl AsRawFd for MtuLockWatcher {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_fd().as_raw_fd()
     }
 }
 
@@ -97,25 +116,14 @@ impl MtuLockWatcher {
             source: Box::new(source),
         };
         let netns = Netns::open(&lock.netns).map_err(nl_err)?;
-        let sock = NetlinkSocket::new_in(&netns).map_err(nl_err)?;
-        let events = netns
-            .run_in(|| -> std::io::Result<Socket> {
-                let mut s = Socket::new(NETLINK_ROUTE)?;
-                s.bind(&SocketAddr::new(0, 0))?;
-                let _ = s.set_rx_buf_sz(1 << 20);
-                s.add_membership(RTNLGRP_LINK)?;
-                s.set_non_blocking(true)?;
-                Ok(s)
-            })
-            .map_err(nl_err)?
-            .map_err(|source| MtuLockError::Socket { pci, source })?;
+        let mut socket = NetlinkSocket::new_in(&netns).map_err(nl_err)?;
+        socket.subscribe(Group::Link).map_err(nl_err)?;
         Ok(MtuLockWatcher {
             pci,
+            index: lock.ifindex,
             lock,
             netns,
-            sock,
-            events,
-            buf: vec![0; 64 * 1024],
+            socket,
         })
     }
 
@@ -127,15 +135,29 @@ impl MtuLockWatcher {
         self.pci
     }
 
+    fn netlink_err(&self, source: NetlinkError) -> MtuLockError {
+        MtuLockError::Netlink {
+            pci: self.pci,
+            ifname: self.lock.ifname.clone(),
+            netns: self.lock.netns.display().to_string(),
+            source: Box::new(source),
+        }
+    }
+
     fn find(&mut self) -> Option<LinkInfo> {
-        if let Some(index) = self.lock.ifindex {
-            if let Ok(l) = self.sock.link_by_index(index) {
+        if let Some(index) = self.index {
+            if let Ok(l) = self.socket.link_by_index(index) {
                 if l.name == self.lock.ifname {
                     return Some(l);
                 }
             }
         }
-        self.sock.link_by_name(&self.lock.ifname).ok()
+        self.socket.link_by_name(&self.lock.ifname).ok()
+    }
+
+    /// Whether a notified link is the locked one.
+    fn is_locked_link(&self, l: &LinkInfo) -> bool {
+        Some(l.index) == self.index || l.name == self.lock.ifname
     }
 
     /// Whether the lock's netns path still names the namespace we watch.
@@ -160,17 +182,13 @@ impl MtuLockWatcher {
                 self.lock.netns.display()
             )));
         };
+        self.index = Some(link.index);
         if link.mtu == self.lock.mtu {
             return Ok(LockEvent::Unchanged);
         }
-        self.sock
+        self.socket
             .set_mtu(link.index, self.lock.mtu)
-            .map_err(|source| MtuLockError::Netlink {
-                pci: self.pci,
-                ifname: self.lock.ifname.clone(),
-                netns: self.lock.netns.display().to_string(),
-                source: Box::new(source),
-            })?;
+            .map_err(|e| self.netlink_err(e))?;
         Ok(LockEvent::Restored(MtuRestore {
             pci: self.pci,
             netns: self.lock.netns.clone(),
@@ -180,57 +198,50 @@ impl MtuLockWatcher {
         }))
     }
 
-    /// Waits up to `timeout` for a link notification in the pod, then [`Self::enforce`]s.
+    /// Reads every notification waiting on the socket, without blocking; looks at the link
+    /// (and restores its MTU) when one of them may concern the lock: the locked link changed
+    /// its MTU or left, notifications were lost, or one did not parse.
+    pub fn on_readable(&mut self) -> Result<Woken, MtuLockError> {
+        let mut woken = Woken::default();
+        let mut look = false;
+        while let Some(n) = self
+            .socket
+            .try_next_notification()
+            .map_err(|e| self.netlink_err(e))?
+        {
+            match n {
+                Notification::NewLink(l) if self.is_locked_link(&l) => {
+                    look |= l.mtu != self.lock.mtu || l.name != self.lock.ifname
+                }
+                Notification::DelLink(l) if self.is_locked_link(&l) => look = true,
+                Notification::Overflow => look = true,
+                Notification::Unparsed { error, .. } => {
+                    woken.unparsed.push(error);
+                    look = true;
+                }
+                _ => {}
+            }
+        }
+        if look {
+            woken.event = Some(self.enforce()?);
+        }
+        Ok(woken)
+    }
+
+    /// Waits up to `timeout` for a notification in the pod, then handles what arrived
+    /// ([`Self::on_readable`]): `Unchanged` when nothing concerned the lock.
     pub fn wait(&mut self, timeout: Duration) -> Result<LockEvent, MtuLockError> {
         let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(self.events.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => {
-                return Err(MtuLockError::Socket {
+            Err(errno) => {
+                return Err(MtuLockError::Wait {
                     pci: self.pci,
-                    source: e.into(),
+                    source: errno.into(),
                 })
             }
         }
-        // Drain: the content does not matter, and an overflow (ENOBUFS) only means some
-        // notifications were lost, which the check below covers.
-        loop {
-            let mut slice = &mut self.buf[..];
-            match self.events.recv(&mut slice, 0) {
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(MtuLockError::Socket {
-                        pci: self.pci,
-                        source,
-                    })
-                }
-            }
-        }
-        self.enforce()
-    }
-
-    /// Enforces until `stop` is set or the pod is gone, calling `on_restore` for every restore.
-    /// `stop` is looked at every 200 ms.
-    pub fn run(
-        &mut self,
-        stop: &AtomicBool,
-        mut on_restore: impl FnMut(&MtuRestore),
-    ) -> Result<LockEvent, MtuLockError> {
-        let mut event = self.enforce()?;
-        loop {
-            match &event {
-                LockEvent::Gone(_) => return Ok(event),
-                LockEvent::Restored(r) => on_restore(r),
-                LockEvent::Unchanged => {}
-            }
-            if stop.load(Ordering::Relaxed) {
-                return Ok(LockEvent::Unchanged);
-            }
-            event = self.wait(Duration::from_millis(200))?;
-        }
+        Ok(self.on_readable()?.event.unwrap_or(LockEvent::Unchanged))
     }
 }

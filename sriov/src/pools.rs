@@ -200,24 +200,40 @@ pub fn zero_config_resources(node: &Node, prefix: &str) -> Vec<ResourceConfig> {
     out
 }
 
-/// Every device a pool may hold, in PCI order: VFs, and PFs that have no VFs enabled; never a
-/// device whose netdev carries the default route.
-pub fn candidates(node: &Node, default_route_ifaces: &[String]) -> Vec<PoolDevice> {
-    let carries_default = |n: &Option<String>| {
-        n.as_ref()
-            .is_some_and(|n| default_route_ifaces.iter().any(|d| d == n))
-    };
+/// The node's uplinks: every netdev carrying a default route. They are never pool devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uplinks<'a> {
+    Known(&'a [String]),
+    /// They could not be determined (an unreadable route table): any device with a netdev
+    /// could be one, so only devices without a netdev (vfio-pci, uio) are offered.
+    Unknown,
+}
+
+impl Uplinks<'_> {
+    /// Whether a device with this netdev must stay out of every pool.
+    fn excludes(&self, netdev: Option<&str>) -> bool {
+        match (self, netdev) {
+            (_, None) => false,
+            (Uplinks::Known(list), Some(n)) => list.iter().any(|d| d == n),
+            (Uplinks::Unknown, Some(_)) => true,
+        }
+    }
+}
+
+/// Every device a pool may hold, in PCI order: VFs, and PFs that have no VFs enabled; never an
+/// uplink.
+pub fn candidates(node: &Node, uplinks: Uplinks<'_>) -> Vec<PoolDevice> {
     let mut out = Vec::new();
     for pf in &node.devices {
         if pf.vfs.is_empty() {
             let d = PoolDevice::from_pf(pf);
-            if !carries_default(&d.netdev) {
+            if !uplinks.excludes(d.netdev.as_deref()) {
                 out.push(d);
             }
         }
         for vf in &pf.vfs {
             let d = PoolDevice::from_vf(pf, vf);
-            if !carries_default(&d.netdev) {
+            if !uplinks.excludes(d.netdev.as_deref()) {
                 out.push(d);
             }
         }
@@ -226,12 +242,28 @@ pub fn candidates(node: &Node, default_route_ifaces: &[String]) -> Vec<PoolDevic
     out
 }
 
-/// Assigns devices to pools: explicit `resourceList`, or the zero-config default.
+/// Assigns devices to pools: explicit `resourceList`, or the zero-config default; the netdevs
+/// in `default_route_ifaces` are left out.
 pub fn assign(
     config: &Config,
     node: &Node,
     default_prefix: &str,
     default_route_ifaces: &[String],
+) -> Pools {
+    assign_with(
+        config,
+        node,
+        default_prefix,
+        Uplinks::Known(default_route_ifaces),
+    )
+}
+
+/// [`assign`] with the uplinks as found (or not).
+pub fn assign_with(
+    config: &Config,
+    node: &Node,
+    default_prefix: &str,
+    uplinks: Uplinks<'_>,
 ) -> Pools {
     let (resources, zero_config) = match &config.resources {
         Some(r) => (r.clone(), false),
@@ -244,7 +276,7 @@ pub fn assign(
             devices: Vec::new(),
         })
         .collect();
-    for dev in candidates(node, default_route_ifaces) {
+    for dev in candidates(node, uplinks) {
         // Zero config serves VFs only: a PF without VFs is nobody's pool.
         if zero_config && dev.vf_index.is_none() {
             continue;

@@ -69,14 +69,23 @@ impl StatusReport {
         cni_state_dir: Option<&std::path::Path>,
     ) -> Result<StatusReport, crate::discovery::DiscoveryError> {
         let node = Node::discover(sysfs, &crate::pools::discovery_options(config))?;
-        // Only this network namespace's default route matters.
+        // Only this network namespace's default routes matter; unreadable ones leave every
+        // netdev out, as in the daemon.
         let routes = crate::discovery::default_route_interfaces(None);
-        let pools = crate::pools::assign(config, &node, prefix, &routes);
+        let uplinks = match &routes {
+            Ok(list) => crate::pools::Uplinks::Known(list),
+            Err(_) => crate::pools::Uplinks::Unknown,
+        };
+        let pools = crate::pools::assign_with(config, &node, prefix, uplinks);
+        let mut warnings = config.warnings.clone();
+        if let Err(e) = &routes {
+            warnings.push(format!("{e}: every netdev is left out of the pools"));
+        }
         let mut report = StatusReport::build(
             &sysfs.root().display().to_string(),
             &node,
             &pools,
-            &config.warnings,
+            &warnings,
         );
         if let Some(dir) = cni_state_dir {
             report.add_cni_attachments(dir);

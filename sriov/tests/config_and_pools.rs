@@ -267,6 +267,31 @@ fn pci_addresses_acpi_and_default_route_exclusion() {
 }
 
 #[test]
+fn unknown_uplinks_keep_every_netdev_out() {
+    // Everything with a netdev could be the uplink when the routes cannot be read: only the
+    // vfio-pci VFs (no netdev) are offered.
+    let config = Config::parse(
+        r#"{"resourceList":[{"resourceName":"all","selectors":{"vendors":["8086"]}}]}"#,
+        "intel.com",
+    )
+    .unwrap();
+    let known = pools::assign(&config, &node(), "intel.com", &[]);
+    let unknown = pools::assign_with(&config, &node(), "intel.com", pools::Uplinks::Unknown);
+    assert!(names(&known, "intel.com/all").len() > 4);
+    let all = unknown.pool("intel.com/all").unwrap();
+    assert_eq!(
+        all.devices.len(),
+        2,
+        "{:?}",
+        names(&unknown, "intel.com/all")
+    );
+    assert!(all
+        .devices
+        .iter()
+        .all(|d| d.netdev.is_none() && d.driver.as_deref() == Some("vfio-pci")));
+}
+
+#[test]
 fn zero_config_one_pool_per_enabled_pf() {
     let config = Config::parse("{}", "example.org").unwrap();
     assert!(config.resources.is_none());

@@ -70,15 +70,23 @@ fn a_changed_mtu_is_restored_within_a_second() {
     let mut watcher = MtuLockWatcher::open(pci(), lock.clone()).unwrap();
     assert_eq!(watcher.enforce().unwrap(), LockEvent::Unchanged);
 
-    // Driven by a thread, as the daemon does; the pod changes its MTU behind our back.
+    // Driven by a thread of the test (the daemon waits on the socket with its other work);
+    // the pod changes its MTU behind our back.
     let stop = Arc::new(AtomicBool::new(false));
     let restores = Arc::new(AtomicU32::new(0));
     let (s, r) = (stop.clone(), restores.clone());
-    let handle = std::thread::spawn(move || {
-        watcher.run(&s, |restore| {
-            assert_eq!((restore.found, restore.restored), (9000, 1400));
-            r.fetch_add(1, Ordering::SeqCst);
-        })
+    let handle = std::thread::spawn(move || loop {
+        match watcher.wait(Duration::from_millis(50))? {
+            LockEvent::Restored(restore) => {
+                assert_eq!((restore.found, restore.restored), (9000, 1400));
+                r.fetch_add(1, Ordering::SeqCst);
+            }
+            LockEvent::Gone(why) => return Ok(LockEvent::Gone(why)),
+            LockEvent::Unchanged if s.load(Ordering::SeqCst) => {
+                return Ok::<_, sriov::mtu_lock::MtuLockError>(LockEvent::Unchanged)
+            }
+            LockEvent::Unchanged => {}
+        }
     });
     std::thread::sleep(Duration::from_millis(100));
     for round in 1..=3 {
@@ -117,6 +125,11 @@ fn a_gone_pod_ends_the_watch() {
         mtu: 1500,
     };
     let mut watcher = MtuLockWatcher::open(pci(), lock).unwrap();
+    // Nothing happened: nothing to do, and nothing was looked at.
+    assert_eq!(
+        watcher.wait(Duration::from_millis(20)).unwrap(),
+        LockEvent::Unchanged
+    );
     pod.delete_link(index).unwrap();
     assert!(
         matches!(watcher.wait(Duration::from_secs(1)).unwrap(), LockEvent::Gone(m) if m.contains("left"))

@@ -164,6 +164,9 @@ pub struct Expect {
     pub cni_bin_dir: String,
     pub resource_prefix: String,
     pub metrics_port: i32,
+    /// The probe listener's port and the liveness stall limit.
+    pub probe_port: i32,
+    pub liveness_timeout: u32,
     pub log_format: String,
     /// The node-state sidecar is deployed.
     pub node_state: bool,
@@ -401,6 +404,8 @@ pub fn check_daemon_set(ds: &DaemonSet, e: &Expect) {
         "kubelet-dir",
         "resource-prefix",
         "metrics-address",
+        "probe-address",
+        "liveness-timeout-seconds",
         "log-format",
         "devinfo-dir",
     ]
@@ -424,24 +429,41 @@ pub fn check_daemon_set(ds: &DaemonSet, e: &Expect) {
         "{}",
         at("metrics port")
     );
+    let probes: std::net::SocketAddr = flags["probe-address"].parse().expect("probe address");
+    assert_eq!(
+        i32::from(probes.port()),
+        e.probe_port,
+        "{}",
+        at("probe port")
+    );
+    assert_eq!(
+        flags["liveness-timeout-seconds"],
+        e.liveness_timeout.to_string(),
+        "{}",
+        at("liveness timeout")
+    );
     assert!(c.env.is_none(), "{}", at("the daemon needs no env"));
 
-    // Probes on /healthz at the port the daemon serves.
+    // Probes on the daemon's probe listener: /healthz (liveness), /readyz (readiness).
     let ports = c.ports.clone().unwrap();
-    let metrics_port = ports
-        .iter()
-        .find(|p| p.name.as_deref() == Some("metrics"))
-        .expect("metrics port");
-    assert_eq!(metrics_port.container_port, e.metrics_port);
-    for (kind, probe) in [
-        ("liveness", &c.liveness_probe),
-        ("readiness", &c.readiness_probe),
+    let port_of = |name: &str| {
+        ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{}", at(name)))
+            .container_port
+    };
+    assert_eq!(port_of("metrics"), e.metrics_port);
+    assert_eq!(port_of("probes"), e.probe_port);
+    for (kind, probe, path) in [
+        ("liveness", &c.liveness_probe, "/healthz"),
+        ("readiness", &c.readiness_probe, "/readyz"),
     ] {
         let http = probe
             .as_ref()
             .and_then(|p| p.http_get.as_ref())
             .unwrap_or_else(|| panic!("{}", at(kind)));
-        assert_eq!(http.path.as_deref(), Some("/healthz"), "{}", at(kind));
+        assert_eq!(http.path.as_deref(), Some(path), "{}", at(kind));
         let port = match &http.port {
             IntOrString::Int(p) => *p,
             IntOrString::String(n) => {
@@ -452,7 +474,7 @@ pub fn check_daemon_set(ds: &DaemonSet, e: &Expect) {
                     .container_port
             }
         };
-        assert_eq!(port, e.metrics_port, "{}", at(kind));
+        assert_eq!(port, e.probe_port, "{}", at(kind));
     }
 
     // Every mount, where it comes from, and how.

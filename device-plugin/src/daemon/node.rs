@@ -2,51 +2,79 @@
 
 use super::*;
 
+use crate::supervise;
+use sriov::health::{track_pool, LinkState, TrackedDevice};
+use sriov::pools::{self, Pool, Uplinks};
+use sriov::provision::{self, WaitPolicy};
+use std::collections::HashMap;
+use std::path::Path;
+
 pub(super) fn discover(
     sysfs: &Sysfs,
     config: &Config,
     netns: Option<&Path>,
 ) -> Result<Discovered, DiscoveryError> {
+    crate::fault::panic_at("discovery-panic-once");
     let start = Instant::now();
     let node = Node::discover(sysfs, &pools::discovery_options(config))?;
     Ok(Discovered {
         node,
-        default_routes: sriov::discovery::default_route_interfaces(netns),
+        uplinks: sriov::discovery::default_route_interfaces(netns),
         took: start.elapsed(),
     })
 }
 
-impl Daemon {
-    pub(super) fn schedule_discovery(&mut self, delay: Duration) {
-        let at = Instant::now() + delay;
-        self.discovery_due = Some(self.discovery_due.map_or(at, |d| d.min(at)));
-    }
-
-    pub(super) fn start_discovery(&mut self) {
-        self.discovery_due = None;
-        if self.discovery_running {
-            self.discovery_again = true;
-            return;
+/// Sets what the plan asks for; the errors of the PFs that failed.
+fn provision_all(
+    sysfs: &Sysfs,
+    plan: Vec<(PciAddress, String, Option<u32>, Option<u32>)>,
+) -> Result<(), Vec<String>> {
+    crate::fault::panic_at("provisioning-panic-once");
+    let mut errors = Vec::new();
+    for (pci, name, num_vfs, mtu) in plan {
+        if let Some(mtu) = mtu {
+            match provision::set_pf_mtu(sysfs, &pci, mtu) {
+                Ok(true) => tracing::info!(pf = %name, mtu, "PF MTU set"),
+                Ok(false) => {}
+                Err(e) => errors.push(e.to_string()),
+            }
         }
-        self.discovery_running = true;
+        if let Some(n) = num_vfs {
+            match provision::set_num_vfs(sysfs, &pci, n, WaitPolicy::default()) {
+                Ok(true) => tracing::info!(pf = %name, vfs = n, "VF count set"),
+                Ok(false) => {}
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+impl Daemon {
+    /// Discovers on a blocking thread; the result (or the panic) comes back as
+    /// [`Event::Discovered`].
+    pub(super) fn start_discovery(&mut self) {
+        self.sched.start(Job::Discovery);
         let sysfs = self.ctx.sysfs.clone();
         let config = self.config.clone();
         let netns = self.opts.netns.clone();
         let tx = self.tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = discover(&sysfs, &config, netns.as_deref());
-            let _ = tx.send(Event::Discovered(Box::new(result)));
-        });
+        supervise::spawn_blocking(
+            move || discover(&sysfs, &config, netns.as_deref()),
+            move |r| {
+                let _ = tx.send(Event::Discovered(Box::new(r)));
+            },
+        );
     }
 
     /// Sets PF VF counts and MTUs the config asks for, on a blocking thread (the kernel takes
     /// its time to create VFs); the pools follow through the discovery that comes after.
     pub(super) fn start_provisioning(&mut self) {
-        if self.config.provisioning.is_empty() {
-            return;
-        }
-        if self.provisioning_running {
-            self.provisioning_again = true;
+        if self.config.provisioning.is_empty() || !self.discovered {
             return;
         }
         let plan: Vec<(PciAddress, String, Option<u32>, Option<u32>)> =
@@ -57,35 +85,67 @@ impl Daemon {
         if plan.is_empty() {
             return;
         }
-        self.provisioning_running = true;
+        self.sched.start(Job::Provisioning);
         let sysfs = self.ctx.sysfs.clone();
         let tx = self.tx.clone();
-        let metrics = self.ctx.metrics.clone();
-        tokio::task::spawn_blocking(move || {
-            for (pci, name, num_vfs, mtu) in plan {
-                if let Some(mtu) = mtu {
-                    match provision::set_pf_mtu(&sysfs, &pci, mtu) {
-                        Ok(true) => tracing::info!(pf = %name, mtu, "PF MTU set"),
-                        Ok(false) => {}
-                        Err(e) => {
-                            metrics.error("provisioning");
-                            tracing::error!("provisioning: {e}");
-                        }
-                    }
+        supervise::spawn_blocking(
+            move || provision_all(&sysfs, plan),
+            move |r| {
+                let _ = tx.send(Event::Provisioned(r));
+            },
+        );
+    }
+
+    pub(super) fn on_provisioned(&mut self, result: Result<(), TaskError<Vec<String>>>) {
+        let retry = self.sched.finish(&Job::Provisioning, result.is_ok());
+        match result {
+            Ok(()) => self.problems.clear("provisioning"),
+            Err(e) => {
+                let errors = match e {
+                    TaskError::Failed(errors) => errors,
+                    TaskError::Panicked(m) => vec![format!("provisioning panicked: {m}")],
+                    TaskError::Cancelled => vec!["provisioning was cancelled".into()],
+                };
+                for error in &errors {
+                    self.ctx.metrics.error(ErrorKind::Provisioning);
+                    tracing::error!(
+                        "provisioning: {error}; retrying in {:?}",
+                        retry.unwrap_or_default()
+                    );
                 }
-                if let Some(n) = num_vfs {
-                    match provision::set_num_vfs(&sysfs, &pci, n, WaitPolicy::default()) {
-                        Ok(true) => tracing::info!(pf = %name, vfs = n, "VF count set"),
-                        Ok(false) => {}
-                        Err(e) => {
-                            metrics.error("provisioning");
-                            tracing::error!("provisioning: {e}");
-                        }
-                    }
-                }
+                self.problems.set("provisioning", errors.join("; "));
             }
-            let _ = tx.send(Event::Provisioned);
-        });
+        }
+        self.sched.schedule(Job::Discovery, Duration::ZERO);
+    }
+
+    pub(super) async fn on_discovered(
+        &mut self,
+        result: Result<Discovered, TaskError<DiscoveryError>>,
+    ) {
+        let retry = self.sched.finish(&Job::Discovery, result.is_ok());
+        let d = match result {
+            Ok(d) => d,
+            Err(e) => {
+                self.ctx.metrics.error(ErrorKind::Discovery);
+                let what = match &e {
+                    TaskError::Panicked(m) => format!("discovery panicked: {m}"),
+                    other => format!("discovery failed: {other}"),
+                };
+                tracing::error!(
+                    "{what}; keeping the devices known so far, retrying in {:?}",
+                    retry.unwrap_or_default()
+                );
+                self.problems.set("discovery", what);
+                return;
+            }
+        };
+        self.problems.clear("discovery");
+        let first = !self.discovered;
+        self.apply_discovery(d).await;
+        if first {
+            self.sched.schedule(Job::Provisioning, Duration::ZERO);
+        }
     }
 
     pub(super) fn watch_sysfs(&mut self) {
@@ -118,20 +178,30 @@ impl Daemon {
         }
     }
 
-    pub(super) async fn apply_discovery(&mut self, result: Result<Discovered, DiscoveryError>) {
-        let d = match result {
-            Ok(d) => d,
-            Err(e) => {
-                self.ctx.metrics.error("discovery");
-                tracing::error!("discovery failed: {e}; keeping the devices known so far");
-                self.last_error = Some(format!("discovery failed: {e}"));
-                return;
-            }
-        };
+    pub(super) async fn apply_discovery(&mut self, d: Discovered) {
         self.ctx.metrics.discovery(d.took);
         tracing::debug!(took = ?d.took, devices = d.node.devices.len(), "discovered");
         self.node = d.node;
-        self.default_routes = d.default_routes;
+        self.discovered = true;
+        self.uplinks = match d.uplinks {
+            Ok(list) => {
+                if self.uplinks.is_err() {
+                    tracing::info!(uplinks = ?list, "the uplinks are known again");
+                }
+                self.problems.clear("uplink");
+                Ok(list)
+            }
+            Err(e) => {
+                let why =
+                    format!("{e}: every netdev that could be the uplink stays out of the pools");
+                self.ctx.metrics.error(ErrorKind::Uplink);
+                if self.uplinks.as_ref().err() != Some(&why) {
+                    tracing::error!("{why}");
+                }
+                self.problems.set("uplink", why.clone());
+                Err(why)
+            }
+        };
         let mut fallback = Vec::new();
         for pf in &self.node.devices {
             if let Some(n) = pf.netdevs.first() {
@@ -146,11 +216,15 @@ impl Daemon {
 
     /// Brings the running pools in line with the config and the last discovery.
     pub(super) async fn reconcile(&mut self) {
-        let assigned = pools::assign(
+        let uplinks = match &self.uplinks {
+            Ok(list) => Uplinks::Known(list),
+            Err(_) => Uplinks::Unknown,
+        };
+        let assigned = pools::assign_with(
             &self.config,
             &self.node,
             &self.opts.resource_prefix,
-            &self.default_routes,
+            uplinks,
         );
         let mut holders: HashMap<PciAddress, String> = HashMap::new();
         let mut desired: BTreeMap<String, Pool> = BTreeMap::new();

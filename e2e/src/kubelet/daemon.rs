@@ -21,6 +21,23 @@ pub struct DaemonArgs {
     pub extra: Vec<String>,
 }
 
+impl DaemonArgs {
+    /// The daemon on a simulated node, with `config`, its kubelet folder at `dir/kubelet` and
+    /// its device-information files in `dir/devinfo`; no metrics, no further flags.
+    pub fn on_lab(lab: &crate::sim::SimNode, dir: &Path, config: PathBuf) -> DaemonArgs {
+        DaemonArgs {
+            config,
+            sysfs_root: lab.sysfs_root().to_path_buf(),
+            kubelet_dir: dir.join("kubelet"),
+            devinfo_dir: dir.join("devinfo"),
+            dev_root: lab.paths().dev(),
+            netns: Some(lab.netns_path().to_path_buf()),
+            metrics_address: None,
+            extra: Vec::new(),
+        }
+    }
+}
+
 /// A running daemon.
 pub struct DaemonProcess {
     child: Option<Child>,
@@ -33,6 +50,18 @@ impl DaemonProcess {
     /// Spawns `bin run ...`, logging (RUST_LOG, default debug for the daemon) to `log`.
     pub fn spawn(bin: &Path, args: &DaemonArgs, log: &Path) -> std::io::Result<DaemonProcess> {
         Self::spawn_command(Command::new(bin), args, log)
+    }
+
+    /// Like [`DaemonProcess::spawn`], with these environment variables (e.g. `SRIOV_DP_FAULT`).
+    pub fn spawn_with_env(
+        bin: &Path,
+        args: &DaemonArgs,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<DaemonProcess> {
+        let mut cmd = Command::new(bin);
+        cmd.envs(env.iter().copied());
+        Self::spawn_command(cmd, args, log)
     }
 
     /// Like [`DaemonProcess::spawn`], with the daemon inside the network namespace `netns`

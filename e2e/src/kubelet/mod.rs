@@ -15,6 +15,7 @@
 mod daemon;
 mod plugins;
 mod pod_resources;
+pub mod raw_h2;
 
 use sriov_proto::deviceplugin::v1beta1 as dp;
 use std::collections::BTreeMap;

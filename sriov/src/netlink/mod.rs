@@ -3,6 +3,9 @@
 //!
 //! - [`NetlinkSocket`]: one socket bound to one network namespace; every
 //!   operation is one request answered by one ACK or reply (or a dump).
+//! - Notifications: [`NetlinkSocket::subscribe`] to a [`Group`], then
+//!   [`NetlinkSocket::next_notification`] (link changes, parsed by the same
+//!   tolerant parser as replies).
 //! - [`Netns`]: an opened namespace; [`NetlinkSocket::new_in`] and
 //!   [`Netns::run_in`] work inside it without moving the calling thread.
 //! - Values: [`LinkInfo`], [`VfInfo`], [`AddressInfo`], [`RouteInfo`].
@@ -19,6 +22,7 @@ mod error;
 mod link;
 mod link_ops;
 mod netns;
+mod notify;
 mod route;
 mod socket;
 mod vf;
@@ -28,6 +32,7 @@ pub use addr::AddressInfo;
 pub use error::{NetlinkError, Result, VfSetting, VfSettingError};
 pub use link::{LinkInfo, MacAddr, OperState};
 pub use netns::Netns;
+pub use notify::{Group, Notification};
 pub use route::{RouteInfo, MAIN_TABLE};
 pub use socket::NetlinkSocket;
 pub use vf::{parse_vfinfo_list, VfInfo, VfLinkState, VlanProto};

@@ -1,4 +1,5 @@
-//! Routes (for the CNI's IPAM results): add, delete, list.
+//! Routes: add and delete (the CNI's IPAM results), list (the node's uplinks:
+//! every interface carrying a default route).
 
 use std::net::IpAddr;
 
@@ -7,7 +8,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::attrs::{nlas, u32_value};
+use super::attrs::{align4, nlas, u32_value};
 use super::error::{NetlinkError, RawError, Result};
 use super::socket::{NetlinkSocket, Request};
 
@@ -16,7 +17,11 @@ const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTA_PRIORITY: u16 = 6;
+const RTA_MULTIPATH: u16 = 9;
 const RTA_TABLE: u16 = 15;
+const RTA_NH_ID: u16 = 30;
+/// `sizeof(struct rtnexthop)`: len (u16), flags, hops, ifindex (i32).
+const RTNEXTHOP_LEN: usize = 8;
 /// `sizeof(struct rtmsg)`.
 const RTMSG_LEN: usize = 12;
 /// `RT_TABLE_MAIN`.
@@ -42,6 +47,46 @@ pub struct RouteInfo {
     pub route_type: u8,
     /// Metric.
     pub priority: Option<u32>,
+    /// The output interfaces of a multipath route's next hops
+    /// (`RTA_MULTIPATH`), which then has no `oif` of its own.
+    pub multipath_oifs: Vec<u32>,
+    /// `RTA_NH_ID`: the route goes through a nexthop object (kernel 5.3+),
+    /// whose interface is not in the route.
+    pub nexthop_id: Option<u32>,
+}
+
+impl RouteInfo {
+    /// A default route (no destination prefix) of type unicast.
+    pub fn is_default_unicast(&self) -> bool {
+        self.route_type == 1 && self.dst.is_none_or(|(_, len)| len == 0)
+    }
+
+    /// Every output interface the route names: its own and its next hops'.
+    pub fn oifs(&self) -> impl Iterator<Item = u32> + '_ {
+        self.oif
+            .into_iter()
+            .chain(self.multipath_oifs.iter().copied())
+    }
+}
+
+/// The output interfaces of `RTA_MULTIPATH`: a run of `struct rtnexthop`,
+/// each followed by its own attributes (`rtnh_len` covers both).
+fn multipath_oifs(mut value: &[u8]) -> Result<Vec<u32>, NetlinkError> {
+    let mut out = Vec::new();
+    while value.len() >= RTNEXTHOP_LEN {
+        let len = usize::from(u16::from_ne_bytes([value[0], value[1]]));
+        if len < RTNEXTHOP_LEN || len > value.len() {
+            return Err(NetlinkError::Decode {
+                what: "RTA_MULTIPATH",
+                reason: format!("next hop of {len} bytes in {} left", value.len()),
+            });
+        }
+        if let Some(index) = u32_value(&value[4..8]).filter(|&i| i != 0) {
+            out.push(index);
+        }
+        value = value.get(align4(len)..).unwrap_or_default();
+    }
+    Ok(out)
 }
 
 /// The family of a route from its destination and gateway, which must agree.
@@ -135,7 +180,7 @@ pub(crate) fn dump_routes_request() -> Request {
 }
 
 /// Decode an `RTM_NEWROUTE` payload. Multipath routes come back without a
-/// gateway (their next hops are not decoded).
+/// gateway; only their next hops' interfaces are decoded.
 pub(crate) fn parse_route(payload: &[u8]) -> Result<RouteInfo, NetlinkError> {
     const WHAT: &str = "route message";
     let h = payload
@@ -162,6 +207,8 @@ pub(crate) fn parse_route(payload: &[u8]) -> Result<RouteInfo, NetlinkError> {
         scope: h[6],
         route_type: h[7],
         priority: None,
+        multipath_oifs: Vec::new(),
+        nexthop_id: None,
     };
     let dst_len = h[1];
     for (kind, value) in nlas(&payload[RTMSG_LEN..], WHAT)? {
@@ -170,6 +217,8 @@ pub(crate) fn parse_route(payload: &[u8]) -> Result<RouteInfo, NetlinkError> {
             RTA_GATEWAY => route.gateway = ip(value),
             RTA_OIF => route.oif = u32_value(value),
             RTA_PRIORITY => route.priority = u32_value(value),
+            RTA_MULTIPATH => route.multipath_oifs = multipath_oifs(value)?,
+            RTA_NH_ID => route.nexthop_id = u32_value(value),
             // Tables above 255 only fit here.
             RTA_TABLE => route.table = u32_value(value).unwrap_or(route.table),
             _ => {}
@@ -291,5 +340,35 @@ mod tests {
         );
         assert!(parse_route(&p[..10]).is_err());
         assert!(parse_route(&p[..p.len() - 2]).is_err());
+        assert!(!r.is_default_unicast());
+    }
+
+    #[test]
+    fn multipath_default_route() {
+        let hop = |ifindex: u32, attrs: &[u8]| {
+            let mut h = ((RTNEXTHOP_LEN + attrs.len()) as u16)
+                .to_ne_bytes()
+                .to_vec();
+            h.extend_from_slice(&[0, 0]);
+            h.extend_from_slice(&ifindex.to_ne_bytes());
+            h.extend_from_slice(attrs);
+            h
+        };
+        let mut hops = hop(3, &nla(RTA_GATEWAY, &[10, 0, 0, 1]));
+        hops.extend(hop(5, &[]));
+        let mut p = vec![libc::AF_INET as u8, 0, 0, 0, 254, 3, 0, 1, 0, 0, 0, 0];
+        p.extend(nla(RTA_MULTIPATH, &hops));
+        let r = parse_route(&p).unwrap();
+        assert!(r.is_default_unicast());
+        assert_eq!(r.oifs().collect::<Vec<_>>(), [3, 5]);
+        // A next hop claiming more bytes than there are.
+        let mut bad = vec![libc::AF_INET as u8, 0, 0, 0, 254, 3, 0, 1, 0, 0, 0, 0];
+        bad.extend(nla(RTA_MULTIPATH, &[40, 0, 0, 0, 3, 0, 0, 0]));
+        assert!(parse_route(&bad).is_err());
+        // Through a nexthop object: no interface in the route itself.
+        let mut nh = vec![libc::AF_INET6 as u8, 0, 0, 0, 254, 3, 0, 1, 0, 0, 0, 0];
+        nh.extend(nla(RTA_NH_ID, &7u32.to_ne_bytes()));
+        let r = parse_route(&nh).unwrap();
+        assert_eq!((r.nexthop_id, r.oifs().count(), r.ipv6), (Some(7), 0, true));
     }
 }

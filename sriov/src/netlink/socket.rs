@@ -5,8 +5,14 @@
 //! number, so a reply left over from an abandoned request is skipped, not
 //! mistaken for the current one. Kernel errors come back as errnos plus the
 //! extended-ACK text when the kernel gives one.
+//!
+//! A socket subscribed to multicast groups ([`super::notify`]) also receives
+//! notifications; those that arrive while a request is answered are kept for
+//! [`NetlinkSocket::next_notification`], in order, never dropped.
 
+use std::collections::VecDeque;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR,
@@ -93,9 +99,25 @@ impl Request {
 #[derive(Debug)]
 pub struct NetlinkSocket {
     socket: Socket,
+    /// Our netlink port id: replies to our requests carry it.
+    port: u32,
     seq: u32,
     /// Receive buffer, reused between datagrams.
     buf: Vec<u8>,
+    /// Subscribed to at least one multicast group.
+    pub(super) subscribed: bool,
+    /// Notifications (whole netlink messages) read while a request was being
+    /// answered, oldest first.
+    pub(super) queued: VecDeque<Vec<u8>>,
+    /// The receive buffer overflowed (`ENOBUFS`) since the last
+    /// [`NetlinkSocket::next_notification`]: notifications were lost.
+    pub(super) overflowed: bool,
+}
+
+impl AsFd for NetlinkSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
 }
 
 impl NetlinkSocket {
@@ -111,14 +133,14 @@ impl NetlinkSocket {
         Self::configure(netns.run_in(Self::open_bound)??)
     }
 
-    fn open_bound() -> Result<Socket> {
+    fn open_bound() -> Result<(Socket, u32)> {
         let socket_err = |op| move |source| NetlinkError::Socket { op, source };
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(socket_err("open"))?;
-        socket.bind_auto().map_err(socket_err("bind"))?;
-        Ok(socket)
+        let addr = socket.bind_auto().map_err(socket_err("bind"))?;
+        Ok((socket, addr.port_number()))
     }
 
-    fn configure(socket: Socket) -> Result<Self> {
+    fn configure((socket, port): (Socket, u32)) -> Result<Self> {
         // CAP_ACK: error replies carry only our request's header, not the
         // whole request back. EXT_ACK: the kernel explains refusals
         // ("Invalid MTU", "Name already in use"...). STRICT_CHK: the kernel
@@ -138,9 +160,22 @@ impl NetlinkSocket {
         }
         Ok(Self {
             socket,
+            port,
             seq: 0,
             buf: Vec::with_capacity(32 * 1024),
+            subscribed: false,
+            queued: VecDeque::new(),
+            overflowed: false,
         })
+    }
+
+    /// The underlying socket, for the notification side ([`super::notify`]).
+    pub(super) fn raw(&self) -> &Socket {
+        &self.socket
+    }
+
+    pub(super) fn port(&self) -> u32 {
+        self.port
     }
 
     /// Send a plain request and wait for its ACK.
@@ -173,10 +208,14 @@ impl NetlinkSocket {
     ) -> Result<Vec<T>, RawError> {
         for attempt in 1..=DUMP_ATTEMPTS {
             let mut items = Vec::new();
-            let interrupted = self.exchange(req, &mut |kind, payload| {
+            let interrupted = match self.exchange(req, &mut |kind, payload| {
                 items.extend(parse(kind, payload)?);
                 Ok(())
-            })?;
+            }) {
+                // A subscribed socket overflowed: replies of this dump may be lost too.
+                Err(e) if self.subscribed && is_overflow(&e) && attempt < DUMP_ATTEMPTS => true,
+                other => other?,
+            };
             if !interrupted {
                 return Ok(items);
             }
@@ -202,15 +241,21 @@ impl NetlinkSocket {
         // drained, or the kernel keeps the dump open and refuses the next one.
         let mut first_err: Option<RawError> = None;
         loop {
-            let datagram = self.recv_datagram()?;
-            let outcome =
-                process_datagram(&datagram, seq, &mut interrupted, &mut |kind, payload| {
+            let datagram = self.recv_datagram(0)?;
+            let keep = self.subscribed.then_some((self.port, &mut self.queued));
+            let outcome = process_datagram(
+                &datagram,
+                seq,
+                &mut interrupted,
+                &mut |kind, payload| {
                     if first_err.is_none() {
                         if let Err(e) = on_message(kind, payload) {
                             first_err = Some(e);
                         }
                     }
-                });
+                },
+                keep,
+            );
             self.buf = datagram;
             if let Some(result) = outcome? {
                 result?;
@@ -235,47 +280,84 @@ impl NetlinkSocket {
 
     /// One whole datagram, however large: a GETLINK reply for a PF with
     /// many VFs outgrows any fixed buffer, so peek at the size first.
-    fn recv_datagram(&mut self) -> Result<Vec<u8>, RawError> {
+    /// `flags` may add `MSG_DONTWAIT`. On a subscribed socket an overflow
+    /// (`ENOBUFS`) is remembered for the notification side.
+    pub(super) fn recv_datagram(&mut self, flags: libc::c_int) -> Result<Vec<u8>, RawError> {
         let mut buf = std::mem::take(&mut self.buf);
-        loop {
+        let result = loop {
             buf.clear();
-            let size = match self.socket.recv(&mut buf, libc::MSG_PEEK | libc::MSG_TRUNC) {
+            let size = match self
+                .socket
+                .recv(&mut buf, flags | libc::MSG_PEEK | libc::MSG_TRUNC)
+            {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => return Err(NetlinkError::Socket { op: "recv", source }.into()),
+                Err(source) => break Err(source),
             };
             buf.clear();
             buf.reserve(size);
-            match self.socket.recv(&mut buf, 0) {
+            match self.socket.recv(&mut buf, flags) {
                 Ok(n) => {
                     buf.truncate(n);
                     return Ok(buf);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => return Err(NetlinkError::Socket { op: "recv", source }.into()),
+                Err(source) => break Err(source),
             }
-        }
+        };
+        self.buf = buf;
+        result.map_err(|source| {
+            if self.subscribed && source.raw_os_error() == Some(libc::ENOBUFS) {
+                self.overflowed = true;
+            }
+            NetlinkError::Socket { op: "recv", source }.into()
+        })
     }
+}
+
+/// Whether a socket error is the receive buffer's overflow.
+pub(super) fn is_overflow(e: &RawError) -> bool {
+    matches!(e, RawError::Other(NetlinkError::Socket { source, .. }) if source.raw_os_error() == Some(libc::ENOBUFS))
+}
+
+/// Whether a message that is not the reply being read is a notification to
+/// keep (rather than a stale reply to one of our earlier requests, which
+/// carries our port and that request's sequence number).
+fn is_notification(msg_port: u32, msg_seq: u32, our_port: u32) -> bool {
+    msg_port != our_port || msg_seq == 0
 }
 
 /// Walk the messages of one datagram. Returns `Some(result)` once the
 /// terminating message for `seq` is seen.
+///
+/// With `keep` (our port and a queue), messages that belong to no request of
+/// ours (notifications) are queued instead of skipped.
 fn process_datagram(
     datagram: &[u8],
     seq: u32,
     interrupted: &mut bool,
     on_message: &mut dyn FnMut(u16, &[u8]),
+    mut keep: Option<(u32, &mut VecDeque<Vec<u8>>)>,
 ) -> Result<Terminated, RawError> {
     let mut offset = 0;
     while offset < datagram.len() {
         let msg = NetlinkBuffer::new_checked(&datagram[offset..])
             .map_err(|e| RawError::decode("netlink message", e))?;
+        let start = offset;
         offset += align4(msg.length() as usize);
         if msg.sequence_number() != seq {
-            tracing::debug!(
-                "netlink: skipping message with sequence {} (expecting {seq})",
-                msg.sequence_number()
-            );
+            match keep.as_mut() {
+                Some((port, queue))
+                    if is_notification(msg.port_number(), msg.sequence_number(), *port) =>
+                {
+                    let end = (start + msg.length() as usize).min(datagram.len());
+                    queue.push_back(datagram[start..end].to_vec());
+                }
+                _ => tracing::debug!(
+                    "netlink: skipping message with sequence {} (expecting {seq})",
+                    msg.sequence_number()
+                ),
+            }
             continue;
         }
         let payload = msg.payload();
@@ -381,9 +463,13 @@ mod tests {
     fn run(datagram: &[u8], seq: u32) -> (Vec<u16>, bool, Terminated) {
         let mut seen = Vec::new();
         let mut interrupted = false;
-        let outcome = process_datagram(datagram, seq, &mut interrupted, &mut |kind, _| {
-            seen.push(kind)
-        })
+        let outcome = process_datagram(
+            datagram,
+            seq,
+            &mut interrupted,
+            &mut |kind, _| seen.push(kind),
+            None,
+        )
         .unwrap();
         (seen, interrupted, outcome)
     }
@@ -449,6 +535,34 @@ mod tests {
     }
 
     #[test]
+    fn notifications_during_a_request_are_kept_stale_replies_are_not() {
+        let with_port = |mut m: Vec<u8>, port: u32| {
+            m[12..16].copy_from_slice(&port.to_ne_bytes());
+            m
+        };
+        let mut d = with_port(message(16, 0, 0, &[1; 16]), 0); // kernel notification
+        d.extend(with_port(message(16, 0, 2, &[2; 16]), 77)); // stale reply of ours
+        d.extend(with_port(message(16, 0, 9, &[3; 16]), 1234)); // caused by another socket
+        d.extend(with_port(
+            message(NLMSG_DONE, 0, 5, &0i32.to_ne_bytes()),
+            77,
+        ));
+        let mut queue = VecDeque::new();
+        let mut interrupted = false;
+        let outcome = process_datagram(
+            &d,
+            5,
+            &mut interrupted,
+            &mut |_, _| {},
+            Some((77, &mut queue)),
+        )
+        .unwrap();
+        assert!(matches!(outcome, Some(Ok(()))));
+        let payloads: Vec<u8> = queue.iter().map(|m| m[NLMSG_HDRLEN]).collect();
+        assert_eq!(payloads, [1, 3]);
+    }
+
+    #[test]
     fn done_with_error_code() {
         let d = message(NLMSG_DONE, 0, 1, &(-(Errno::EMSGSIZE as i32)).to_ne_bytes());
         let (_, _, outcome) = run(&d, 1);
@@ -477,7 +591,7 @@ mod tests {
             &[200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             &[4, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         ] {
-            assert!(process_datagram(bad, 0, &mut interrupted, &mut |_, _| {}).is_err());
+            assert!(process_datagram(bad, 0, &mut interrupted, &mut |_, _| {}, None).is_err());
         }
         // a truncated error payload
         let d = message(NLMSG_ERROR, 0, 1, &[1, 2]);
