@@ -24,7 +24,7 @@ pub(crate) const RTM_NEWLINK: u16 = 16;
 /// Longest interface name (`IFNAMSIZ - 1`).
 const IFNAME_MAX: usize = 15;
 /// Longest alternative name (`ALTIFNAMSIZ - 1`).
-const ALTNAME_MAX: usize = 127;
+pub(crate) const ALTNAME_MAX: usize = 127;
 
 pub(crate) fn link_message(index: u32, attributes: Vec<LinkAttribute>) -> LinkMessage {
     let mut msg = LinkMessage::default();
@@ -58,6 +58,11 @@ const IFLA_ALT_IFNAME: u16 = 53;
 /// names and altnames, but `IFLA_IFNAME` is limited to 15 bytes: longer
 /// (alt)names go in `IFLA_ALT_IFNAME`.
 pub(crate) fn get_link_by_name_request(name: &str) -> Request {
+    get_link_by_name_with(name, &[])
+}
+
+/// GETLINK by name, asking for the extensions in `ext_mask` (VF info, ...).
+pub(crate) fn get_link_by_name_with(name: &str, ext_mask: &[LinkExtentMask]) -> Request {
     let attr = if name.len() <= IFNAME_MAX {
         LinkAttribute::IfName(name.to_string())
     } else {
@@ -65,7 +70,11 @@ pub(crate) fn get_link_by_name_request(name: &str) -> Request {
         value.push(0);
         LinkAttribute::Other(DefaultNla::new(IFLA_ALT_IFNAME, value))
     };
-    Request::new(RouteNetlinkMessage::GetLink(link_message(0, vec![attr])))
+    let mut attrs = vec![attr];
+    if !ext_mask.is_empty() {
+        attrs.push(LinkAttribute::ExtMask(ext_mask.to_vec()));
+    }
+    Request::new(RouteNetlinkMessage::GetLink(link_message(0, attrs)))
 }
 
 pub(crate) fn dump_links_request() -> Request {
@@ -153,7 +162,7 @@ pub(crate) fn delete_link_request(index: u32) -> Request {
 
 /// Refuse names the kernel would refuse with a confusing errno (a too
 /// long `IFLA_IFNAME` fails policy validation with ERANGE).
-fn check_name(name: &str, max: usize, what: &str) -> Result<()> {
+pub(crate) fn check_name(name: &str, max: usize, what: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= max
         && name != "."

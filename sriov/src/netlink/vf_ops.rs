@@ -100,6 +100,19 @@ fn rate_setting(min: u32, max: u32) -> VfSetting {
     }
 }
 
+/// A GETLINK reply with its VF list.
+fn pf_reply(kind: u16, payload: &[u8]) -> Result<Option<(super::LinkInfo, Vec<VfInfo>)>, RawError> {
+    if kind != RTM_NEWLINK {
+        return Ok(None);
+    }
+    let parsed = parse_link(payload)?;
+    let vfs = match parsed.vfinfo_list {
+        Some(list) => parse_vfinfo_list(list)?,
+        None => Vec::new(),
+    };
+    Ok(Some((parsed.info, vfs)))
+}
+
 impl NetlinkSocket {
     /// Every VF of the PF with ifindex `pf_index`, sorted by VF number;
     /// empty for a link without VFs.
@@ -118,19 +131,27 @@ impl NetlinkSocket {
             .ok_or(NetlinkError::NoSuchVf { pf, vf, num_vfs })
     }
 
+    /// The PF named `name` and its VF `vf` as the PF reports it, in one request (`None` when
+    /// the link reports no such VF: no PF, or a driver without VF info).
+    pub fn pf_by_name_with_vf(
+        &mut self,
+        name: &str,
+        vf: u32,
+    ) -> Result<(super::LinkInfo, Option<VfInfo>)> {
+        super::link_ops::check_name(name, super::link_ops::ALTNAME_MAX, "interface name")?;
+        let req = super::link_ops::get_link_by_name_with(
+            name,
+            &[LinkExtentMask::Vf, LinkExtentMask::SkipStats],
+        );
+        let (link, vfs) = self
+            .get_one(&req, pf_reply)
+            .map_err(|e| e.context("get VF info", name))?;
+        Ok((link, vfs.into_iter().find(|info| info.vf == vf)))
+    }
+
     fn read_pf(&mut self, pf_index: u32) -> Result<(super::LinkInfo, Vec<VfInfo>)> {
-        self.get_one(&pf_vf_info_request(pf_index), |kind, payload| {
-            if kind != RTM_NEWLINK {
-                return Ok(None);
-            }
-            let parsed = parse_link(payload)?;
-            let vfs = match parsed.vfinfo_list {
-                Some(list) => parse_vfinfo_list(list)?,
-                None => Vec::new(),
-            };
-            Ok(Some((parsed.info, vfs)))
-        })
-        .map_err(|e| e.context("get VF info", format!("ifindex {pf_index}")))
+        self.get_one(&pf_vf_info_request(pf_index), pf_reply)
+            .map_err(|e| e.context("get VF info", format!("ifindex {pf_index}")))
     }
 
     /// The VF's administrative MAC (what the VF driver uses at its next

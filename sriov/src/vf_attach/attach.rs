@@ -105,32 +105,21 @@ pub fn snapshot(
     sysfs: &Sysfs,
     loc: &VfLocation,
 ) -> Result<(OriginalState, Option<PfLink>), AttachError> {
-    let pf_link = match &loc.pf_name {
+    // The PF and the VF's settings as it reports them, in one request.
+    let (pf_link, pf_side) = match &loc.pf_name {
         Some(name) => {
-            let l = host
-                .link_by_name(name)
+            let (l, vf) = host
+                .pf_by_name_with_vf(name, loc.vf_index)
                 .map_err(AttachError::netlink(format!("read the PF {name}")))?;
-            Some(PfLink {
+            // No such VF in the reply: not a PF that reports VFs (a stand-in, or a driver without
+            // VF info): there is no PF-side state to save, and none can be changed.
+            let link = PfLink {
                 index: l.index,
                 mtu: l.mtu,
-            })
+            };
+            (Some(link), vf.map(|info| pf_side(&info)))
         }
-        None => None,
-    };
-    let pf_side = match pf_link {
-        Some(pf) => match host.pf_vf_info(pf.index, loc.vf_index) {
-            Ok(info) => Some(pf_side(&info)),
-            // Not a PF that reports VFs (a stand-in, or a driver without VF info): there is no
-            // PF-side state to save, and none can be changed.
-            Err(NetlinkError::NoSuchVf { .. }) => None,
-            Err(e) if e.errno() == Some(Errno::EOPNOTSUPP) => None,
-            Err(e) => {
-                return Err(AttachError::netlink("read the VF's settings from its PF")(
-                    e,
-                ))
-            }
-        },
-        None => None,
+        None => (None, None),
     };
     let netdev = if loc.is_userspace() {
         None
@@ -337,9 +326,16 @@ pub fn attach(
         // DPDK VF: PF-side settings only.
         return Ok(out);
     };
-    let mut link = host
-        .link_by_index(saved.ifindex)
-        .map_err(AttachError::netlink("find the VF's netdev"))?;
+    // As the snapshot read it a moment ago, under the VF's lock.
+    let mut link = LinkInfo {
+        index: saved.ifindex,
+        name: saved.name.clone(),
+        mac: saved.mac,
+        mtu: saved.mtu,
+        up: saved.up,
+        altnames: saved.altnames.clone(),
+        ..LinkInfo::default()
+    };
     if link.up {
         host.set_down(link.index)
             .map_err(AttachError::netlink(format!("set {} down", link.name)))?;
