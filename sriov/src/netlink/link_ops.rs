@@ -47,7 +47,7 @@ pub(crate) fn get_link_request(index: u32, ext_mask: &[LinkExtentMask]) -> Reque
     } else {
         vec![LinkAttribute::ExtMask(ext_mask.to_vec())]
     };
-    Request::new(RouteNetlinkMessage::GetLink(link_message(index, attrs)))
+    Request::get(RouteNetlinkMessage::GetLink(link_message(index, attrs)))
 }
 
 /// `IFLA_ALT_IFNAME`, which netlink-packet-route only knows inside
@@ -74,7 +74,7 @@ pub(crate) fn get_link_by_name_with(name: &str, ext_mask: &[LinkExtentMask]) -> 
     if !ext_mask.is_empty() {
         attrs.push(LinkAttribute::ExtMask(ext_mask.to_vec()));
     }
-    Request::new(RouteNetlinkMessage::GetLink(link_message(0, attrs)))
+    Request::get(RouteNetlinkMessage::GetLink(link_message(0, attrs)))
 }
 
 pub(crate) fn dump_links_request() -> Request {

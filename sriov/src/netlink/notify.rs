@@ -20,7 +20,7 @@ use netlink_packet_core::{NetlinkBuffer, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP};
 use super::error::{NetlinkError, RawError, Result};
 use super::link::{parse_link, LinkInfo};
 use super::link_ops::{dump_links_request, RTM_NEWLINK};
-use super::socket::{is_overflow, NetlinkSocket};
+use super::socket::{is_overflow, is_truncated, NetlinkSocket};
 
 const RTM_DELLINK: u16 = 17;
 
@@ -112,6 +112,13 @@ impl NetlinkSocket {
                     }
                 }
                 Err(e) if is_overflow(&e) => continue,
+                // Cut short by the buffer (which has grown since): lost, and said so.
+                Err(e) if is_truncated(&e) => {
+                    return Ok(Some(Notification::Unparsed {
+                        kind: 0,
+                        error: e.context("receive notifications", "this netns"),
+                    }))
+                }
                 Err(RawError::Other(NetlinkError::Socket { source, .. }))
                     if source.kind() == io::ErrorKind::WouldBlock =>
                 {

@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR,
     NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST,
+    NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_MULTIPART, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -45,17 +45,33 @@ type Handler<'a> = dyn FnMut(u16, &[u8]) -> Result<(), RawError> + 'a;
 type Terminated = Option<Result<(), RawError>>;
 
 /// A request as a plain value: the message and its flags beyond
-/// `NLM_F_REQUEST` (added always) and `NLM_F_ACK` (added for non-dumps).
+/// `NLM_F_REQUEST` (added always) and `NLM_F_ACK` (added for changes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Request {
     pub(crate) message: RouteNetlinkMessage,
     pub(crate) flags: u16,
+    /// A get of one object: its reply (or an error) ends the exchange, no ACK is asked for
+    /// (which would cost another datagram).
+    pub(crate) get: bool,
 }
 
 impl Request {
-    /// A get, set or delete of one object.
+    /// A set or delete of one object.
     pub(crate) fn new(message: RouteNetlinkMessage) -> Self {
-        Self { message, flags: 0 }
+        Self {
+            message,
+            flags: 0,
+            get: false,
+        }
+    }
+
+    /// A get of one object.
+    pub(crate) fn get(message: RouteNetlinkMessage) -> Self {
+        Self {
+            message,
+            flags: 0,
+            get: true,
+        }
     }
 
     /// Create an object; fail with `EEXIST` if it already exists.
@@ -63,6 +79,7 @@ impl Request {
         Self {
             message,
             flags: NLM_F_CREATE | NLM_F_EXCL,
+            get: false,
         }
     }
 
@@ -71,6 +88,7 @@ impl Request {
         Self {
             message,
             flags: NLM_F_DUMP,
+            get: false,
         }
     }
 
@@ -82,8 +100,9 @@ impl Request {
     pub(crate) fn to_bytes(&self, seq: u32) -> Vec<u8> {
         let mut header = NetlinkHeader::default();
         // Dumps are not ACKed by the kernel even when asked (they end with
-        // NLMSG_DONE), so only plain requests ask for one.
-        header.flags = NLM_F_REQUEST | self.flags | if self.is_dump() { 0 } else { NLM_F_ACK };
+        // NLMSG_DONE), and a get's reply is its answer: only changes ask for one.
+        let ack = !self.is_dump() && !self.get;
+        header.flags = NLM_F_REQUEST | self.flags | if ack { NLM_F_ACK } else { 0 };
         header.sequence_number = seq;
         let mut msg =
             NetlinkMessage::new(header, NetlinkPayload::InnerMessage(self.message.clone()));
@@ -104,6 +123,8 @@ pub struct NetlinkSocket {
     seq: u32,
     /// Receive buffer, reused between datagrams.
     buf: Vec<u8>,
+    /// Its size ([`RECV_BUFFER`]; tests make it small to see datagrams cut short).
+    room: usize,
     /// Subscribed to at least one multicast group.
     pub(super) subscribed: bool,
     /// Notifications (whole netlink messages) read while a request was being
@@ -162,7 +183,8 @@ impl NetlinkSocket {
             socket,
             port,
             seq: 0,
-            buf: Vec::with_capacity(32 * 1024),
+            buf: Vec::new(),
+            room: RECV_BUFFER,
             subscribed: false,
             queued: VecDeque::new(),
             overflowed: false,
@@ -231,6 +253,21 @@ impl NetlinkSocket {
     /// terminating ACK/error/DONE. Returns whether the kernel flagged the
     /// dump as interrupted.
     fn exchange(&mut self, req: &Request, on_message: &mut Handler<'_>) -> Result<bool, RawError> {
+        match self.exchange_once(req, on_message) {
+            // The buffer has grown to the datagram's size: a get or a dump can simply be asked
+            // again (a change's ACK is never that large).
+            Err(e) if is_truncated(&e) && (req.get || req.is_dump()) => {
+                self.exchange_once(req, on_message)
+            }
+            other => other,
+        }
+    }
+
+    fn exchange_once(
+        &mut self,
+        req: &Request,
+        on_message: &mut Handler<'_>,
+    ) -> Result<bool, RawError> {
         self.seq = self.seq.wrapping_add(1).max(1);
         let seq = self.seq;
         let bytes = req.to_bytes(seq);
@@ -246,6 +283,7 @@ impl NetlinkSocket {
             let outcome = process_datagram(
                 &datagram,
                 seq,
+                req.get,
                 &mut interrupted,
                 &mut |kind, payload| {
                     if first_err.is_none() {
@@ -278,28 +316,33 @@ impl NetlinkSocket {
         }
     }
 
-    /// One whole datagram, however large: a GETLINK reply for a PF with
-    /// many VFs outgrows any fixed buffer, so peek at the size first.
-    /// `flags` may add `MSG_DONTWAIT`. On a subscribed socket an overflow
-    /// (`ENOBUFS`) is remembered for the notification side.
+    /// One whole datagram, in one `recv` into a buffer large enough for any reply but the
+    /// largest VF lists. A datagram larger than the buffer is cut by the kernel (`MSG_TRUNC`
+    /// tells its real size): the buffer grows to it and a truncation error says to ask again
+    /// ([`NetlinkSocket::exchange`] does, for gets and dumps). `flags` may add `MSG_DONTWAIT`.
+    /// On a subscribed socket an overflow (`ENOBUFS`) is remembered for the notification side.
     pub(super) fn recv_datagram(&mut self, flags: libc::c_int) -> Result<Vec<u8>, RawError> {
         let mut buf = std::mem::take(&mut self.buf);
         let result = loop {
             buf.clear();
-            let size = match self
-                .socket
-                .recv(&mut buf, flags | libc::MSG_PEEK | libc::MSG_TRUNC)
-            {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => break Err(source),
-            };
-            buf.clear();
-            buf.reserve(size);
-            match self.socket.recv(&mut buf, flags) {
-                Ok(n) => {
+            if buf.capacity() < self.room {
+                buf.reserve(self.room);
+            }
+            let room = buf.capacity();
+            match self.socket.recv(&mut buf, flags | libc::MSG_TRUNC) {
+                Ok(n) if n <= room => {
                     buf.truncate(n);
                     return Ok(buf);
+                }
+                Ok(n) => {
+                    buf.clear();
+                    buf.reserve(n);
+                    self.room = self.room.max(n);
+                    self.buf = buf;
+                    return Err(RawError::decode(
+                        TRUNCATED,
+                        format!("{n} bytes, more than the {room}-byte buffer"),
+                    ));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(source) => break Err(source),
@@ -313,6 +356,17 @@ impl NetlinkSocket {
             NetlinkError::Socket { op: "recv", source }.into()
         })
     }
+}
+
+/// The receive buffer's size: any reply but a GETLINK of a PF with hundreds of VFs fits.
+const RECV_BUFFER: usize = 128 * 1024;
+
+/// What a datagram cut short by a too small buffer is reported as.
+const TRUNCATED: &str = "truncated netlink datagram";
+
+/// Whether an error is a datagram cut short by the buffer (which has grown since).
+pub(super) fn is_truncated(e: &RawError) -> bool {
+    matches!(e, RawError::Other(NetlinkError::Decode { what, .. }) if *what == TRUNCATED)
 }
 
 /// Whether a socket error is the receive buffer's overflow.
@@ -335,6 +389,7 @@ fn is_notification(msg_port: u32, msg_seq: u32, our_port: u32) -> bool {
 fn process_datagram(
     datagram: &[u8],
     seq: u32,
+    reply_ends: bool,
     interrupted: &mut bool,
     on_message: &mut dyn FnMut(u16, &[u8]),
     mut keep: Option<(u32, &mut VecDeque<Vec<u8>>)>,
@@ -375,6 +430,10 @@ fn process_datagram(
                     *interrupted = true;
                 }
                 on_message(kind, payload);
+                // A get's one reply is the whole answer.
+                if reply_ends && msg.flags() & NLM_F_MULTIPART == 0 {
+                    return Ok(Some(Ok(())));
+                }
             }
         }
     }
@@ -466,6 +525,7 @@ mod tests {
         let outcome = process_datagram(
             datagram,
             seq,
+            false,
             &mut interrupted,
             &mut |kind, _| seen.push(kind),
             None,
@@ -475,13 +535,41 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_larger_than_the_buffer_is_asked_for_again() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root for a netns of its own");
+            return;
+        }
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let mut sock = NetlinkSocket::new().unwrap();
+            sock.buf = Vec::new();
+            sock.room = 64;
+            let lo = sock.link_by_name("lo").unwrap();
+            assert_eq!(lo.name, "lo");
+            assert!(sock.room > 64, "the buffer grew to the reply");
+            // A dump too.
+            sock.room = 64;
+            sock.buf = Vec::new();
+            assert_eq!(sock.links().unwrap().len(), 1);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
     fn request_flags() {
-        let get = Request::new(RouteNetlinkMessage::GetLink(LinkMessage::default()));
-        let bytes = get.to_bytes(7);
+        let set = Request::new(RouteNetlinkMessage::SetLink(LinkMessage::default()));
+        let bytes = set.to_bytes(7);
         let buf = NetlinkBuffer::new_checked(&bytes[..]).unwrap();
         assert_eq!(buf.flags(), NLM_F_REQUEST | NLM_F_ACK);
         assert_eq!(buf.sequence_number(), 7);
         assert_eq!(buf.length() as usize, bytes.len());
+        // A get's reply is its answer: no ACK asked for.
+        let get = Request::get(RouteNetlinkMessage::GetLink(LinkMessage::default()));
+        let bytes = get.to_bytes(6);
+        let buf = NetlinkBuffer::new_checked(&bytes[..]).unwrap();
+        assert_eq!(buf.flags(), NLM_F_REQUEST);
 
         let dump = Request::dump(RouteNetlinkMessage::GetLink(LinkMessage::default()));
         let bytes = dump.to_bytes(8);
@@ -552,6 +640,7 @@ mod tests {
         let outcome = process_datagram(
             &d,
             5,
+            false,
             &mut interrupted,
             &mut |_, _| {},
             Some((77, &mut queue)),
@@ -591,7 +680,9 @@ mod tests {
             &[200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             &[4, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         ] {
-            assert!(process_datagram(bad, 0, &mut interrupted, &mut |_, _| {}, None).is_err());
+            assert!(
+                process_datagram(bad, 0, false, &mut interrupted, &mut |_, _| {}, None).is_err()
+            );
         }
         // a truncated error payload
         let d = message(NLMSG_ERROR, 0, 1, &[1, 2]);
