@@ -96,7 +96,8 @@ impl<'de> Deserialize<'de> for PciAddress {
 /// The kernel's limit for interface names (IFNAMSIZ - 1).
 pub const MAX_IFNAME_LEN: usize = 15;
 
-/// Checks a network interface name the way the kernel's `dev_valid_name` does.
+/// Checks a network interface name the way the kernel's `dev_valid_name` does, and refuses
+/// the kernel's name patterns ('%').
 pub fn validate_ifname(name: &str) -> Result<(), NameError> {
     let bad = |why| {
         Err(NameError::Interface {
@@ -118,6 +119,10 @@ pub fn validate_ifname(name: &str) -> Result<(), NameError> {
         .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control())
     {
         return bad("contains '/', ':', white space or a control character");
+    }
+    // The kernel takes a name with '%' as a pattern ("net%d") and picks a name of its own.
+    if name.contains('%') {
+        return bad("contains '%' (the kernel would pick a name from it)");
     }
     Ok(())
 }
@@ -271,6 +276,7 @@ mod tests {
             "a b",
             "x:1",
             "sixteen-chars-xx",
+            "net%d",
         ] {
             assert!(validate_ifname(bad).is_err(), "{bad:?} accepted");
         }

@@ -148,12 +148,18 @@ fn temp_name(name: &str) -> String {
 
 /// The writer's PID of a temporary file name made by [`temp_name`].
 fn temp_writer(file: &str) -> Option<u32> {
+    temp_of(file).map(|(_, pid)| pid)
+}
+
+/// The file a temporary file was for, and its writer's PID.
+fn temp_of(file: &str) -> Option<(&str, u32)> {
     let rest = file.strip_prefix('.')?.strip_suffix(".tmp")?;
     let (rest, random) = rest.rsplit_once('.')?;
     if random.len() != 16 || !random.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
-    rest.rsplit_once('.')?.1.parse().ok()
+    let (name, pid) = rest.rsplit_once('.')?;
+    Some((name, pid.parse().ok()?))
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -439,12 +445,23 @@ impl OwnedDir {
     /// Removes temporary files whose writer is gone (killed between create and rename), and
     /// those of this process (none is in flight while the caller runs this). Returns how many.
     pub fn remove_stale_temps(&self) -> Result<usize> {
+        self.remove_stale_temps_where(|_| true)
+    }
+
+    /// [`OwnedDir::remove_stale_temps`] for the temporary files of `name` only (a folder shared
+    /// with other writers).
+    pub fn remove_stale_temps_of(&self, name: &str) -> Result<usize> {
+        self.remove_stale_temps_where(|of| of == name)
+    }
+
+    fn remove_stale_temps_where(&self, wanted: impl Fn(&str) -> bool) -> Result<usize> {
         let mut removed = 0;
-        for name in self.names()? {
-            let Some(pid) = temp_writer(&name) else {
+        for file in self.names()? {
+            let Some((of, pid)) = temp_of(&file) else {
                 continue;
             };
-            if (pid == std::process::id() || !process_alive(pid)) && self.remove(&name)? {
+            let stale = pid == std::process::id() || !process_alive(pid);
+            if wanted(of) && stale && self.remove(&file)? {
                 removed += 1;
             }
         }
@@ -589,7 +606,12 @@ mod tests {
             .unwrap();
         }
         std::fs::write(top.path().join("r.json"), "").unwrap();
-        assert_eq!(dir.remove_stale_temps().unwrap(), 2);
+        let other = format!(".other.json.{dead}.0123456789abcdef.tmp");
+        std::fs::write(top.path().join(&other), "").unwrap();
+        assert_eq!(dir.remove_stale_temps_of("r.json").unwrap(), 2);
+        assert!(dir.has_file(&other).unwrap(), "another file's temporary file is kept");
+        dir.remove(&other).unwrap();
+        assert_eq!(dir.remove_stale_temps().unwrap(), 0);
         assert_eq!(
             dir.names().unwrap(),
             [

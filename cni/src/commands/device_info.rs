@@ -107,7 +107,11 @@ pub(crate) fn remove(ctx: &Ctx, record: &VfRecord) -> Result<(), FileError> {
     match name {
         Some(n) if path.parent() == Some(Path::new(&dir)) && valid_name(n) => {
             match OwnedDir::open(&dir, Access::Shared, false) {
-                Ok(folder) => folder.remove(n).map(|_| ()),
+                // Also what a writer killed between its temporary file and the rename left.
+                Ok(folder) => folder
+                    .remove(n)
+                    .and_then(|_| folder.remove_stale_temps_of(n))
+                    .map(|_| ()),
                 Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT) => Ok(()),
                 Err(e) => Err(e),
             }

@@ -101,8 +101,20 @@ pub(crate) fn rename_request(index: u32, name: &str) -> Request {
     set_link(index, vec![LinkAttribute::IfName(name.to_string())])
 }
 
-pub(crate) fn move_to_netns_request(index: u32, netns: &Netns) -> Request {
-    set_link(index, vec![LinkAttribute::NetNsFd(netns.as_raw_fd())])
+static MOVE_NANOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How long this process has spent in [`NetlinkSocket::move_to_netns`] (the kernel's move of a
+/// netdev between namespaces), so a caller can tell its own time from the kernel's.
+pub fn time_in_netns_moves() -> std::time::Duration {
+    std::time::Duration::from_nanos(MOVE_NANOS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+pub(crate) fn move_to_netns_request(index: u32, netns: &Netns, name: Option<&str>) -> Request {
+    let mut attrs = vec![LinkAttribute::NetNsFd(netns.as_raw_fd())];
+    // With a name, the kernel names the link in the target namespace as part of the move (or
+    // takes it under this name at once when its own name is taken there).
+    attrs.extend(name.map(|n| LinkAttribute::IfName(n.to_string())));
+    set_link(index, attrs)
 }
 
 pub(crate) fn set_master_request(index: u32, master: Option<u32>) -> Request {
@@ -179,6 +191,18 @@ pub(crate) fn check_name(name: &str, max: usize, what: &str) -> Result<()> {
     }
 }
 
+/// An interface name to give a link: [`check_name`], and no '%' (the kernel reads a name with
+/// '%' as a pattern and picks a name of its own from it).
+pub(crate) fn check_ifname(name: &str) -> Result<()> {
+    check_name(name, IFNAME_MAX, "interface name")?;
+    if name.contains('%') {
+        return Err(NetlinkError::InvalidArgument(format!(
+            "interface name {name:?}: '%' would make the kernel pick the name"
+        )));
+    }
+    Ok(())
+}
+
 /// Parse the `RTM_NEWLINK` replies of a link request.
 pub(crate) fn link_reply(kind: u16, payload: &[u8]) -> Result<Option<LinkInfo>, RawError> {
     if kind != RTM_NEWLINK {
@@ -239,7 +263,7 @@ impl NetlinkSocket {
     /// running link (`EBUSY`; 6.18 allows it for veth), and udev or other
     /// watchers may already hold the old name.
     pub fn rename(&mut self, index: u32, new_name: &str) -> Result<()> {
-        check_name(new_name, IFNAME_MAX, "interface name")?;
+        check_ifname(new_name)?;
         self.link_op(
             index,
             format!("rename to {new_name}"),
@@ -262,12 +286,31 @@ impl NetlinkSocket {
 
     /// Move a link into `netns` (`IFLA_NET_NS_FD`). Its index may change
     /// there when taken; look it up again through a socket in `netns`.
+    /// Moves the link into `netns`. The time the kernel takes (most of a CNI ADD or DEL) adds
+    /// up in [`time_in_netns_moves`].
     pub fn move_to_netns(&mut self, index: u32, netns: &Netns) -> Result<()> {
-        self.link_op(
-            index,
-            format!("move to netns {netns}"),
-            &move_to_netns_request(index, netns),
-        )
+        self.move_link(index, netns, None)
+    }
+
+    /// Moves the link into `netns` and names it `name` there, in one request: one rename fewer
+    /// than a rename before or after the move, and no moment in which the link carries a name
+    /// it should not. On an error the link may have moved but kept its name (the kernel renames
+    /// after the move), which the caller must look for.
+    pub fn move_to_netns_as(&mut self, index: u32, netns: &Netns, name: &str) -> Result<()> {
+        check_ifname(name)?;
+        self.move_link(index, netns, Some(name))
+    }
+
+    fn move_link(&mut self, index: u32, netns: &Netns, name: Option<&str>) -> Result<()> {
+        let start = std::time::Instant::now();
+        let what = match name {
+            Some(n) => format!("move to netns {netns} as {n}"),
+            None => format!("move to netns {netns}"),
+        };
+        let r = self.link_op(index, what, &move_to_netns_request(index, netns, name));
+        let took = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        MOVE_NANOS.fetch_add(took, std::sync::atomic::Ordering::Relaxed);
+        r
     }
 
     pub fn add_altname(&mut self, index: u32, altname: &str) -> Result<()> {

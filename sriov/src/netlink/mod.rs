@@ -31,6 +31,7 @@ mod vf_ops;
 pub use addr::AddressInfo;
 pub use error::{NetlinkError, Result, VfSetting, VfSettingError};
 pub use link::{LinkInfo, MacAddr, OperState};
+pub use link_ops::time_in_netns_moves;
 pub use netns::Netns;
 pub use notify::{Group, Notification};
 pub use route::{RouteInfo, MAIN_TABLE};

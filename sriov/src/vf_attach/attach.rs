@@ -1,6 +1,6 @@
 //! Snapshot and attach: the forward half of the dataplane.
 
-use super::locate::{temp_name, VfLocation};
+use super::locate::VfLocation;
 use super::{AttachError, Step};
 use crate::netlink::{
     Errno, LinkInfo, MacAddr, NetlinkError, NetlinkSocket, Netns, VfInfo, VfLinkState, VlanProto,
@@ -369,35 +369,24 @@ pub fn attach(
         checkpoint(Step::Mac);
     }
 
-    let tmp = temp_name(&loc.pci);
-    if link.name != tmp {
-        host.rename(link.index, &tmp)
-            .map_err(AttachError::netlink(format!(
-                "rename {} to the temporary name {tmp}",
-                link.name
-            )))?;
-    }
-    checkpoint(Step::TempName);
     for alt in &link.altnames {
         host.del_altname(link.index, alt)
             .map_err(AttachError::netlink(format!("remove altname {alt}")))?;
     }
     checkpoint(Step::Altnames);
-    host.move_to_netns(link.index, pod_netns)
-        .map_err(AttachError::netlink(
-            "move into the pod's network namespace",
-        ))?;
+    // One request moves it and names it: the kernel keeps its name for the move when the pod
+    // has no link of that name (else takes `ifname` at once), then renames it. If that rename
+    // fails, it is in the pod under its node name, where [`super::restore`] looks too.
+    host.move_to_netns_as(link.index, pod_netns, &pod.ifname)
+        .map_err(AttachError::netlink(format!(
+            "move into the pod's network namespace as {}",
+            pod.ifname
+        )))?;
     checkpoint(Step::Move);
 
     let moved = pod_sock
-        .link_by_name(&tmp)
+        .link_by_name(&pod.ifname)
         .map_err(AttachError::netlink("find the VF in the pod"))?;
-    if pod.ifname != tmp {
-        pod_sock
-            .rename(moved.index, &pod.ifname)
-            .map_err(AttachError::netlink(format!("rename to {}", pod.ifname)))?;
-    }
-    checkpoint(Step::Rename);
     let mut mtu = moved.mtu;
     if let Some(want) = pod.mtu {
         if want != moved.mtu {

@@ -8,10 +8,11 @@
 //!    driver (`EOPNOTSUPP`); a knob the pod asked for that the driver refuses fails the ADD with
 //!    the knob named, and [`restore`] later touches only knobs that differ from the saved state,
 //!    so an unsupported knob that was never changed can never fail a DEL.
-//! 2. The netdev: down, MAC, a temporary name derived from the PCI address (unique per VF, so
-//!    a VF called `eth0` or a pod that already has the VF's name cannot collide), altnames removed
-//!    (kernel 6.x refuses a move when an altname exists in the target namespace; they also leak
-//!    host names into the pod), move into the pod's netns, rename to `CNI_IFNAME`, MTU.
+//! 2. The netdev: down, MAC, altnames removed (kernel 6.x refuses a move when an altname exists
+//!    in the target namespace; they also leak host names into the pod), then one request that
+//!    moves it into the pod's netns and names it `CNI_IFNAME` there (a VF called `eth0` or a pod
+//!    that already has the VF's node name cannot collide: the kernel then takes `CNI_IFNAME` for
+//!    the move itself), MTU.
 //!
 //! **MAC policy.** With `mac`, the admin MAC is set through the PF (the NIC then enforces it,
 //! e.g. against spoofing) and the pod's netdev must carry it too:
@@ -53,10 +54,9 @@ pub enum Step {
     /// Inside a rebind: the driver is unbound, the VF has no netdev anywhere.
     Unbind,
     Rebind,
-    TempName,
     Altnames,
+    /// Moved into the pod and named `CNI_IFNAME` (one request).
     Move,
-    Rename,
     Mtu,
 }
 
@@ -75,16 +75,14 @@ impl Step {
             Step::Mac => "mac",
             Step::Unbind => "unbind",
             Step::Rebind => "rebind",
-            Step::TempName => "temp-name",
             Step::Altnames => "altnames",
             Step::Move => "move",
-            Step::Rename => "rename",
             Step::Mtu => "mtu",
         }
     }
 
     /// Every step, in the order [`attach`] runs them.
-    pub const ALL: [Step; 16] = [
+    pub const ALL: [Step; 14] = [
         Step::Vlan,
         Step::AdminMac,
         Step::MaxTxRate,
@@ -96,10 +94,8 @@ impl Step {
         Step::Mac,
         Step::Unbind,
         Step::Rebind,
-        Step::TempName,
         Step::Altnames,
         Step::Move,
-        Step::Rename,
         Step::Mtu,
     ];
 }
