@@ -107,9 +107,14 @@ pub fn plan(
         }
         devices.push(d);
     }
+    let info = devinfo::PoolInfo {
+        additional_info: snapshot.config.additional_info.as_ref(),
+        vhost_net: snapshot.config.need_vhost_net() && devinfo::vhost_net_available(&ctx.dev_root),
+        dev_root: &ctx.dev_root,
+    };
     Ok(ContainerAllocation {
-        envs: devinfo::envs(&pool, &snapshot.config.additional_info, &devices),
-        devices: devinfo::device_nodes(&ctx.dev_root, &devices, snapshot.config.need_vhost_net()),
+        envs: devinfo::envs(&pool, &info, &devices),
+        devices: devinfo::device_nodes(&info, &devices),
         devinfo: devices,
     })
 }

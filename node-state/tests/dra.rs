@@ -83,6 +83,7 @@ fn devices_carry_dra_driver_sriov_attributes_and_ours() {
     let node = Node {
         devices: vec![pf(0x3b, 4, true, Some(1)), pf(0x5e, 2, true, None)],
         warnings: vec![],
+        selector_attrs: Default::default(),
     };
     let topology = PfTopology {
         pcie_roots: BTreeMap::from([(pci("0000:3b:00.0"), "pci0000:3a".to_string())]),

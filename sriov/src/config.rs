@@ -63,6 +63,20 @@ pub enum AllocationPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VfRanges(pub Vec<(u32, u32)>);
 
+impl std::fmt::Display for VfRanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, &(a, b)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            if a == b {
+                write!(f, "{sep}{a}")?;
+            } else {
+                write!(f, "{sep}{a}-{b}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl VfRanges {
     pub fn contains(&self, index: u32) -> bool {
         self.0.iter().any(|&(a, b)| a <= index && index <= b)
@@ -113,6 +127,11 @@ pub struct NetDeviceSelector {
     pub link_types: Vec<String>,
     pub is_rdma: bool,
     pub need_vhost_net: bool,
+    /// `ddpProfiles`: the DDP package name the device (or its PF) runs (see `crate::ddp`).
+    pub ddp_profiles: Vec<String>,
+    /// `pKeys`: the InfiniBand partition key at index 0 of port 1, as sysfs writes it
+    /// (`0xffff`); only devices whose link type is `infiniband` have one.
+    pub p_keys: Vec<String>,
 }
 
 /// One entry of `resourceList`.
@@ -122,8 +141,10 @@ pub struct ResourceConfig {
     /// The entry's `resourcePrefix`, or the default prefix.
     pub resource_prefix: String,
     pub exclude_topology: bool,
-    /// `additionalInfo`: `*` or a PCI address → extra key/values for the `_INFO` env.
-    pub additional_info: BTreeMap<String, BTreeMap<String, String>>,
+    /// `additionalInfo`: `*` or a PCI address → extra key/values for the `_INFO` env. `None`
+    /// when the key is absent (or `null`): then `_INFO` has no `extra` entry; when it is given,
+    /// even as `{}`, every device gets one (`{}` when nothing applies), as upstream.
+    pub additional_info: Option<BTreeMap<String, BTreeMap<String, String>>>,
     /// A device goes to the first selector object that matches it.
     pub selectors: Vec<NetDeviceSelector>,
     pub allocation_policy: AllocationPolicy,
@@ -168,7 +189,7 @@ pub struct Config {
 
 /// Upstream selector keys for features sriov-rs does not implement yet. Ignoring them would
 /// select more devices than the operator meant, so they are refused.
-const UNSUPPORTED_SELECTOR_KEYS: &[&str] = &["ddpProfiles", "vdpaType", "pKeys", "auxTypes"];
+const UNSUPPORTED_SELECTOR_KEYS: &[&str] = &["vdpaType", "auxTypes"];
 const NET_SELECTOR_KEYS: &[&str] = &[
     "vendors",
     "devices",
@@ -180,6 +201,8 @@ const NET_SELECTOR_KEYS: &[&str] = &[
     "linkTypes",
     "isRdma",
     "needVhostNet",
+    "ddpProfiles",
+    "pKeys",
 ];
 const RESOURCE_KEYS: &[&str] = &[
     "isRdma",
@@ -361,7 +384,7 @@ fn parse_resource(
         .map_err(|e| invalid(&format!("{at}.resourcePrefix"), e.to_string()))?;
     let selectors = match obj.get("selectors") {
         None => vec![NetDeviceSelector::default()],
-        Some(Value::Object(o)) => vec![parse_selector(o, &format!("{at}.selectors"))?],
+        Some(Value::Object(o)) => vec![parse_selector(o, &format!("{at}.selectors"), warnings)?],
         Some(Value::Array(list)) => {
             let mut out = Vec::new();
             for (i, s) in list.iter().enumerate() {
@@ -369,10 +392,16 @@ fn parse_resource(
                 let o = s
                     .as_object()
                     .ok_or_else(|| invalid(&sat, "must be an object"))?;
-                out.push(parse_selector(o, &sat)?);
+                out.push(parse_selector(o, &sat, warnings)?);
             }
             if out.is_empty() {
-                return Err(invalid(&format!("{at}.selectors"), "empty list"));
+                // Upstream (cmd/sriovdp/manager.go readConfig, factory.go parseObjectOrSlice)
+                // skips such a resource with a warning and serves the others.
+                warnings.push(format!(
+                    "{at}.selectors: an empty list selects nothing; this resource is not served \
+                     (as by the upstream plugin)"
+                ));
+                return Ok(None);
             }
             out
         }
@@ -404,7 +433,11 @@ fn parse_resource(
     }))
 }
 
-fn parse_selector(obj: &Map<String, Value>, at: &str) -> Result<NetDeviceSelector, ConfigError> {
+fn parse_selector(
+    obj: &Map<String, Value>,
+    at: &str,
+    warnings: &mut Vec<String>,
+) -> Result<NetDeviceSelector, ConfigError> {
     let obj = &canonical_keys(obj, NET_SELECTOR_KEYS, UNSUPPORTED_SELECTOR_KEYS, &[], at)?;
     let mut s = NetDeviceSelector {
         vendors: parse_ids(obj, "vendors", at)?,
@@ -416,6 +449,8 @@ fn parse_selector(obj: &Map<String, Value>, at: &str) -> Result<NetDeviceSelecto
             .collect(),
         is_rdma: get_bool(obj, "isRdma", at)?.unwrap_or(false),
         need_vhost_net: get_bool(obj, "needVhostNet", at)?.unwrap_or(false),
+        ddp_profiles: get_list(obj, "ddpProfiles", at)?,
+        p_keys: get_list(obj, "pKeys", at)?,
         ..Default::default()
     };
     for a in get_list(obj, "pciAddresses", at)? {
@@ -449,7 +484,36 @@ fn parse_selector(obj: &Map<String, Value>, at: &str) -> Result<NetDeviceSelecto
             vfs: ranges,
         });
     }
+    warn_repeated_pfs(&s.pf_names, &format!("{at}.pfNames"), warnings);
+    warn_repeated_pfs(&s.root_devices, &format!("{at}.rootDevices"), warnings);
     Ok(s)
+}
+
+/// Upstream (pkg/resources/deviceSelectors.go, `getItem`) uses only the first entry naming a
+/// PF (compared case-insensitively); the later ones are dead, which is worth a warning.
+fn warn_repeated_pfs<T: std::fmt::Display>(
+    refs: &[PfRef<T>],
+    at: &str,
+    warnings: &mut Vec<String>,
+) {
+    for (i, r) in refs.iter().enumerate() {
+        let name = r.pf.to_string();
+        if let Some(first) = refs[..i]
+            .iter()
+            .find(|f| crate::pools::equal_fold(&f.pf.to_string(), &name))
+        {
+            warnings.push(format!(
+                "{at}[{i}]: {name} is already named by an earlier entry; as upstream, only the \
+                 first one counts ({}{})",
+                first.pf,
+                first
+                    .vfs
+                    .as_ref()
+                    .map(|v| format!("#{v}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
 }
 
 fn split_ranges<'a>(s: &'a str, at: &str) -> Result<(&'a str, Option<VfRanges>), ConfigError> {
@@ -507,9 +571,12 @@ fn parse_provisioning(entry: &Value, at: &str) -> Result<PfProvisioning, ConfigE
 fn parse_additional_info(
     v: Option<&Value>,
     at: &str,
-) -> Result<BTreeMap<String, BTreeMap<String, String>>, ConfigError> {
+) -> Result<Option<BTreeMap<String, BTreeMap<String, String>>>, ConfigError> {
     let mut out = BTreeMap::new();
-    let Some(v) = v else { return Ok(out) };
+    // Go decodes an absent or null map as nil: no `extra` entry at all.
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
     let at = format!("{at}.additionalInfo");
     let obj = v
         .as_object()
@@ -530,7 +597,7 @@ fn parse_additional_info(
         }
         out.insert(key.clone(), m);
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 fn get_str(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Option<String>, ConfigError> {
