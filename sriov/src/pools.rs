@@ -192,6 +192,21 @@ pub fn discovery_options(config: &Config) -> DiscoveryOptions {
     }
 }
 
+/// Discovers the node with what the config's selectors need: [`discovery_options`], and the DDP
+/// profiles (one devlink dump, `ddptool` only when given) when a pool selects by
+/// `ddpProfiles`.
+pub fn discover_for(
+    sysfs: &crate::sysfs::Sysfs,
+    config: &Config,
+    ddptool: Option<std::path::PathBuf>,
+) -> Result<Node, crate::discovery::DiscoveryError> {
+    let mut node = Node::discover(sysfs, &discovery_options(config))?;
+    if uses_ddp_profiles(config) {
+        crate::ddp::read_profiles(&mut node, &mut crate::ddp::NodeDdp { ddptool });
+    }
+    Ok(node)
+}
+
 /// Whether any pool selects by `ddpProfiles`: only then are DDP profiles read
 /// ([`crate::ddp::read_profiles`]), which costs a devlink request per device.
 pub fn uses_ddp_profiles(config: &Config) -> bool {
