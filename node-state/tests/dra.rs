@@ -163,6 +163,7 @@ fn the_driver_name_is_the_attribute_domain_and_unhealthy_devices_get_taints() {
     let node = Node {
         devices: vec![pf(0x3b, 3, false, Some(0))],
         warnings: vec![],
+        selector_attrs: Default::default(),
     };
     let opts = DraOptions {
         driver: "sriovnetwork.k8snetworkplumbingwg.io".into(),
@@ -228,6 +229,7 @@ fn slices_are_cut_at_128_or_64_with_taints_and_count_right() {
     let node = Node {
         devices: (0..3).map(|b| pf(0x10 + b, 100, true, Some(0))).collect(),
         warnings: vec![],
+        selector_attrs: Default::default(),
     };
     let mut d = build_devices(
         &node,
@@ -300,6 +302,7 @@ fn the_hand_over_file_round_trips() {
     let node = Node {
         devices: vec![pf(0x3b, 2, true, Some(0))],
         warnings: vec![],
+        selector_attrs: Default::default(),
     };
     let d = build_devices(
         &node,

@@ -134,6 +134,9 @@ pub struct NetDeviceSelector {
     pub p_keys: Vec<String>,
 }
 
+/// `additionalInfo`: `*` or a PCI address → key/values.
+pub type AdditionalInfo = BTreeMap<String, BTreeMap<String, String>>;
+
 /// One entry of `resourceList`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ResourceConfig {
@@ -144,7 +147,7 @@ pub struct ResourceConfig {
     /// `additionalInfo`: `*` or a PCI address → extra key/values for the `_INFO` env. `None`
     /// when the key is absent (or `null`): then `_INFO` has no `extra` entry; when it is given,
     /// even as `{}`, every device gets one (`{}` when nothing applies), as upstream.
-    pub additional_info: Option<BTreeMap<String, BTreeMap<String, String>>>,
+    pub additional_info: Option<AdditionalInfo>,
     /// A device goes to the first selector object that matches it.
     pub selectors: Vec<NetDeviceSelector>,
     pub allocation_policy: AllocationPolicy,
@@ -571,7 +574,7 @@ fn parse_provisioning(entry: &Value, at: &str) -> Result<PfProvisioning, ConfigE
 fn parse_additional_info(
     v: Option<&Value>,
     at: &str,
-) -> Result<Option<BTreeMap<String, BTreeMap<String, String>>>, ConfigError> {
+) -> Result<Option<AdditionalInfo>, ConfigError> {
     let mut out = BTreeMap::new();
     // Go decodes an absent or null map as nil: no `extra` entry at all.
     let Some(v) = v.filter(|v| !v.is_null()) else {

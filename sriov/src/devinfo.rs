@@ -254,7 +254,7 @@ fn rdma_nodes(dev_root: &Path, d: &AllocatedDevice) -> Vec<String> {
 #[derive(Debug, Clone, Copy)]
 pub struct PoolInfo<'a> {
     /// `additionalInfo`, when the resource has the key.
-    pub additional_info: Option<&'a BTreeMap<String, BTreeMap<String, String>>>,
+    pub additional_info: Option<&'a crate::config::AdditionalInfo>,
     /// `needVhostNet` and the node has `/dev/vhost-net` ([`vhost_net_available`]).
     pub vhost_net: bool,
     /// Where the node's device nodes are (`/dev`).

@@ -133,6 +133,14 @@ pub fn parse_messages(buf: &[u8], seq: u32) -> Result<Datagram> {
     Ok(out)
 }
 
+/// A generic netlink command: the family's id, the command and the family's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Command {
+    pub family: u16,
+    pub cmd: u8,
+    pub version: u8,
+}
+
 /// One generic netlink socket in the calling thread's network namespace.
 pub struct GenlSocket {
     socket: Socket,
@@ -156,9 +164,7 @@ impl GenlSocket {
     /// A kernel refusal is [`NetlinkError::Kernel`] with `op` and `object`.
     pub fn exchange(
         &mut self,
-        family: u16,
-        cmd: u8,
-        version: u8,
+        command: Command,
         dump: bool,
         attrs: &[(u16, Vec<u8>)],
         op: &str,
@@ -166,7 +172,14 @@ impl GenlSocket {
     ) -> Result<Vec<Vec<u8>>> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let bytes = request_bytes(family, cmd, version, dump, seq, attrs);
+        let bytes = request_bytes(
+            command.family,
+            command.cmd,
+            command.version,
+            dump,
+            seq,
+            attrs,
+        );
         let kernel = SocketAddr::new(0, 0);
         loop {
             match self.socket.send_to(&bytes, &kernel, 0) {
@@ -216,10 +229,13 @@ impl GenlSocket {
             )));
         }
         let attrs = [(CTRL_ATTR_FAMILY_NAME, cstr(name))];
+        let command = Command {
+            family: GENL_ID_CTRL,
+            cmd: CTRL_CMD_GETFAMILY,
+            version: 1,
+        };
         match self.exchange(
-            GENL_ID_CTRL,
-            CTRL_CMD_GETFAMILY,
-            1,
+            command,
             false,
             &attrs,
             "resolve generic netlink family",
@@ -329,6 +345,14 @@ pub fn devlink_info_attrs(info: &DevlinkInfo) -> Vec<u8> {
     out
 }
 
+fn info_get(family: u16) -> Command {
+    Command {
+        family,
+        cmd: DEVLINK_CMD_INFO_GET,
+        version: DEVLINK_GENL_VERSION,
+    }
+}
+
 /// devlink over generic netlink in the calling thread's network namespace (devlink instances
 /// of PCI devices are in the initial one).
 pub struct Devlink {
@@ -360,9 +384,7 @@ impl Devlink {
             (DEVLINK_ATTR_DEV_NAME, cstr(dev)),
         ];
         match self.socket.exchange(
-            family,
-            DEVLINK_CMD_INFO_GET,
-            DEVLINK_GENL_VERSION,
+            info_get(family),
             false,
             &attrs,
             "devlink dev info",
@@ -387,9 +409,7 @@ impl Devlink {
             return Ok(Vec::new());
         };
         let messages = self.socket.exchange(
-            family,
-            DEVLINK_CMD_INFO_GET,
-            DEVLINK_GENL_VERSION,
+            info_get(family),
             true,
             &[],
             "devlink dev info",
