@@ -65,6 +65,9 @@ pub struct AllocatedDevice {
     /// Their RDMA character devices (`ucm3`, `issm3`, `umad3`, `uverbs3`), as named under
     /// `/dev/infiniband`.
     pub rdma_char_devices: Vec<String>,
+    /// The selector that put the device in its pool has `needVhostNet` (upstream decides per
+    /// selector object, pkg/netdevice/pciNetDevice.go `NewPciNetDevice`).
+    pub need_vhost_net: bool,
 }
 
 /// Drivers whose devices are uio devices (`/dev/uioN`). Upstream (pkg/factory/factory.go,
@@ -84,6 +87,7 @@ impl AllocatedDevice {
             uio_device: None,
             rdma_devices: Vec::new(),
             rdma_char_devices: Vec::new(),
+            need_vhost_net: false,
         }
     }
 
@@ -255,7 +259,7 @@ fn rdma_nodes(dev_root: &Path, d: &AllocatedDevice) -> Vec<String> {
 pub struct PoolInfo<'a> {
     /// `additionalInfo`, when the resource has the key.
     pub additional_info: Option<&'a crate::config::AdditionalInfo>,
-    /// `needVhostNet` and the node has `/dev/vhost-net` ([`vhost_net_available`]).
+    /// The node has `/dev/vhost-net` ([`vhost_net_available`]): devices that need it get it.
     pub vhost_net: bool,
     /// Where the node's device nodes are (`/dev`).
     pub dev_root: &'a Path,
@@ -266,7 +270,7 @@ pub struct PoolInfo<'a> {
 /// uio devices; `extra` whenever the resource has `additionalInfo` (`*` merged with, and
 /// overridden by, the device's own entry; `{}` when neither applies); `rdma` (`uverbs`, `umad`,
 /// `issm`, `rdma_cm`, `rdma_dev`) for RDMA devices of an `isRdma` pool; `vhost` (`net-mount`,
-/// `tun-mount`) for `needVhostNet` pools on nodes with vhost-net.
+/// `tun-mount`) for devices of `needVhostNet` selectors on nodes with vhost-net.
 pub fn info_json(pool: &PoolInfo<'_>, devices: &[AllocatedDevice]) -> Value {
     let mut out = Map::new();
     for d in devices {
@@ -312,7 +316,7 @@ pub fn info_json(pool: &PoolInfo<'_>, devices: &[AllocatedDevice]) -> Value {
             rdma.insert("rdma_dev".into(), json!(d.rdma_devices[0]));
             entry.insert("rdma".into(), Value::Object(rdma));
         }
-        if pool.vhost_net {
+        if pool.vhost_net && d.need_vhost_net {
             entry.insert(
                 "vhost".into(),
                 json!({ "net-mount": "/dev/vhost-net", "tun-mount": "/dev/net/tun" }),
@@ -352,7 +356,8 @@ pub struct DeviceNode {
 ///   `/dev/vfio/N` in the container);
 /// - uio: `/dev/uioN`;
 /// - RDMA devices of an `isRdma` pool: their character devices and `rdma_cm`, those that exist;
-/// - `vhost_net`: `/dev/vhost-net` and `/dev/net/tun`, only when both exist (upstream
+/// - devices of `needVhostNet` selectors: `/dev/vhost-net` and `/dev/net/tun`, only when both
+///   exist (upstream
 ///   `vhostNetInfoProvider.GetDeviceSpecs`).
 ///
 /// Host paths live under `pool.dev_root` (normally `/dev`).
@@ -383,7 +388,7 @@ pub fn device_nodes(pool: &PoolInfo<'_>, devices: &[AllocatedDevice]) -> Vec<Dev
         for path in rdma_nodes(dev_root, d) {
             add(path.trim_start_matches("/dev/"), path.clone());
         }
-        if vhost {
+        if vhost && d.need_vhost_net {
             add("vhost-net", "/dev/vhost-net".into());
             add("net/tun", "/dev/net/tun".into());
         }
@@ -467,6 +472,7 @@ mod tests {
     fn dev(addr: &str, driver: &str, group: Option<u32>) -> AllocatedDevice {
         let mut d = AllocatedDevice::plain(pci(addr), pci("0000:3b:00.0"), Some(driver.into()));
         d.iommu_group = group;
+        d.need_vhost_net = true;
         d
     }
 
