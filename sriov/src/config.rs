@@ -41,6 +41,20 @@ pub enum ConfigError {
     Invalid { at: String, msg: String },
 }
 
+/// A rejected value as the message shows it: compact JSON, cut after 60 characters.
+fn shown(v: &Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(60) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
+    }
+}
+
+/// `msg` with the value that was given: `must be a string, not 7`.
+fn wrong(at: &str, msg: &str, v: &Value) -> ConfigError {
+    invalid(at, format!("{msg}, not {}", shown(v)))
+}
+
 fn invalid(at: &str, msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         at: at.to_string(),
@@ -256,7 +270,7 @@ impl Config {
         if let Some(list) = top.get("resourceList") {
             let list = list
                 .as_array()
-                .ok_or_else(|| invalid("resourceList", "must be a list"))?;
+                .ok_or_else(|| wrong("resourceList", "must be a list", list))?;
             let mut resources = Vec::new();
             let mut seen = BTreeSet::new();
             for (i, entry) in list.iter().enumerate() {
@@ -277,7 +291,7 @@ impl Config {
         if let Some(list) = top.get("provisioning") {
             let list = list
                 .as_array()
-                .ok_or_else(|| invalid("provisioning", "must be a list"))?;
+                .ok_or_else(|| wrong("provisioning", "must be a list", list))?;
             for (i, entry) in list.iter().enumerate() {
                 config
                     .provisioning
@@ -345,7 +359,7 @@ fn parse_resource(
 ) -> Result<Option<ResourceConfig>, ConfigError> {
     let obj = entry
         .as_object()
-        .ok_or_else(|| invalid(at, "must be an object"))?;
+        .ok_or_else(|| wrong(at, "must be an object", entry))?;
     let obj = &canonical_keys(
         obj,
         RESOURCE_KEYS,
@@ -394,7 +408,7 @@ fn parse_resource(
                 let sat = format!("{at}.selectors[{i}]");
                 let o = s
                     .as_object()
-                    .ok_or_else(|| invalid(&sat, "must be an object"))?;
+                    .ok_or_else(|| wrong(&sat, "must be an object", s))?;
                 out.push(parse_selector(o, &sat, warnings)?);
             }
             if out.is_empty() {
@@ -408,10 +422,11 @@ fn parse_resource(
             }
             out
         }
-        Some(_) => {
-            return Err(invalid(
+        Some(other) => {
+            return Err(wrong(
                 &format!("{at}.selectors"),
                 "must be an object or a list of objects",
+                other,
             ))
         }
     };
@@ -529,7 +544,7 @@ fn split_ranges<'a>(s: &'a str, at: &str) -> Result<(&'a str, Option<VfRanges>),
 fn parse_provisioning(entry: &Value, at: &str) -> Result<PfProvisioning, ConfigError> {
     let obj = entry
         .as_object()
-        .ok_or_else(|| invalid(at, "must be an object"))?;
+        .ok_or_else(|| wrong(at, "must be an object", entry))?;
     let obj = &canonical_keys(obj, PROVISIONING_KEYS, &[], &[], at)?;
     let mut p = PfProvisioning {
         pf_names: get_list(obj, "pfNames", at)?,
@@ -565,7 +580,10 @@ fn parse_provisioning(entry: &Value, at: &str) -> Result<PfProvisioning, ConfigE
     }
     if let Some(mtu) = p.mtu {
         if !(68..=65535).contains(&mtu) {
-            return Err(invalid(&format!("{at}.mtu"), "valid MTUs are 68-65535"));
+            return Err(invalid(
+                &format!("{at}.mtu"),
+                format!("{mtu}: valid MTUs are 68-65535"),
+            ));
         }
     }
     Ok(p)
@@ -583,19 +601,23 @@ fn parse_additional_info(
     let at = format!("{at}.additionalInfo");
     let obj = v
         .as_object()
-        .ok_or_else(|| invalid(&at, "must be an object"))?;
+        .ok_or_else(|| wrong(&at, "must be an object", v))?;
     for (key, inner) in obj {
         if key != "*" {
             PciAddress::parse(key).map_err(|e| invalid(&at, format!("key: {e} (or \"*\")")))?;
         }
-        let inner = inner
-            .as_object()
-            .ok_or_else(|| invalid(&format!("{at}.{key}"), "must be an object of strings"))?;
+        let inner = inner.as_object().ok_or_else(|| {
+            wrong(
+                &format!("{at}.{key}"),
+                "must be an object of strings",
+                inner,
+            )
+        })?;
         let mut m = BTreeMap::new();
         for (k, v) in inner {
             let s = v
                 .as_str()
-                .ok_or_else(|| invalid(&format!("{at}.{key}.{k}"), "must be a string"))?;
+                .ok_or_else(|| wrong(&format!("{at}.{key}.{k}"), "must be a string", v))?;
             m.insert(k.clone(), s.to_string());
         }
         out.insert(key.clone(), m);
@@ -607,7 +629,7 @@ fn get_str(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Option<Strin
     match obj.get(key) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(invalid(&format!("{at}.{key}"), "must be a string")),
+        Some(v) => Err(wrong(&format!("{at}.{key}"), "must be a string", v)),
     }
 }
 
@@ -615,7 +637,7 @@ fn get_bool(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Option<bool
     match obj.get(key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(invalid(&format!("{at}.{key}"), "must be true or false")),
+        Some(v) => Err(wrong(&format!("{at}.{key}"), "must be true or false", v)),
     }
 }
 
@@ -626,7 +648,7 @@ fn get_u32(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Option<u32>,
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
             .map(Some)
-            .ok_or_else(|| invalid(&format!("{at}.{key}"), "must be a non-negative integer")),
+            .ok_or_else(|| wrong(&format!("{at}.{key}"), "must be a non-negative integer", v)),
     }
 }
 
@@ -638,10 +660,14 @@ fn get_list(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Vec<String>
             .map(|i| {
                 i.as_str()
                     .map(str::to_string)
-                    .ok_or_else(|| invalid(&format!("{at}.{key}"), "must be a list of strings"))
+                    .ok_or_else(|| wrong(&format!("{at}.{key}"), "must be a list of strings", i))
             })
             .collect(),
-        Some(_) => Err(invalid(&format!("{at}.{key}"), "must be a list of strings")),
+        Some(v) => Err(wrong(
+            &format!("{at}.{key}"),
+            "must be a list of strings",
+            v,
+        )),
     }
 }
 

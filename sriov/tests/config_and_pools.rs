@@ -427,7 +427,19 @@ fn bad_configs_name_the_place() {
         ),
         (
             r#"{"resourceList": [{"resourceName": "a", "selectors": {"vendors": "8086"}}]}"#,
-            "must be a list of strings",
+            "selectors.vendors: must be a list of strings, not \"8086\"",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "selectors": {"isRdma": "yes"}}]}"#,
+            "selectors.isRdma: must be true or false, not \"yes\"",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "selectors": 7}]}"#,
+            "(a).selectors: must be an object or a list of objects, not 7",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "additionalInfo": {"*": {"k": 1}}}]}"#,
+            "additionalInfo.*.k: must be a string, not 1",
         ),
         (
             r#"{"resourceList": [{"resourceName": "a", "selectors": {"vendors": ["80861"]}}]}"#,
@@ -435,11 +447,11 @@ fn bad_configs_name_the_place() {
         ),
         (
             r#"{"resourceList": [{"resourceName": "a", "selectors": {"ddpProfiles": "gtp"}}]}"#,
-            "selectors.ddpProfiles: must be a list of strings",
+            "selectors.ddpProfiles: must be a list of strings, not \"gtp\"",
         ),
         (
             r#"{"resourceList": [{"resourceName": "a", "selectors": {"pKeys": [7]}}]}"#,
-            "selectors.pKeys: must be a list of strings",
+            "selectors.pKeys: must be a list of strings, not 7",
         ),
         (
             r#"{"resourceList": [{"resourceName": "a", "selectors": [{"vdpaType": "virtio"}]}]}"#,
@@ -484,11 +496,11 @@ fn bad_configs_name_the_place() {
         ),
         (
             r#"{"provisioning": [{"pfNames": ["ens1f0"], "numVfs": -1}]}"#,
-            "numVfs: must be a non-negative integer",
+            "numVfs: must be a non-negative integer, not -1",
         ),
         (
             r#"{"provisioning": [{"pfNames": ["ens1f0"], "mtu": 20}]}"#,
-            "valid MTUs are 68-65535",
+            "provisioning[0].mtu: 20: valid MTUs are 68-65535",
         ),
     ];
     for (text, want) in cases {
