@@ -113,6 +113,10 @@ struct RunArgs {
     /// the sriov-node-state sidecar publishes the file as the node's SriovNodeState.
     #[arg(long)]
     node_state_file: Option<PathBuf>,
+    /// Intel's ddptool: asked for the DDP package of devices devlink reports none for (i40e),
+    /// when a pool selects by ddpProfiles [default: not run].
+    #[arg(long)]
+    ddptool: Option<PathBuf>,
 }
 
 fn run(args: RunArgs) -> Result<()> {
@@ -140,6 +144,7 @@ fn run(args: RunArgs) -> Result<()> {
         resync_interval: Duration::from_secs(args.resync_seconds.max(1)),
         cni_state_dir: args.cni_state_dir,
         node_state_file: args.node_state_file,
+        ddptool: args.ddptool,
     };
     // One thread runs every task: the daemon does little work per event, and fewer threads means
     // fewer malloc arenas and stacks (the idle daemon stays under 10 MiB resident). Discovery and

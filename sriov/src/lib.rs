@@ -21,6 +21,7 @@
 
 pub mod allocation;
 pub mod config;
+pub mod ddp;
 pub mod devinfo;
 pub mod discovery;
 pub mod health;
