@@ -6,6 +6,8 @@
 //! - [`provision`]: setting a PF's VF count and MTU.
 //! - [`config`]: the upstream device plugin `config.json`, plus our extensions.
 //! - [`platform_mac`]: MACs from the node's prefix for attachments whose config names none.
+//! - [`accelerator`], [`aux_device`], [`vdpa`]: the device types beyond VFs (PCI accelerators,
+//!   auxiliary-bus devices such as scalable functions, vDPA devices of VFs).
 //! - [`pools`]: assigning discovered VFs to resource pools (first match wins).
 //! - [`report`]: the "physical adapters" status view.
 //! - [`allocation`]: GetPreferredAllocation (must-include, NUMA, pack or spread across PFs).
@@ -19,7 +21,9 @@
 //! - [`mtu_lock`]: enforcing `mtuLock` MTUs in pods (driven by the node daemon).
 //! - [`logging`]: stderr logging, text or JSON, for the long-running programs.
 
+pub mod accelerator;
 pub mod allocation;
+pub mod aux_device;
 pub mod config;
 pub mod devinfo;
 pub mod discovery;
@@ -36,4 +40,5 @@ pub mod provision;
 pub mod report;
 pub mod state;
 pub mod sysfs;
+pub mod vdpa;
 pub mod vf_attach;

@@ -226,12 +226,12 @@ impl Daemon {
             &self.opts.resource_prefix,
             uplinks,
         );
-        let mut holders: HashMap<PciAddress, String> = HashMap::new();
+        let mut holders: HashMap<String, String> = HashMap::new();
         let mut desired: BTreeMap<String, Pool> = BTreeMap::new();
         for mut pool in assigned.pools {
             let name = pool.full_name();
             for d in &mut pool.devices {
-                holders.insert(d.pci, name.clone());
+                holders.insert(d.id(), name.clone());
                 if d.pf_name.is_none() {
                     d.pf_name = self.pf_names.get(&d.pf_pci).cloned();
                 }
@@ -251,7 +251,9 @@ impl Daemon {
             }
         }
         for (name, pool) in desired {
-            let elsewhere = |p: &PciAddress| holders.get(p).is_some_and(|h| *h != name);
+            let elsewhere = |d: &sriov::pools::PoolDevice| {
+                holders.get(&d.id()).is_some_and(|h| *h != name)
+            };
             match self.pools.get(&name) {
                 Some(rt) => {
                     let current = rt.current();
