@@ -159,10 +159,27 @@ impl Daemon {
                 .filter(|d| d.sriov != sriov::discovery::SriovStatus::NotSupported)
                 .map(|d| sysfs.pci_device(&d.pci)),
         );
+        // Accelerator PFs (their virtfnN links), and where auxiliary devices come and go.
+        dirs.extend(
+            self.node
+                .accelerators
+                .iter()
+                .filter(|a| a.pf.is_none())
+                .map(|a| sysfs.pci_device(&a.pci)),
+        );
+        if !self.node.aux_devices.is_empty() {
+            dirs.push(sysfs.root().join("bus/auxiliary/devices"));
+        }
         let mut drivers: Vec<&str> = self
             .node
             .vfs()
             .filter_map(|(_, vf)| vf.driver.as_deref())
+            .chain(
+                self.node
+                    .accelerators
+                    .iter()
+                    .filter_map(|a| a.driver.as_deref()),
+            )
             .collect();
         drivers.sort_unstable();
         drivers.dedup();
