@@ -3,9 +3,9 @@
 
 use crate::pool::{Context, PoolShared, PoolSnapshot};
 use sriov::allocation::{self, Candidate};
+use sriov::config::DeviceType;
 use sriov::devinfo::{self, AllocatedDevice, DevInfoError, DeviceNode};
 use sriov::health::Health;
-use sriov::config::DeviceType;
 use sriov::names::PciAddress;
 use sriov::vdpa::VdpaDevice;
 use std::collections::BTreeMap;

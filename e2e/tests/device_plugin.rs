@@ -746,7 +746,10 @@ fn accelerator_pool_end_to_end() {
 
     // The PF is not in this pool; a netDevice pool's VF is not either.
     for id in [sim::ACCEL_PCI.to_string(), vf(0, 0)] {
-        let err = env.kubelet.allocate("intel.com/intel_fec", &[id]).unwrap_err();
+        let err = env
+            .kubelet
+            .allocate("intel.com/intel_fec", &[id])
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     }
 
@@ -810,10 +813,7 @@ fn aux_net_device_pool_end_to_end() {
         info[&sf.name]["generic"],
         serde_json::json!({"deviceID": &sf.name})
     );
-    assert_eq!(
-        info[&sf.name]["extra"],
-        serde_json::json!({"fabric": "a"})
-    );
+    assert_eq!(info[&sf.name]["extra"], serde_json::json!({"fabric": "a"}));
     let dev = env.lab.paths().dev();
     let host = |p: &str| dev.join(p).display().to_string();
     assert_eq!(
@@ -845,9 +845,8 @@ fn aux_net_device_pool_end_to_end() {
     let on_pf0 = |id: &str| desc.pfs[0].sfs.iter().any(|s| s.name == id);
     env.ip(&["link", "set", "ens1f0", "down"]);
     env.wait_devices("nvidia.com/cx6dx_sf", |d| {
-        d.iter().all(|d| {
-            (d.health == sriov_proto::UNHEALTHY) == on_pf0(&d.id)
-        })
+        d.iter()
+            .all(|d| (d.health == sriov_proto::UNHEALTHY) == on_pf0(&d.id))
     });
     env.ip(&["link", "set", "ens1f0", "up"]);
     env.wait_devices("nvidia.com/cx6dx_sf", all_healthy);
@@ -856,8 +855,12 @@ fn aux_net_device_pool_end_to_end() {
     let gone = &desc.pfs[1].sfs[2];
     let sys = env.lab.sysfs_root();
     std::fs::remove_file(sys.join("bus/auxiliary/devices").join(&gone.name)).unwrap();
-    std::fs::remove_dir_all(sys.join("bus/pci/devices").join(sim::pf_pci(1)).join(&gone.name))
-        .unwrap();
+    std::fs::remove_dir_all(
+        sys.join("bus/pci/devices")
+            .join(sim::pf_pci(1))
+            .join(&gone.name),
+    )
+    .unwrap();
     env.wait_devices("nvidia.com/cx6dx_sf", |d| {
         d.iter()
             .any(|d| d.id == gone.name && d.health == sriov_proto::UNHEALTHY)
@@ -888,9 +891,9 @@ fn vdpa_pools_end_to_end() {
     );
     let (vf0, vf1, pf) = (vf(0, 0), vf(0, 1), sim::pf_pci(0));
     let listed = env.wait_devices("intel.com/vdpa_mlx_vhost", |d| d.len() == 1);
-    assert_eq!(ids(&listed), [vf0.clone()]);
+    assert_eq!(ids(&listed), std::slice::from_ref(&vf0));
     let listed = env.wait_devices("intel.com/vdpa_mlx_virtio", |d| d.len() == 1);
-    assert_eq!(ids(&listed), [vf1.clone()]);
+    assert_eq!(ids(&listed), std::slice::from_ref(&vf1));
 
     let r = env
         .kubelet

@@ -156,7 +156,10 @@ fn scalable_functions_and_selectors() {
     let sf = |pf: usize, k: usize| desc.pfs[pf].sfs[k].name.clone();
     // Another auxiliary device type (no sfnum: skipped without a word, as it is no SF), and an
     // SF whose sfnum is missing (skipped with a warning, as upstream fails to create it).
-    let pf0 = node.sysfs_root().join("bus/pci/devices").join(sim::pf_pci(0));
+    let pf0 = node
+        .sysfs_root()
+        .join("bus/pci/devices")
+        .join(sim::pf_pci(0));
     fs::create_dir_all(pf0.join("mlx5_core.eth.0/net")).unwrap();
     fs::create_dir_all(pf0.join("mlx5_core.sf.900/net")).unwrap();
 
@@ -243,11 +246,8 @@ fn scalable_functions_and_selectors() {
     assert!(ids(&p, "intel.com/s").is_empty());
 
     // Without an auxNetDevice pool no auxiliary device is read.
-    let plain = Node::discover(
-        &Sysfs::new(node.sysfs_root()),
-        &DiscoveryOptions::default(),
-    )
-    .unwrap();
+    let plain =
+        Node::discover(&Sysfs::new(node.sysfs_root()), &DiscoveryOptions::default()).unwrap();
     assert!(plain.aux_devices.is_empty());
 }
 

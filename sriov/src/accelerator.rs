@@ -75,14 +75,23 @@ pub(crate) fn discover(
         let class = match sysfs.read_hex(&path.join("class")) {
             Ok(c) => c,
             Err(e) => {
-                node.warnings.push(format!("{e}; not read as an accelerator"));
+                node.warnings
+                    .push(format!("{e}; not read as an accelerator"));
                 continue;
             }
         };
         if class >> 16 != PCI_CLASS_ACCELERATOR {
             continue;
         }
-        match read(sysfs, opts, pci, class, &path, &mut vf_indexes, &mut node.warnings) {
+        match read(
+            sysfs,
+            opts,
+            pci,
+            class,
+            &path,
+            &mut vf_indexes,
+            &mut node.warnings,
+        ) {
             Ok(dev) => node.accelerators.push(dev),
             Err(e) => node
                 .warnings

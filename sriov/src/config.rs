@@ -416,11 +416,7 @@ fn parse_resource(
             device_type,
             &format!("{at}.selectors"),
         )?],
-        Some(Value::Object(o)) => vec![parse_selector(
-            o,
-            device_type,
-            &format!("{at}.selectors"),
-        )?],
+        Some(Value::Object(o)) => vec![parse_selector(o, device_type, &format!("{at}.selectors"))?],
         Some(Value::Array(list)) => {
             let mut out = Vec::new();
             for (i, s) in list.iter().enumerate() {
@@ -503,10 +499,12 @@ fn parse_selector(
         ..Default::default()
     };
     if let Some(t) = get_str(obj, "vdpaType", at)? {
-        s.vdpa_type = Some(
-            crate::vdpa::VdpaType::parse(&t)
-                .ok_or_else(|| invalid(&format!("{at}.vdpaType"), format!("{t:?} is not one of virtio, vhost")))?,
-        );
+        s.vdpa_type = Some(crate::vdpa::VdpaType::parse(&t).ok_or_else(|| {
+            invalid(
+                &format!("{at}.vdpaType"),
+                format!("{t:?} is not one of virtio, vhost"),
+            )
+        })?);
     }
     for a in get_list(obj, "pciAddresses", at)? {
         s.pci_addresses.push(

@@ -195,10 +195,10 @@ impl Node {
         // comes after its PF: VFs met through virtfnN links are skipped without a syscall.
         let mut known_vfs = std::collections::HashSet::new();
         for name in &names {
-            let Ok(pci) = PciAddress::parse(&name) else {
+            let Ok(pci) = PciAddress::parse(name) else {
                 node.warnings.push(format!(
                     "{}: not a PCI address, ignored",
-                    dir.join(&name).display()
+                    dir.join(name).display()
                 ));
                 continue;
             };
@@ -338,7 +338,11 @@ pub(crate) fn read_numa(sysfs: &Sysfs, path: &Path, warnings: &mut Vec<String>) 
 
 /// Reads the device's `net/` folder. An entry that cannot be followed (the netdev moved to
 /// another network namespace) is not a netdev of this namespace.
-pub(crate) fn read_netdevs(sysfs: &Sysfs, path: &Path, details: bool) -> Result<Vec<Netdev>, SysfsError> {
+pub(crate) fn read_netdevs(
+    sysfs: &Sysfs,
+    path: &Path,
+    details: bool,
+) -> Result<Vec<Netdev>, SysfsError> {
     let net = path.join("net");
     let Some(entries) = sysfs.list_entries(&net)? else {
         return Ok(Vec::new());

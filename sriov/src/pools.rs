@@ -175,12 +175,11 @@ impl NetDeviceSelector {
     /// GetFilteredDevices: a vDPA device bound to the type's driver).
     pub fn matches_type_keys(&self, d: &PoolDevice) -> bool {
         (self.aux_types.is_empty()
-            || d.aux().is_some_and(|a| self.aux_types.contains(&a.aux_type)))
-            && self.vdpa_type.is_none_or(|t| {
-                d.vdpa
-                    .as_ref()
-                    .is_some_and(|v| v.vdpa_type() == Some(t))
-            })
+            || d.aux()
+                .is_some_and(|a| self.aux_types.contains(&a.aux_type)))
+            && self
+                .vdpa_type
+                .is_none_or(|t| d.vdpa.as_ref().is_some_and(|v| v.vdpa_type() == Some(t)))
     }
 }
 
@@ -227,7 +226,13 @@ pub fn discovery_options(config: &Config) -> DiscoveryOptions {
             .flatten()
             .flat_map(|r| r.selectors.iter())
     };
-    let of_type = |t: DeviceType| config.resources.iter().flatten().any(|r| r.device_type == t);
+    let of_type = |t: DeviceType| {
+        config
+            .resources
+            .iter()
+            .flatten()
+            .any(|r| r.device_type == t)
+    };
     DiscoveryOptions {
         vf_netdev_details: false,
         rdma: selectors().any(|s| s.is_rdma),

@@ -544,7 +544,10 @@ fn upstream_readme_device_types() {
     assert_eq!(r[2].full_name(), "nvidia.com/bf2_sf");
     assert_eq!(r[2].selectors[0].aux_types, ["sf"]);
     assert_eq!(r[2].selectors[0].pf_names[0].pf, "p0");
-    assert_eq!(r[2].selectors[0].pf_names[0].vfs, Some(VfRanges(vec![(1, 5)])));
+    assert_eq!(
+        r[2].selectors[0].pf_names[0].vfs,
+        Some(VfRanges(vec![(1, 5)]))
+    );
     // The discovery options follow the pools' types.
     let opts = pools::discovery_options(&Config::parse(text, "intel.com").unwrap());
     assert!(opts.accelerators && opts.aux_devices && opts.vdpa);

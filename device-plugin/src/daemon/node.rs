@@ -268,9 +268,8 @@ impl Daemon {
             }
         }
         for (name, pool) in desired {
-            let elsewhere = |d: &sriov::pools::PoolDevice| {
-                holders.get(&d.id()).is_some_and(|h| *h != name)
-            };
+            let elsewhere =
+                |d: &sriov::pools::PoolDevice| holders.get(&d.id()).is_some_and(|h| *h != name);
             match self.pools.get(&name) {
                 Some(rt) => {
                     let current = rt.current();

@@ -26,8 +26,8 @@ mod teardown;
 pub use description::{
     accel_iommu_group, accel_vf_pci, bridge_name, iommu_group, peer_netdev, pf_netdev, pf_pci,
     vf_netdev, vf_pci, AccelDescription, AccelVfDescription, LabDescription, PfDescription,
-    PlainNic, SfDescription, VdpaDescription, VfDescription, ACCEL_PCI, NVME_PCI,
-    PLAIN_NIC_NETDEV, PLAIN_NIC_PCI, VFIO_DRIVER,
+    PlainNic, SfDescription, VdpaDescription, VfDescription, ACCEL_PCI, NVME_PCI, PLAIN_NIC_NETDEV,
+    PLAIN_NIC_PCI, VFIO_DRIVER,
 };
 pub use error::{Result, SimError};
 pub use kernel_emulator::{KernelEmulator, NumVfsWrite};

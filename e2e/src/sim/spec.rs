@@ -241,7 +241,10 @@ impl SimSpec {
         )?;
         check(
             self.accel_vfs <= MAX_ACCEL_VFS,
-            format!("accel_vfs must be at most {MAX_ACCEL_VFS}, got {}", self.accel_vfs),
+            format!(
+                "accel_vfs must be at most {MAX_ACCEL_VFS}, got {}",
+                self.accel_vfs
+            ),
         )?;
         check(
             self.sfs <= MAX_SFS_PER_PF,

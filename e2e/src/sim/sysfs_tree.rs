@@ -6,8 +6,8 @@
 //! there are replaced by rename (see [`replace_file`]), never rewritten.
 
 use super::description::{
-    AccelDescription, LabDescription, PfDescription, SfDescription, VdpaDescription,
-    VfDescription, ACCEL_CLASS, DRIVERS, NVME_PCI, PLAIN_NIC_NETDEV, PLAIN_NIC_PCI,
+    AccelDescription, LabDescription, PfDescription, SfDescription, VdpaDescription, VfDescription,
+    ACCEL_CLASS, DRIVERS, NVME_PCI, PLAIN_NIC_NETDEV, PLAIN_NIC_PCI,
 };
 use super::error::{Result, SimError};
 use super::paths::{LabPaths, PCI_ROOT};
@@ -228,7 +228,14 @@ pub(crate) fn build(paths: &LabPaths, desc: &LabDescription) -> Result<()> {
 /// An accelerator card as the kernel shows an SR-IOV PF of class 0x12 with its VFs enabled.
 fn build_accelerator(paths: &LabPaths, card: &AccelDescription) -> Result<()> {
     let dir = paths.pci_dir(&card.pci);
-    pci_function(&dir, &card.vendor, &card.device, ACCEL_CLASS, -1, &card.driver)?;
+    pci_function(
+        &dir,
+        &card.vendor,
+        &card.device,
+        ACCEL_CLASS,
+        -1,
+        &card.driver,
+    )?;
     let n = card.vfs.len().to_string();
     for (file, value) in [
         ("sriov_totalvfs", "16"),
@@ -242,7 +249,14 @@ fn build_accelerator(paths: &LabPaths, card: &AccelDescription) -> Result<()> {
     register_device(paths, &card.pci, &card.driver)?;
     for vf in &card.vfs {
         let vf_dir = paths.pci_dir(&vf.pci);
-        pci_function(&vf_dir, &card.vendor, &card.vf_device, ACCEL_CLASS, -1, &vf.driver)?;
+        pci_function(
+            &vf_dir,
+            &card.vendor,
+            &card.vf_device,
+            ACCEL_CLASS,
+            -1,
+            &vf.driver,
+        )?;
         link(format!("../{}", card.pci), &vf_dir.join("physfn"))?;
         let group = vf.iommu_group;
         link(
@@ -290,7 +304,10 @@ fn build_sf(paths: &LabPaths, pf: &PfDescription, sf: &SfDescription, links: boo
         &class_net,
     )?;
     mkdir(&dir.join("infiniband").join(&sf.rdma_device))?;
-    for (class, name) in [("infiniband_verbs", &sf.uverbs), ("infiniband_mad", &sf.umad)] {
+    for (class, name) in [
+        ("infiniband_verbs", &sf.uverbs),
+        ("infiniband_mad", &sf.umad),
+    ] {
         let c = dir.join(class).join(name);
         mkdir(&c)?;
         write(&c.join("ibdev"), &format!("{}\n", sf.rdma_device))?;
@@ -302,7 +319,8 @@ fn build_sf(paths: &LabPaths, pf: &PfDescription, sf: &SfDescription, links: boo
     )?;
     link(
         format!("../../../../{PCI_ROOT}/{}/{}", pf.pci, sf.name),
-        &sys.join("bus/auxiliary/drivers/mlx5_core.sf").join(&sf.name),
+        &sys.join("bus/auxiliary/drivers/mlx5_core.sf")
+            .join(&sf.name),
     )
 }
 
@@ -320,12 +338,12 @@ fn build_vdpa(paths: &LabPaths, vf_dir: &Path, v: &VdpaDescription, links: bool)
         &dir.join("driver"),
     )?;
     if let Some(vhost) = &v.vhost {
-        let n: u64 = vhost
-            .trim_start_matches("vhost-vdpa-")
-            .parse()
-            .unwrap_or(0);
+        let n: u64 = vhost.trim_start_matches("vhost-vdpa-").parse().unwrap_or(0);
         mkdir(&dir.join(vhost))?;
-        write(&dir.join(vhost).join("dev"), &format!("{VHOST_VDPA_MAJOR}:{n}\n"))?;
+        write(
+            &dir.join(vhost).join("dev"),
+            &format!("{VHOST_VDPA_MAJOR}:{n}\n"),
+        )?;
         let node = paths.dev().join(vhost);
         remove_file(&node)?;
         nix::sys::stat::mknod(
