@@ -77,5 +77,9 @@ fn main() {
     bench("(veth-backed, live sysfs)", true, false);
     bench("(static tree)", false, false);
     // An accelerator pool makes discovery read the class of every other PCI function too.
-    bench("(static tree, plus an accelerator pool and a 16-VF ACC100)", false, true);
+    bench(
+        "(static tree, plus an accelerator pool and a 16-VF ACC100)",
+        false,
+        true,
+    );
 }

@@ -18,6 +18,7 @@
 //! - [`owned_dir`]: folders we own, and the one atomic, no-symlink way to write files there.
 //! - [`state`]: the CNI's crash-safe per-VF records and locks.
 //! - [`vf_attach`]: the CNI dataplane: save, attach, restore a VF.
+//! - [`sf_attach`]: the same for a scalable function's netdev (no PF-side settings).
 //! - [`mtu_lock`]: enforcing `mtuLock` MTUs in pods (driven by the node daemon).
 //! - [`logging`]: stderr logging, text or JSON, for the long-running programs.
 
@@ -38,6 +39,7 @@ pub mod platform_mac;
 pub mod pools;
 pub mod provision;
 pub mod report;
+pub mod sf_attach;
 pub mod state;
 pub mod sysfs;
 pub mod vdpa;

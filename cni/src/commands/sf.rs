@@ -1,0 +1,254 @@
+//! ADD and DEL of a scalable function (`deviceID` names an auxiliary device, e.g.
+//! `mlx5_core.sf.4`): its netdev moves into the pod as a VF's does, without PF-side settings
+//! (the config refuses those keys). The record is saved before the first change; a failed ADD
+//! and DEL restore the netdev (name, MTU, MAC, down) wherever it is.
+
+use super::add::configure_pod;
+use super::{netlink_err, open_netns, Ctx};
+use crate::result::{render, Interface, IpamResult};
+use crate::spec::{CniError, ErrorCode};
+use serde_json::Value;
+use sriov::netlink::{NetlinkSocket, Netns};
+use sriov::sf_attach::{self, SfError, SfLock, SfPodSettings, SfRecord, SfState};
+use sriov::state::Owner;
+use std::path::Path;
+
+fn sf_err(name: &str) -> impl FnOnce(SfError) -> CniError + '_ {
+    move |e| {
+        let code = match e {
+            SfError::NotAnSf(_) => ErrorCode::InvalidConfig,
+            SfError::Netlink { .. } => ErrorCode::Dataplane,
+            _ => ErrorCode::Io,
+        };
+        CniError::new(code, format!("SF {name}: {e}"))
+    }
+}
+
+fn alive(record: &SfRecord) -> bool {
+    record
+        .owner
+        .netns
+        .as_ref()
+        .is_some_and(|p| Netns::open(p).is_ok())
+}
+
+pub fn add(ctx: &Ctx, name: &str) -> Result<Value, CniError> {
+    let (env, conf) = (&ctx.env, &ctx.conf);
+    let (pod_ns, mut pod_sock) = open_netns(env)?;
+    let netns_path = env.netns.as_deref().unwrap_or(Path::new(""));
+    // The name reaches paths: checked before anything (the lock file) uses it.
+    sf_attach::check_name(name).map_err(|e| CniError::config(format!("deviceID: {e}")))?;
+    let state = SfState::open(&ctx.node.state_dir).map_err(sf_err(name))?;
+    let lock = state.lock(name).map_err(sf_err(name))?;
+    let mut host = NetlinkSocket::new().map_err(netlink_err("open a netlink socket"))?;
+    if let Some(old) = state.load(name).map_err(sf_err(name))? {
+        if old.owner.is(&env.container_id, &env.ifname) {
+            return Err(CniError::new(
+                ErrorCode::VfBusy,
+                format!(
+                    "deviceID: SF {name} is already attached to container {} as {}; DEL it first",
+                    env.container_id, env.ifname
+                ),
+            ));
+        }
+        if alive(&old) {
+            return Err(CniError::new(
+                ErrorCode::VfBusy,
+                format!(
+                    "deviceID: SF {name} belongs to container {} ({} in {})",
+                    old.owner.container_id,
+                    old.owner.ifname,
+                    old.owner
+                        .netns
+                        .as_deref()
+                        .unwrap_or(Path::new("?"))
+                        .display()
+                ),
+            ));
+        }
+        // Left by a pod whose namespace is gone: its netdev is back on the node.
+        sf_attach::restore(&mut host, &old, None).map_err(|e| {
+            CniError::new(
+                ErrorCode::VfBusy,
+                format!(
+                    "deviceID: SF {name} was left by container {} (namespace gone) and cannot be \
+                     cleaned: {e}",
+                    old.owner.container_id
+                ),
+            )
+        })?;
+        state.remove(&lock, name).map_err(sf_err(name))?;
+    }
+    let loc = sf_attach::locate(&ctx.sysfs, name)
+        .map_err(|e| CniError::config(format!("deviceID: {e}")))?;
+    match sriov::discovery::default_route_interfaces(None) {
+        Ok(uplinks) if uplinks.contains(&loc.netdev) => {
+            return Err(CniError::config(format!(
+                "deviceID: the netdev {} of {name} carries the node's default route",
+                loc.netdev
+            )))
+        }
+        Ok(_) => {}
+        Err(e) => {
+            return Err(CniError::new(
+                ErrorCode::Dataplane,
+                format!(
+                    "cannot tell whether {} is the node's uplink: {e}",
+                    loc.netdev
+                ),
+            ))
+        }
+    }
+    if pod_sock.link_by_name(&env.ifname).is_ok() {
+        return Err(CniError::new(
+            ErrorCode::InvalidEnv,
+            format!(
+                "CNI_IFNAME: {} already exists in {}",
+                env.ifname,
+                netns_path.display()
+            ),
+        ));
+    }
+    let original = sf_attach::snapshot(&mut host, &loc).map_err(sf_err(name))?;
+    let mut record = SfRecord {
+        name: name.to_string(),
+        owner: Owner {
+            network: conf.name.clone(),
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+            netns: Some(netns_path.to_path_buf()),
+        },
+        original,
+        result: None,
+    };
+    state.save(&lock, &record).map_err(sf_err(name))?;
+    let mut ipam_ran = false;
+    let attached = attach(ctx, &mut host, &loc, &pod_ns, &mut pod_sock, &mut ipam_ran);
+    match attached {
+        Ok(result) => {
+            record.result = Some(result.clone());
+            state.save(&lock, &record).map_err(sf_err(name))?;
+            Ok(result)
+        }
+        Err(e) => Err(rollback(
+            ctx,
+            &state,
+            &lock,
+            &mut host,
+            &record,
+            (&pod_ns, &mut pod_sock),
+            ipam_ran,
+            e,
+        )),
+    }
+}
+
+fn attach(
+    ctx: &Ctx,
+    host: &mut NetlinkSocket,
+    loc: &sf_attach::SfLocation,
+    pod_ns: &Netns,
+    pod_sock: &mut NetlinkSocket,
+    ipam_ran: &mut bool,
+) -> Result<Value, CniError> {
+    let (env, conf) = (&ctx.env, &ctx.conf);
+    let pod = SfPodSettings {
+        ifname: env.ifname.clone(),
+        mac: env.args.mac.or(conf.mac),
+        mtu: conf.mtu,
+    };
+    let index = sf_attach::attach(host, loc, &pod, pod_ns, pod_sock).map_err(sf_err(&loc.name))?;
+    let ipam = match ctx.ipam() {
+        Some(call) => {
+            let r = call.add()?;
+            *ipam_ran = true;
+            r
+        }
+        None => IpamResult::default(),
+    };
+    configure_pod(pod_ns, pod_sock, index, &env.ifname, &ipam)?;
+    let link = pod_sock
+        .link_by_index(index)
+        .map_err(netlink_err("read the pod interface"))?;
+    let iface = Interface {
+        name: env.ifname.clone(),
+        mac: link.mac.map(|m| m.to_string()),
+        sandbox: env.netns.as_ref().map(|p| p.display().to_string()),
+        mtu: Some(link.mtu),
+        pci_id: None,
+    };
+    Ok(render(conf.cni_version, &iface, &ipam))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rollback(
+    ctx: &Ctx,
+    state: &SfState,
+    lock: &SfLock,
+    host: &mut NetlinkSocket,
+    record: &SfRecord,
+    pod: (&Netns, &mut NetlinkSocket),
+    ipam_ran: bool,
+    e: CniError,
+) -> CniError {
+    let env = &ctx.env;
+    let mut msg = e.msg.clone();
+    if ipam_ran {
+        if let Err(i) = ctx.ipam_del(&env.container_id, &env.ifname, env.netns.as_deref()) {
+            msg.push_str(&format!("; rollback: IPAM DEL failed: {}", i.msg));
+        }
+    }
+    match sf_attach::restore(host, record, Some(pod)) {
+        Ok(()) => {
+            if let Err(r) = state.remove(lock, &record.name) {
+                msg.push_str(&format!("; rollback: {r}"));
+            }
+        }
+        Err(r) => msg.push_str(&format!("; rollback incomplete (DEL finishes it): {r}")),
+    }
+    CniError::new(e.code, msg)
+}
+
+/// DEL of an SF attachment: `name` from the config, else found by owner. Idempotent: no
+/// record, nothing to do; a record of another attachment is left alone.
+pub fn del(ctx: &Ctx, name: Option<&str>) -> Result<Option<()>, CniError> {
+    let env = &ctx.env;
+    let Some(state) = (match SfState::open(&ctx.node.state_dir) {
+        Ok(s) => Some(s),
+        Err(e) => return Err(sf_err(name.unwrap_or("?"))(e)),
+    }) else {
+        return Ok(None);
+    };
+    let record = match name {
+        Some(n) => state.load(n).map_err(sf_err(n))?,
+        None => state
+            .find_owned(&env.container_id, &env.ifname)
+            .map_err(sf_err("?"))?,
+    };
+    let Some(record) = record.filter(|r| r.owner.is(&env.container_id, &env.ifname)) else {
+        return Ok(None);
+    };
+    let name = record.name.clone();
+    let lock = state.lock(&name).map_err(sf_err(&name))?;
+    let Some(record) = state
+        .load(&name)
+        .map_err(sf_err(&name))?
+        .filter(|r| r.owner.is(&env.container_id, &env.ifname))
+    else {
+        return Ok(None);
+    };
+    let mut host = NetlinkSocket::new().map_err(netlink_err("open a netlink socket"))?;
+    let pod = env
+        .netns
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty())
+        .and_then(|p| Netns::open(p).ok())
+        .and_then(|ns| NetlinkSocket::new_in(&ns).ok().map(|s| (ns, s)));
+    let result = match pod {
+        Some((ns, mut sock)) => sf_attach::restore(&mut host, &record, Some((&ns, &mut sock))),
+        None => sf_attach::restore(&mut host, &record, None),
+    };
+    result.map_err(sf_err(&name))?;
+    state.remove(&lock, &name).map_err(sf_err(&name))?;
+    Ok(Some(()))
+}
