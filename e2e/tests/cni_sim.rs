@@ -671,6 +671,20 @@ fn scalable_function_attached_by_its_auxiliary_name() {
         "the SF netdev left the node"
     );
     assert_eq!(aux_records(), [format!("{}.json", sf.name)]);
+    // CHECK against prevResult; an MTU the pod changed is found.
+    let mut check = conf.clone();
+    check["prevResult"] = res.clone();
+    lab.call("CHECK", "c1", "net1", &pod, &check).ok();
+    CniLab::ip(
+        CniLab::ns_name(&pod),
+        &["link", "set", "net1", "mtu", "1300"],
+    );
+    lab.call("CHECK", "c1", "net1", &pod, &check)
+        .err(100, "mtu: net1 has 1300, the config says 1400");
+    CniLab::ip(
+        CniLab::ns_name(&pod),
+        &["link", "set", "net1", "mtu", "1400"],
+    );
 
     // Traffic: the other SF, attached to a second pod on the same PF switch.
     let other = lab.node.description().pfs[0].sfs[1].clone();

@@ -252,3 +252,80 @@ pub fn del(ctx: &Ctx, name: Option<&str>) -> Result<Option<()>, CniError> {
     state.remove(&lock, &name).map_err(sf_err(&name))?;
     Ok(Some(()))
 }
+
+/// CHECK of an SF attachment (`deviceID` an SF's name, or without deviceID a record of this
+/// owner): the pod interface is there with the MAC of `prevResult` and the config's MTU, then
+/// IPAM CHECK. `None`: not an SF attachment (the caller checks VFs).
+pub fn check(
+    ctx: &Ctx,
+    prev: &Value,
+    pod_sock: &mut NetlinkSocket,
+) -> Result<Option<Result<Value, CniError>>, CniError> {
+    let (env, conf) = (&ctx.env, &ctx.conf);
+    if conf.aux_device.is_none() && conf.device_id.is_some() {
+        return Ok(None);
+    }
+    let state = SfState::open(&ctx.node.state_dir).map_err(sf_err("?"))?;
+    let record = match &conf.aux_device {
+        Some(n) => state.load(n).map_err(sf_err(n))?,
+        None => state
+            .find_owned(&env.container_id, &env.ifname)
+            .map_err(sf_err("?"))?,
+    };
+    match (record, &conf.aux_device) {
+        (Some(r), _) if r.owner.is(&env.container_id, &env.ifname) => {}
+        (_, None) => return Ok(None),
+        (_, Some(n)) => {
+            return Err(CniError::new(
+                ErrorCode::ContainerUnknown,
+                format!(
+                    "SF {n} is not attached to container {} as {}",
+                    env.container_id, env.ifname
+                ),
+            ))
+        }
+    }
+    let mut problems = Vec::new();
+    match pod_sock.link_by_name(&env.ifname) {
+        Err(_) => problems.push(format!("{} is missing from the pod", env.ifname)),
+        Ok(link) => {
+            let want_mac = prev
+                .get("interfaces")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|i| i.get("name").and_then(Value::as_str) == Some(env.ifname.as_str()))
+                .and_then(|i| i.get("mac"))
+                .and_then(Value::as_str);
+            if let Some(mac) = want_mac {
+                let have = link.mac.map(|m| m.to_string()).unwrap_or_default();
+                if !have.eq_ignore_ascii_case(mac) {
+                    problems.push(format!(
+                        "mac: {} has {have}, prevResult says {mac}",
+                        env.ifname
+                    ));
+                }
+            }
+            if let Some(mtu) = conf.mtu.filter(|m| *m != link.mtu) {
+                problems.push(format!(
+                    "mtu: {} has {}, the config says {mtu}",
+                    env.ifname, link.mtu
+                ));
+            }
+        }
+    }
+    if let Some(call) = ctx.ipam() {
+        let netns = env.netns.as_deref();
+        if let Err(e) = call.run("CHECK", &env.container_id, &env.ifname, netns) {
+            problems.push(e.msg);
+        }
+    }
+    Ok(Some(if problems.is_empty() {
+        Ok(Value::Null)
+    } else {
+        Err(CniError::new(
+            ErrorCode::Dataplane,
+            format!("CHECK failed: {}", problems.join("; ")),
+        ))
+    }))
+}
