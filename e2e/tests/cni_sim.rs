@@ -745,5 +745,18 @@ fn scalable_function_attached_by_its_auxiliary_name() {
     lab.call("DEL", "c2", "net1", &pod_b, &no_id).ok();
     assert!(lab.node_link(&other.netdev).is_some());
     assert!(aux_records().is_empty(), "{:?}", aux_records());
+
+    // GC: an attachment not in the valid list is released, a valid one is kept.
+    let pod_d = lab.pod("d");
+    lab.call("ADD", "c4", "net1", &pod_d, &conf).ok();
+    lab.call("ADD", "c5", "net1", &pod_b, &conf_b).ok();
+    let mut gc = lab.conf("1.1.0", json!({"ipam": lab.host_local("10.77.0.0/24")}));
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "c5", "ifname": "net1"}]);
+    lab.call("GC", "", "", "", &gc).ok();
+    assert_eq!(lab.fingerprint(&sf.netdev), before, "GC restored the SF");
+    assert!(CniLab::pod_link(&pod_d, "net1").is_none());
+    assert_eq!(aux_records(), [format!("{}.json", other.name)]);
+    lab.call("DEL", "c5", "net1", &pod_b, &conf_b).ok();
+    assert!(aux_records().is_empty(), "{:?}", aux_records());
     lab.assert_nothing_held();
 }

@@ -163,6 +163,25 @@ impl SfState {
         Ok(())
     }
 
+    /// Every SF record (unreadable ones as errors).
+    pub fn records(&self) -> Result<Vec<Result<SfRecord, SfError>>, SfError> {
+        let mut out = Vec::new();
+        for file in self.dir.names()? {
+            let Some(name) = file.strip_suffix(".json") else {
+                continue;
+            };
+            if aux_device::validate_name(name).is_err() {
+                continue;
+            }
+            match self.load(name) {
+                Ok(Some(r)) => out.push(Ok(r)),
+                Ok(None) => {}
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        Ok(out)
+    }
+
     /// The record of the attachment (`container_id`, `ifname`), if any.
     pub fn find_owned(
         &self,

@@ -329,3 +329,80 @@ pub fn check(
         ))
     }))
 }
+
+/// GC of the SF attachments of this network that `is_valid` does not name: each netdev is put
+/// back (from the pod when its namespace is still there) and the record removed.
+pub fn gc(ctx: &Ctx, is_valid: &dyn Fn(&str, &str) -> bool) -> Vec<CniError> {
+    let mut problems = Vec::new();
+    let state = match SfState::open(&ctx.node.state_dir) {
+        Ok(s) => s,
+        Err(e) => return vec![sf_err("?")(e)],
+    };
+    let records = match state.records() {
+        Ok(r) => r,
+        Err(e) => return vec![sf_err("?")(e)],
+    };
+    for record in records {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(sf_err("?")(e));
+                continue;
+            }
+        };
+        let owner = &record.owner;
+        if owner.network != ctx.conf.name || is_valid(&owner.container_id, &owner.ifname) {
+            continue;
+        }
+        let name = record.name.clone();
+        let lock = match state.lock(&name) {
+            Ok(l) => l,
+            Err(e) => {
+                problems.push(sf_err(&name)(e));
+                continue;
+            }
+        };
+        // Re-read under the lock: a DEL may have finished, or a new ADD taken the SF.
+        match state.load(&name) {
+            Ok(Some(current)) if current.owner == record.owner => {}
+            Ok(_) => continue,
+            Err(e) => {
+                problems.push(sf_err(&name)(e));
+                continue;
+            }
+        }
+        tracing::info!(
+            "GC: releasing SF {name} of container {} ({})",
+            owner.container_id,
+            owner.ifname
+        );
+        if ctx.ipam().is_some() {
+            if let Err(e) = ctx.ipam_del(&owner.container_id, &owner.ifname, owner.netns.as_deref())
+            {
+                problems.push(e);
+            }
+        }
+        let restored = match NetlinkSocket::new() {
+            Err(e) => Err(netlink_err("open a netlink socket")(e)),
+            Ok(mut host) => {
+                let pod = owner
+                    .netns
+                    .as_deref()
+                    .and_then(|p| Netns::open(p).ok())
+                    .and_then(|ns| NetlinkSocket::new_in(&ns).ok().map(|s| (ns, s)));
+                match pod {
+                    Some((ns, mut sock)) => {
+                        sf_attach::restore(&mut host, &record, Some((&ns, &mut sock)))
+                    }
+                    None => sf_attach::restore(&mut host, &record, None),
+                }
+                .map_err(sf_err(&name))
+            }
+        };
+        match restored.and_then(|()| state.remove(&lock, &name).map_err(sf_err(&name))) {
+            Ok(()) => {}
+            Err(e) => problems.push(e),
+        }
+    }
+    problems
+}
