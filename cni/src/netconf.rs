@@ -25,6 +25,9 @@ pub struct NetConf {
     pub name: String,
     /// The VF, from `deviceID`, `runtimeConfig.deviceID` or top-level `pciBusID`.
     pub device_id: Option<PciAddress>,
+    /// A scalable function instead of a VF: `deviceID` (or `runtimeConfig.deviceID`) names an
+    /// auxiliary device (`mlx5_core.sf.4`, an auxNetDevice pool's device ID).
+    pub aux_device: Option<String>,
     /// `None` = leave the VLAN alone; `Some(0)` clears it.
     pub vlan: Option<u16>,
     pub vlan_qos: Option<u8>,
@@ -106,6 +109,40 @@ fn parse_pci(field: &str, s: &str) -> Result<PciAddress, CniError> {
     PciAddress::parse(s).map_err(|e| bad(field, e))
 }
 
+/// A `deviceID`: a VF's PCI address, or an auxiliary device's name (validated: it reaches
+/// sysfs paths and the state folder).
+fn parse_device(
+    field: &str,
+    s: &str,
+    pci: &mut Option<PciAddress>,
+    aux: &mut Option<String>,
+) -> Result<(), CniError> {
+    match PciAddress::parse(s) {
+        Ok(p) => *pci = Some(p),
+        Err(_) if sriov::aux_device::validate_name(s).is_ok() => *aux = Some(s.to_string()),
+        Err(e) => {
+            return Err(bad(
+                field,
+                format!("{e}; nor is it an auxiliary device name such as \"mlx5_core.sf.4\""),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// The keys that set a VF through its PF: an auxiliary device (a scalable function) has no
+/// VF entry on a PF, so they cannot apply and are refused rather than ignored.
+const PF_SIDE_KEYS: &[&str] = &[
+    "vlan",
+    "vlanQoS",
+    "vlanProto",
+    "spoofchk",
+    "trust",
+    "link_state",
+    "min_tx_rate",
+    "max_tx_rate",
+];
+
 impl NetConf {
     /// Parses stdin. JSON errors are decode failures (6); wrong values are invalid config (7).
     /// A missing `cniVersion` is 0.1.0.
@@ -145,15 +182,21 @@ impl NetConf {
         };
 
         // Multus puts the VF in runtimeConfig.deviceID (capability) and/or deviceID / pciBusID.
-        let device_id = match (
+        let (mut device_id, mut aux_device) = (None, None);
+        match (
             opt_str(rc, "deviceID", "runtimeConfig.")?,
             opt_str(&obj, "deviceID", "")?,
             opt_str(&obj, "pciBusID", "")?,
         ) {
-            (Some(d), _, _) => Some(parse_pci("runtimeConfig.deviceID", &d)?),
-            (None, Some(d), _) => Some(parse_pci("deviceID", &d)?),
-            (None, None, Some(d)) => Some(parse_pci("pciBusID", &d)?),
-            (None, None, None) => None,
+            (Some(d), _, _) => parse_device(
+                "runtimeConfig.deviceID",
+                &d,
+                &mut device_id,
+                &mut aux_device,
+            )?,
+            (None, Some(d), _) => parse_device("deviceID", &d, &mut device_id, &mut aux_device)?,
+            (None, None, Some(d)) => device_id = Some(parse_pci("pciBusID", &d)?),
+            (None, None, None) => {}
         };
 
         let vlan = opt_uint(&obj, "vlan", 4094)?.map(|v| v as u16);
@@ -236,6 +279,25 @@ impl NetConf {
             }
             Some(_) => return Err(bad("ipam", "must be an object")),
         };
+        if let Some(aux) = &aux_device {
+            for key in PF_SIDE_KEYS {
+                if obj.get(*key).is_some_and(|v| !v.is_null()) {
+                    return Err(bad(
+                        key,
+                        format!(
+                            "{aux} is an auxiliary device (a scalable function): it has no \
+                             PF-side VF settings"
+                        ),
+                    ));
+                }
+            }
+            if mtu_lock {
+                return Err(bad(
+                    "mtuLock",
+                    format!("not supported for the auxiliary device {aux}"),
+                ));
+            }
+        }
         let resource_name = opt_str(&obj, "resourceName", "")?;
         let device_info_file =
             opt_str(rc, "CNIDeviceInfoFile", "runtimeConfig.")?.map(PathBuf::from);
@@ -244,6 +306,7 @@ impl NetConf {
             cni_version_str: version_str,
             name,
             device_id,
+            aux_device,
             vlan,
             vlan_qos,
             vlan_proto,

@@ -164,7 +164,11 @@ fn claim_from_pool(ctx: &Ctx, resource: &str) -> Result<(PciAddress, VfLock), Cn
         })?;
     let mut host = sriov::netlink::NetlinkSocket::new()
         .map_err(|e| CniError::new(ErrorCode::Dataplane, e.to_string()))?;
-    for dev in pool.devices.iter().filter(|d| d.vf_index.is_some()) {
+    let vfs = pool
+        .devices
+        .iter()
+        .filter(|d| d.vf_index.is_some() && d.kind == sriov::pools::DeviceKind::Net);
+    for dev in vfs {
         let Some(lock) = state.try_lock_vf(dev.pci).map_err(state_err)? else {
             continue;
         };

@@ -3,9 +3,11 @@
 
 use crate::pool::{Context, PoolShared, PoolSnapshot};
 use sriov::allocation::{self, Candidate};
+use sriov::config::DeviceType;
 use sriov::devinfo::{self, AllocatedDevice, DevInfoError, DeviceNode};
 use sriov::health::Health;
 use sriov::names::PciAddress;
+use sriov::vdpa::VdpaDevice;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -70,8 +72,13 @@ impl AllocateError {
 pub struct ContainerAllocation {
     pub envs: BTreeMap<String, String>,
     pub devices: Vec<DeviceNode>,
-    /// Device-information files to write, one per device.
+    /// The devices as resolved now, one per requested ID.
     pub devinfo: Vec<AllocatedDevice>,
+    /// Each device's vDPA device (pools with `vdpaType`), parallel to `devinfo`.
+    pub vdpa: Vec<Option<VdpaDevice>>,
+    /// Whether device-information files are written: netDevice pools only (upstream writes
+    /// none for accelerator and auxNetDevice pools).
+    pub write_devinfo: bool,
 }
 
 /// Checks the IDs and reads what each device is right now. Nothing is written.
@@ -84,7 +91,9 @@ pub fn plan(
         return Err(AllocateError::Empty);
     }
     let pool = snapshot.full_name();
+    let device_type = snapshot.config.device_type;
     let mut devices = Vec::with_capacity(ids.len());
+    let mut vdpa = Vec::with_capacity(ids.len());
     for id in ids {
         let tracked = snapshot
             .device(id)
@@ -99,19 +108,30 @@ pub fn plan(
                 reason: why.to_string(),
             });
         }
+        let t = &tracked.device;
         // isRdma and needVhostNet count for the selector object that took the device, as
         // upstream builds each device's info providers from it.
         let selector = snapshot
             .config
-            .matching_selector(&tracked.device)
+            .matching_selector(t)
             .map(|i| &snapshot.config.selectors[i]);
         let rdma = selector.is_some_and(|s| s.is_rdma);
-        let mut d = devinfo::resolve(&ctx.sysfs, tracked.device.pci, tracked.device.pf_pci, rdma)
-            .map_err(AllocateError::Resolve)?;
+        let mut d = match t.aux() {
+            Some(aux) => sriov::aux_device::resolve(&ctx.sysfs, &aux.name, t.pci, rdma),
+            None => devinfo::resolve(&ctx.sysfs, t.pci, t.pf_pci, rdma),
+        }
+        .map_err(AllocateError::Resolve)?;
         if d.is_vfio() && d.iommu_group.is_none() {
             return Err(AllocateError::NoIommuGroup { id: id.clone() });
         }
         d.need_vhost_net = selector.is_some_and(|s| s.need_vhost_net);
+        vdpa.push(match selector.and_then(|s| s.vdpa_type) {
+            None => None,
+            Some(want) => Some(
+                sriov::vdpa::resolve(&ctx.sysfs, &ctx.dev_root, t.pci, want)
+                    .map_err(AllocateError::Resolve)?,
+            ),
+        });
         devices.push(d);
     }
     let info = devinfo::PoolInfo {
@@ -120,10 +140,25 @@ pub fn plan(
             && devinfo::vhost_net_available(&ctx.dev_root),
         dev_root: &ctx.dev_root,
     };
+    let envs = match device_type {
+        DeviceType::AuxNetDevice => {
+            let named: Vec<(&str, AllocatedDevice)> = ids
+                .iter()
+                .map(String::as_str)
+                .zip(devices.iter().cloned())
+                .collect();
+            sriov::aux_device::envs(&pool, &info, &named)
+        }
+        _ => sriov::vdpa::with_info(devinfo::envs(&pool, &info, &devices), &pool, &devices, &vdpa),
+    };
+    let mut nodes = devinfo::device_nodes(&info, &devices);
+    sriov::vdpa::add_device_nodes(&mut nodes, &ctx.dev_root, &vdpa);
     Ok(ContainerAllocation {
-        envs: devinfo::envs(&pool, &info, &devices),
-        devices: devinfo::device_nodes(&info, &devices),
+        envs,
+        devices: nodes,
         devinfo: devices,
+        vdpa,
+        write_devinfo: device_type == DeviceType::NetDevice,
     })
 }
 
@@ -141,8 +176,16 @@ pub fn allocate(
         .map(|ids| plan(&snapshot, &pool.ctx, ids))
         .collect::<Result<Vec<_>, _>>()?;
     let mut written: Vec<PathBuf> = Vec::new();
-    for d in plans.iter().flat_map(|p| &p.devinfo) {
-        match devinfo::write_file(&pool.ctx.devinfo_dir, &pool.name, d) {
+    let files = plans
+        .iter()
+        .filter(|p| p.write_devinfo)
+        .flat_map(|p| p.devinfo.iter().zip(&p.vdpa));
+    for (d, vdpa) in files {
+        let result = match vdpa {
+            Some(v) => sriov::vdpa::write_file(&pool.ctx.devinfo_dir, &pool.name, d, v),
+            None => devinfo::write_file(&pool.ctx.devinfo_dir, &pool.name, d),
+        };
+        match result {
             Ok(path) => {
                 pool.remember_files([path.clone()]);
                 written.push(path);
@@ -168,7 +211,7 @@ pub fn preferred(
         .iter()
         .filter(|t| t.health.is_healthy())
         .map(|t| Candidate {
-            id: t.device.pci.to_string(),
+            id: t.device.id(),
             pf: t.device.pf_pci.to_string(),
             numa: t.device.numa_node,
         })

@@ -25,8 +25,12 @@ impl PoolSnapshot {
         self.config.full_name()
     }
 
-    /// The device with this ID (a PCI address); devices are sorted, so this is a binary search.
+    /// The device with this ID (a PCI address; devices are sorted, so this is a binary search),
+    /// or in an auxNetDevice pool its auxiliary device name.
     pub fn device(&self, id: &str) -> Option<&TrackedDevice> {
+        if self.config.device_type == sriov::config::DeviceType::AuxNetDevice {
+            return self.devices.iter().find(|t| t.device.has_id(id));
+        }
         let pci = sriov::names::PciAddress::parse(id).ok()?;
         let i = self
             .devices
@@ -52,7 +56,7 @@ impl PoolSnapshot {
             .devices
             .iter()
             .map(|t| dp::Device {
-                id: t.device.pci.to_string(),
+                id: t.device.id(),
                 health: match t.health {
                     Health::Healthy => sriov_proto::HEALTHY,
                     Health::Unhealthy(_) => sriov_proto::UNHEALTHY,
@@ -155,6 +159,8 @@ pub(crate) mod tests {
             acpi_index: None,
             p_key: None,
             ddp_profile: None,
+            kind: Default::default(),
+            vdpa: None,
         }
     }
 

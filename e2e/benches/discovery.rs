@@ -16,22 +16,30 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn bench(label: &str, links: bool) {
+fn bench(label: &str, links: bool, accel: bool) {
     let spec = SimSpec::new(unique_name("bench"))
         .pfs(8)
         .vfs(128)
         .total_vfs(128)
         .vfio(8)
+        .accel_vfs(if accel { 16 } else { 0 })
         .links(links);
     let built = Instant::now();
     let node = SimNode::up(&spec).expect("lab up");
     let build_time = built.elapsed();
+    let accel_pool = if accel {
+        r#"{"resourceName": "fec", "deviceType": "accelerator", "selectors": {"devices": ["0d5d"]}},"#
+    } else {
+        ""
+    };
     let config = Config::parse(
-        r#"{"resourceList": [
-            {"resourceName": "dpdk", "selectors": {"drivers": ["vfio-pci"]}},
-            {"resourceName": "low", "selectors": {"pfNames": ["ens1f0#0-63", "ens2f0#0-63"]}},
-            {"resourceName": "kernel", "selectors": {"vendors": ["8086"], "drivers": ["iavf"]}}
-        ]}"#,
+        &format!(
+            r#"{{"resourceList": [{accel_pool}
+            {{"resourceName": "dpdk", "selectors": {{"drivers": ["vfio-pci"]}}}},
+            {{"resourceName": "low", "selectors": {{"pfNames": ["ens1f0#0-63", "ens2f0#0-63"]}}}},
+            {{"resourceName": "kernel", "selectors": {{"vendors": ["8086"], "drivers": ["iavf"]}}}}
+        ]}}"#
+        ),
         "intel.com",
     )
     .expect("config");
@@ -52,6 +60,7 @@ fn bench(label: &str, links: bool) {
             .map(|p| p.devices.len())
             .sum::<usize>();
         assert_eq!(found.vfs().count(), 1024);
+        assert_eq!(found.accelerators.len(), if accel { 17 } else { 0 });
     }
     times.sort();
     println!(
@@ -65,6 +74,12 @@ fn bench(label: &str, links: bool) {
 
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would pass other flags: run once anyway.
-    bench("(veth-backed, live sysfs)", true);
-    bench("(static tree)", false);
+    bench("(veth-backed, live sysfs)", true, false);
+    bench("(static tree)", false, false);
+    // An accelerator pool makes discovery read the class of every other PCI function too.
+    bench(
+        "(static tree, plus an accelerator pool and a 16-VF ACC100)",
+        false,
+        true,
+    );
 }

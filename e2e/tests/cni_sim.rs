@@ -563,3 +563,200 @@ fn gc_releases_attachments_not_in_the_valid_list() {
     assert_eq!(lab.fingerprint("ens1f0v2"), before[2]);
     assert!(CniLab::pod_link(&pods[1], "net1").is_some());
 }
+
+/// A scalable function attached by its auxiliary device name (an auxNetDevice pool's device
+/// ID, which Multus passes as `deviceID`), as a VF: its netdev moves into the pod under the
+/// pod's name with MAC, MTU and IPAM, traffic flows to a neighbour on the PF's switch, a second
+/// pod cannot take it, and DEL puts it back exactly as it was. PF-side VF settings are refused
+/// by key (code 7), and so is a deviceID that is no SF of this node; nothing is touched then.
+#[test]
+fn scalable_function_attached_by_its_auxiliary_name() {
+    let lab = CniLab::new("cni-sf", |s| {
+        s.pfs(1)
+            .vfs(2)
+            .sfs(2)
+            .model(sriov_e2e::sim::Model::Mellanox)
+    });
+    let sf = lab.node.description().pfs[0].sfs[0].clone();
+    let before = lab.fingerprint(&sf.netdev);
+    let aux_records = || -> Vec<String> {
+        std::fs::read_dir(lab.state.path().join("aux"))
+            .into_iter()
+            .flatten()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json"))
+            .collect()
+    };
+
+    for (i, (extra, want)) in [
+        (json!({"vlan": 10}), "vlan: "),
+        (json!({"vlan": 0}), "vlan: "),
+        (json!({"spoofchk": "off"}), "spoofchk: "),
+        (json!({"trust": "on"}), "trust: "),
+        (json!({"link_state": "enable"}), "link_state: "),
+        (json!({"min_tx_rate": 0}), "min_tx_rate: "),
+        (json!({"max_tx_rate": 100}), "max_tx_rate: "),
+        (json!({"mtu": 1400, "mtuLock": true}), "mtuLock: "),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pod = lab.pod(&format!("bad{i}"));
+        let mut conf = lab.conf("1.0.0", json!({"deviceID": sf.name}));
+        for (k, v) in extra.as_object().unwrap() {
+            conf[k] = v.clone();
+        }
+        let j = lab.call("ADD", "c0", "net1", &pod, &conf).err(7, want);
+        assert!(
+            j["msg"]
+                .as_str()
+                .unwrap()
+                .contains("no PF-side VF settings")
+                || want == "mtuLock: ",
+            "{j}"
+        );
+    }
+    let pod = lab.pod("wrong");
+    lab.call(
+        "ADD",
+        "c0",
+        "net1",
+        &pod,
+        &lab.conf("1.0.0", json!({"deviceID": "../../etc.sf.1"})),
+    )
+    .err(7, "deviceID: ");
+    lab.call(
+        "ADD",
+        "c0",
+        "net1",
+        &pod,
+        &lab.conf("1.0.0", json!({"deviceID": "mlx5_core.sf.999"})),
+    )
+    .err(7, "no auxiliary device mlx5_core.sf.999");
+    lab.call(
+        "ADD",
+        "c0",
+        "net1",
+        &pod,
+        &lab.conf("1.0.0", json!({"deviceID": "mlx5_core.eth.0"})),
+    )
+    .err(7, "not a scalable function");
+    assert_eq!(lab.fingerprint(&sf.netdev), before, "untouched");
+    assert!(aux_records().is_empty());
+
+    // Attach, with a MAC, an MTU and host-local addresses.
+    let pod = lab.pod("a");
+    let conf = lab.conf(
+        "1.1.0",
+        json!({"deviceID": sf.name, "mtu": 1400, "mac": "02:00:00:00:05:01",
+               "ipam": lab.host_local("10.77.0.0/24")}),
+    );
+    let r = lab.call("ADD", "c1", "net1", &pod, &conf);
+    r.ok();
+    let res = r.json();
+    assert_eq!(res["interfaces"][0]["name"], "net1");
+    assert_eq!(res["interfaces"][0]["mac"], "02:00:00:00:05:01");
+    assert_eq!(res["interfaces"][0]["mtu"], 1400);
+    assert_eq!(res["interfaces"][0]["sandbox"], pod);
+    let ip = res["ips"][0]["address"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("10.77.0."), "{res}");
+    let link = CniLab::pod_link(&pod, "net1").expect("net1 in the pod");
+    assert_eq!(
+        (link["mtu"].clone(), link["address"].clone()),
+        (json!(1400), json!("02:00:00:00:05:01"))
+    );
+    assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    assert!(
+        lab.node_link(&sf.netdev).is_none(),
+        "the SF netdev left the node"
+    );
+    assert_eq!(aux_records(), [format!("{}.json", sf.name)]);
+    // CHECK against prevResult; an MTU the pod changed is found.
+    let mut check = conf.clone();
+    check["prevResult"] = res.clone();
+    lab.call("CHECK", "c1", "net1", &pod, &check).ok();
+    CniLab::ip(
+        CniLab::ns_name(&pod),
+        &["link", "set", "net1", "mtu", "1300"],
+    );
+    lab.call("CHECK", "c1", "net1", &pod, &check)
+        .err(100, "mtu: net1 has 1300, the config says 1400");
+    CniLab::ip(
+        CniLab::ns_name(&pod),
+        &["link", "set", "net1", "mtu", "1400"],
+    );
+
+    // Traffic: the other SF, attached to a second pod on the same PF switch.
+    let other = lab.node.description().pfs[0].sfs[1].clone();
+    let pod_b = lab.pod("b");
+    let conf_b = lab.conf(
+        "1.1.0",
+        json!({"deviceID": other.name, "ipam": lab.host_local("10.77.0.0/24")}),
+    );
+    let rb = lab.call("ADD", "c2", "net1", &pod_b, &conf_b);
+    rb.ok();
+    // The bridge-side peers of the SF veths are up on the PF's switch.
+    for n in [&sf.netdev, &other.netdev] {
+        CniLab::ip(
+            &lab.node.netns_name(),
+            &["link", "set", &sriov_e2e::sim::peer_netdev(n), "up"],
+        );
+    }
+    let addr = ip.split('/').next().unwrap().to_string();
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            CniLab::ns_name(&pod_b),
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "3",
+            &addr,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "ping {addr}: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+
+    // Another pod asking for the same SF: busy.
+    let pod_c = lab.pod("c");
+    lab.call(
+        "ADD",
+        "c3",
+        "net1",
+        &pod_c,
+        &lab.conf("1.0.0", json!({"deviceID": sf.name})),
+    )
+    .err(101, "belongs to container c1");
+
+    // DEL: back as it was; DEL again (and containerd's DEL without a netns) are fine.
+    lab.call("DEL", "c1", "net1", &pod, &conf).ok();
+    assert_eq!(lab.fingerprint(&sf.netdev), before, "SF restored");
+    lab.call("DEL", "c1", "net1", &pod, &conf).ok();
+    lab.call("DEL", "c1", "net1", "", &conf).ok();
+    // A DEL without deviceID finds the attachment by its owner.
+    let mut no_id = conf_b.clone();
+    no_id.as_object_mut().unwrap().remove("deviceID");
+    lab.call("DEL", "c2", "net1", &pod_b, &no_id).ok();
+    assert!(lab.node_link(&other.netdev).is_some());
+    assert!(aux_records().is_empty(), "{:?}", aux_records());
+
+    // GC: an attachment not in the valid list is released, a valid one is kept.
+    let pod_d = lab.pod("d");
+    lab.call("ADD", "c4", "net1", &pod_d, &conf).ok();
+    lab.call("ADD", "c5", "net1", &pod_b, &conf_b).ok();
+    let mut gc = lab.conf("1.1.0", json!({"ipam": lab.host_local("10.77.0.0/24")}));
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "c5", "ifname": "net1"}]);
+    lab.call("GC", "", "", "", &gc).ok();
+    assert_eq!(lab.fingerprint(&sf.netdev), before, "GC restored the SF");
+    assert!(CniLab::pod_link(&pod_d, "net1").is_none());
+    assert_eq!(aux_records(), [format!("{}.json", other.name)]);
+    lab.call("DEL", "c5", "net1", &pod_b, &conf_b).ok();
+    assert!(aux_records().is_empty(), "{:?}", aux_records());
+    lab.assert_nothing_held();
+}

@@ -668,3 +668,292 @@ fn a_kernel_uevent_triggers_rediscovery() {
         "uevent action=bind subsystem=pci devpath={devpath}"
     ));
 }
+
+/// The (container path, host path) of each device spec.
+fn spec_paths(r: &dp::ContainerAllocateResponse) -> Vec<(String, String)> {
+    r.devices
+        .iter()
+        .map(|d| {
+            assert_eq!(d.permissions, "rw");
+            (d.container_path.clone(), d.host_path.clone())
+        })
+        .collect()
+}
+
+fn devinfo_files(env: &Env) -> Vec<String> {
+    match std::fs::read_dir(env.devinfo_dir()) {
+        Err(_) => vec![],
+        Ok(dir) => dir
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+    }
+}
+
+/// An accelerator pool end to end (upstream README's `intel_fpga` shape with an ACC100 card's
+/// VF device ID): ListAndWatch lists the VFs by PCI address; Allocate gives what upstream's
+/// accelerator pool gives (pkg/accelerator/accelResourcePool.go on pkg/resources/pool_stub.go:
+/// the generic and vfio `_INFO` entries of pkg/infoprovider, `additionalInfo` by PCI address,
+/// the VFIO container and group nodes) and writes no device-information file
+/// (pool_stub.go StoreDeviceInfoFile writes none).
+#[test]
+fn accelerator_pool_end_to_end() {
+    let env = Env::new(
+        "dp-accel",
+        SimSpec::default().pfs(1).vfs(2).accel_vfs(4),
+        &format!(
+            r#"{{"resourceList": [
+                {{"resourceName": "net", "selectors": {{"drivers": ["iavf"]}}}},
+                {{"resourceName": "intel_fec", "deviceType": "accelerator",
+                  "selectors": [{{"vendors": ["8086"], "devices": ["0d5d"], "drivers": ["vfio-pci"]}}],
+                  "additionalInfo": {{"{}": {{"queue": "5g"}}}}}}
+            ]}}"#,
+            sim::accel_vf_pci(1)
+        ),
+        RegistrationMode::KubeletSocket,
+    );
+    let vfs: Vec<String> = (0..4).map(sim::accel_vf_pci).collect();
+    let listed = env.wait_devices("intel.com/intel_fec", |d| d.len() == 4 && all_healthy(d));
+    assert_eq!(ids(&listed), vfs);
+    assert!(listed.iter().all(|d| d.topology.is_none()), "no NUMA node");
+    env.wait_devices("intel.com/net", |d| d.len() == 2);
+
+    let want = vec![vfs[0].clone(), vfs[1].clone()];
+    let r = env.kubelet.allocate("intel.com/intel_fec", &want).unwrap();
+    assert_eq!(r.envs["PCIDEVICE_INTEL_COM_INTEL_FEC"], want.join(","));
+    let info: Value = serde_json::from_str(&r.envs["PCIDEVICE_INTEL_COM_INTEL_FEC_INFO"]).unwrap();
+    let (g0, g1) = (sim::accel_iommu_group(0), sim::accel_iommu_group(1));
+    assert_eq!(
+        info,
+        serde_json::json!({
+            // `extra` is there (empty) for every device once the pool has additionalInfo
+            // (pkg/infoprovider/extraInfoProvider.go GetEnvVal, as for netDevice pools).
+            &want[0]: {"generic": {"deviceID": &want[0]},
+                       "vfio": {"mount": "/dev/vfio/vfio", "dev-mount": format!("/dev/vfio/{g0}")},
+                       "extra": {}},
+            &want[1]: {"generic": {"deviceID": &want[1]},
+                       "vfio": {"mount": "/dev/vfio/vfio", "dev-mount": format!("/dev/vfio/{g1}")},
+                       "extra": {"queue": "5g"}}
+        })
+    );
+    let dev = env.lab.paths().dev();
+    let host = |p: &str| dev.join(p).display().to_string();
+    assert_eq!(
+        spec_paths(&r),
+        [
+            ("/dev/vfio/vfio".to_string(), host("vfio/vfio")),
+            (format!("/dev/vfio/{g0}"), host(&format!("vfio/{g0}"))),
+            (format!("/dev/vfio/{g1}"), host(&format!("vfio/{g1}"))),
+        ]
+    );
+    assert!(devinfo_files(&env).is_empty(), "{:?}", devinfo_files(&env));
+
+    // The PF is not in this pool; a netDevice pool's VF is not either.
+    for id in [sim::ACCEL_PCI.to_string(), vf(0, 0)] {
+        let err = env
+            .kubelet
+            .allocate("intel.com/intel_fec", &[id])
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    }
+
+    // A VF rebound away from vfio-pci leaves the pool's selection: Unhealthy, not vanished.
+    let sys = env.lab.sysfs_root();
+    let link = sys.join("bus/pci/devices").join(&vfs[3]).join("driver");
+    std::fs::remove_file(&link).unwrap();
+    symlink("../../../bus/pci/drivers/pci-pf-stub", &link).unwrap();
+    std::fs::remove_file(sys.join("bus/pci/drivers/vfio-pci").join(&vfs[3])).unwrap();
+    env.wait_devices("intel.com/intel_fec", |d| {
+        d.len() == 4
+            && d.iter()
+                .filter(|d| d.health == sriov_proto::UNHEALTHY)
+                .map(|d| d.id.as_str())
+                .eq([vfs[3].as_str()])
+    });
+}
+
+/// An auxNetDevice pool end to end: scalable functions listed by auxiliary device name,
+/// Unhealthy while their PF is down; Allocate gives the names in the env, the generic entry with
+/// the name, `additionalInfo` by the parent's PCI address (pkg/auxnetdevice/auxNetDevice.go
+/// NewAuxNetDevice), the RDMA character devices of the SF's RDMA device (pkg/devices/rdma.go
+/// over rdmamap GetRdmaDevicesForAuxdev), and no device-information file.
+#[test]
+fn aux_net_device_pool_end_to_end() {
+    let env = Env::new(
+        "dp-sf",
+        SimSpec::default()
+            .pfs(2)
+            .vfs(2)
+            .sfs(3)
+            .model(sim::Model::Mellanox),
+        &format!(
+            r#"{{"resourceList": [
+                {{"resourceName": "cx6dx_sf", "resourcePrefix": "nvidia.com", "deviceType": "auxNetDevice",
+                  "selectors": [{{"vendors": ["15b3"], "devices": ["1017"], "auxTypes": ["sf"], "isRdma": true}}],
+                  "additionalInfo": {{"{}": {{"fabric": "a"}}}}}}
+            ]}}"#,
+            sim::pf_pci(0)
+        ),
+        RegistrationMode::KubeletSocket,
+    );
+    let desc = env.lab.description().clone();
+    let names: Vec<String> = desc
+        .pfs
+        .iter()
+        .flat_map(|pf| pf.sfs.iter().map(|s| s.name.clone()))
+        .collect();
+    let listed = env.wait_devices("nvidia.com/cx6dx_sf", |d| d.len() == 6 && all_healthy(d));
+    assert_eq!(ids(&listed), names);
+
+    let sf = &desc.pfs[0].sfs[1];
+    let r = env
+        .kubelet
+        .allocate("nvidia.com/cx6dx_sf", std::slice::from_ref(&sf.name))
+        .unwrap();
+    assert_eq!(r.envs["PCIDEVICE_NVIDIA_COM_CX6DX_SF"], sf.name);
+    let info: Value = serde_json::from_str(&r.envs["PCIDEVICE_NVIDIA_COM_CX6DX_SF_INFO"]).unwrap();
+    assert_eq!(info.as_object().unwrap().len(), 1, "{info}");
+    assert_eq!(
+        info[&sf.name]["generic"],
+        serde_json::json!({"deviceID": &sf.name})
+    );
+    assert_eq!(info[&sf.name]["extra"], serde_json::json!({"fabric": "a"}));
+    let dev = env.lab.paths().dev();
+    let host = |p: &str| dev.join(p).display().to_string();
+    assert_eq!(
+        spec_paths(&r),
+        [
+            // rdmamap GetRdmaCharDevices' order: ucm, issm, umad, uverbs, then rdma_cm.
+            (
+                format!("/dev/infiniband/{}", sf.umad),
+                host(&format!("infiniband/{}", sf.umad))
+            ),
+            (
+                format!("/dev/infiniband/{}", sf.uverbs),
+                host(&format!("infiniband/{}", sf.uverbs))
+            ),
+            (
+                "/dev/infiniband/rdma_cm".to_string(),
+                host("infiniband/rdma_cm")
+            ),
+        ]
+    );
+    assert!(devinfo_files(&env).is_empty(), "{:?}", devinfo_files(&env));
+    // The parent's PCI address names no SF.
+    let err = env
+        .kubelet
+        .allocate("nvidia.com/cx6dx_sf", &[sim::pf_pci(0)])
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+
+    // Their PF's link down: PF 0's SFs Unhealthy, PF 1's stay Healthy.
+    let on_pf0 = |id: &str| desc.pfs[0].sfs.iter().any(|s| s.name == id);
+    env.ip(&["link", "set", "ens1f0", "down"]);
+    env.wait_devices("nvidia.com/cx6dx_sf", |d| {
+        d.iter()
+            .all(|d| (d.health == sriov_proto::UNHEALTHY) == on_pf0(&d.id))
+    });
+    env.ip(&["link", "set", "ens1f0", "up"]);
+    env.wait_devices("nvidia.com/cx6dx_sf", all_healthy);
+
+    // An SF removed (its devlink port deleted): gone from the pool's selection, Unhealthy.
+    let gone = &desc.pfs[1].sfs[2];
+    let sys = env.lab.sysfs_root();
+    std::fs::remove_file(sys.join("bus/auxiliary/devices").join(&gone.name)).unwrap();
+    std::fs::remove_dir_all(
+        sys.join("bus/pci/devices")
+            .join(sim::pf_pci(1))
+            .join(&gone.name),
+    )
+    .unwrap();
+    env.wait_devices("nvidia.com/cx6dx_sf", |d| {
+        d.iter()
+            .any(|d| d.id == gone.name && d.health == sriov_proto::UNHEALTHY)
+    });
+}
+
+/// vDPA pools end to end (upstream docs/vdpa/configMap.yaml): a vhost VF gets
+/// `/dev/vhost-vdpa-N` as a device spec, `"vdpa": {"mount": ...}` in `_INFO`
+/// (pkg/infoprovider/vdpaInfoProvider.go) and a device-information file of type vdpa
+/// (pkg/netdevice/netResourcePool.go StoreDeviceInfoFile); a virtio VF no device node,
+/// `"vdpa": {}`, and a vdpa file without path. A vhost device whose node is gone is refused.
+#[test]
+fn vdpa_pools_end_to_end() {
+    let env = Env::new(
+        "dp-vdpa",
+        SimSpec::default()
+            .pfs(1)
+            .vfs(4)
+            .vdpa(2)
+            .model(sim::Model::Mellanox),
+        r#"{"resourceList": [
+            {"resourceName": "vdpa_mlx_virtio",
+             "selectors": [{"vendors": ["15b3"], "devices": ["1018"], "drivers": ["mlx5_core"], "vdpaType": "virtio"}]},
+            {"resourceName": "vdpa_mlx_vhost",
+             "selectors": [{"vendors": ["15b3"], "devices": ["1018"], "drivers": ["mlx5_core"], "vdpaType": "vhost"}]}
+        ]}"#,
+        RegistrationMode::KubeletSocket,
+    );
+    let (vf0, vf1, pf) = (vf(0, 0), vf(0, 1), sim::pf_pci(0));
+    let listed = env.wait_devices("intel.com/vdpa_mlx_vhost", |d| d.len() == 1);
+    assert_eq!(ids(&listed), std::slice::from_ref(&vf0));
+    let listed = env.wait_devices("intel.com/vdpa_mlx_virtio", |d| d.len() == 1);
+    assert_eq!(ids(&listed), std::slice::from_ref(&vf1));
+
+    let r = env
+        .kubelet
+        .allocate("intel.com/vdpa_mlx_vhost", std::slice::from_ref(&vf0))
+        .unwrap();
+    let info: Value =
+        serde_json::from_str(&r.envs["PCIDEVICE_INTEL_COM_VDPA_MLX_VHOST_INFO"]).unwrap();
+    assert_eq!(info[&vf0]["generic"], serde_json::json!({"deviceID": &vf0}));
+    assert_eq!(
+        info[&vf0]["vdpa"],
+        serde_json::json!({"mount": "/dev/vhost-vdpa-0"})
+    );
+    let dev = env.lab.paths().dev();
+    assert_eq!(
+        spec_paths(&r),
+        [(
+            "/dev/vhost-vdpa-0".to_string(),
+            dev.join("vhost-vdpa-0").display().to_string()
+        )]
+    );
+    let file = |resource: &str, id: &str| -> Value {
+        let path = env
+            .devinfo_dir()
+            .join(format!("intel.com-{resource}-{id}-device.json"));
+        serde_json::from_slice(
+            &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        file("vdpa_mlx_vhost", &vf0),
+        serde_json::json!({"type": "vdpa", "version": "1.1.0", "vdpa": {
+            "parent-device": "vdpa0", "driver": "vhost", "path": "/dev/vhost-vdpa-0",
+            "pci-address": &vf0, "pf-pci-address": &pf}})
+    );
+
+    let r = env
+        .kubelet
+        .allocate("intel.com/vdpa_mlx_virtio", std::slice::from_ref(&vf1))
+        .unwrap();
+    let info: Value =
+        serde_json::from_str(&r.envs["PCIDEVICE_INTEL_COM_VDPA_MLX_VIRTIO_INFO"]).unwrap();
+    assert_eq!(info[&vf1]["vdpa"], serde_json::json!({}));
+    assert!(r.devices.is_empty(), "{:?}", r.devices);
+    assert_eq!(
+        file("vdpa_mlx_virtio", &vf1),
+        serde_json::json!({"type": "vdpa", "version": "1.1.0", "vdpa": {
+            "parent-device": "vdpa1", "driver": "virtio", "pci-address": &vf1,
+            "pf-pci-address": &pf}})
+    );
+
+    // The vhost-vdpa node gone from /dev: refused, naming it.
+    std::fs::remove_file(dev.join("vhost-vdpa-0")).unwrap();
+    let err = env
+        .kubelet
+        .allocate("intel.com/vdpa_mlx_vhost", std::slice::from_ref(&vf0))
+        .unwrap_err();
+    assert!(err.message().contains("vhost-vdpa-0"), "{err}");
+}

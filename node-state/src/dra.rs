@@ -297,7 +297,8 @@ pub fn build_devices(
     let mut out: BTreeMap<PciAddress, DraDevice> = BTreeMap::new();
     let mut warnings = vec![];
     for pool in &pools.pools {
-        for d in &pool.devices {
+        // Auxiliary devices share their parent's PCI address; DRA names devices by it.
+        for d in pool.devices.iter().filter(|d| d.aux().is_none()) {
             let pf = node.device(&d.pf_pci);
             let vf = d.vf_index.and_then(|_| node.vf(&d.pci)).map(|(_, vf)| vf);
             let (dev, w) = device(pool, d, pf, vf, health.get(&d.pci), topology, opts);

@@ -37,6 +37,7 @@ fn pf(
             iommu_group: None,
             numa_node: numa,
             rdma: false,
+            vdpa: None,
         })
         .collect();
     PciNetDevice {
@@ -76,8 +77,7 @@ fn node() -> Node {
             ),
             pf("0000:5e:00.0", vec![], SriovStatus::NotSupported, 0, None),
         ],
-        warnings: vec![],
-        selector_attrs: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -55,7 +55,7 @@ fn wrong(at: &str, msg: &str, v: &Value) -> ConfigError {
     invalid(at, format!("{msg}, not {}", shown(v)))
 }
 
-fn invalid(at: &str, msg: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(at: &str, msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         at: at.to_string(),
         msg: msg.into(),
@@ -128,7 +128,38 @@ pub struct PfRef<T> {
     pub vfs: Option<VfRanges>,
 }
 
-/// One selector object of a `netDevice` pool; its keys intersect.
+/// What a pool holds (`deviceType`): VFs and NICs, PCI accelerators
+/// ([`crate::accelerator`]) or auxiliary-bus network devices ([`crate::aux_device`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DeviceType {
+    #[default]
+    NetDevice,
+    Accelerator,
+    AuxNetDevice,
+}
+
+impl DeviceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceType::NetDevice => "netDevice",
+            DeviceType::Accelerator => "accelerator",
+            DeviceType::AuxNetDevice => "auxNetDevice",
+        }
+    }
+
+    /// The selector keys upstream reads for this device type.
+    fn selector_keys(self) -> &'static [&'static str] {
+        match self {
+            DeviceType::NetDevice => NET_SELECTOR_KEYS,
+            DeviceType::Accelerator => crate::accelerator::SELECTOR_KEYS,
+            DeviceType::AuxNetDevice => crate::aux_device::SELECTOR_KEYS,
+        }
+    }
+}
+
+/// One selector object of a pool; its keys intersect. Keys that do not apply to the pool's
+/// [`DeviceType`] are refused at parse time, so they stay empty here.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct NetDeviceSelector {
     pub vendors: Vec<u16>,
@@ -146,6 +177,10 @@ pub struct NetDeviceSelector {
     /// `pKeys`: the InfiniBand partition key at index 0 of port 1, as sysfs writes it
     /// (`0xffff`); only devices whose link type is `infiniband` have one.
     pub p_keys: Vec<String>,
+    /// `auxTypes` (auxNetDevice pools): the middle part of `<driver>.<type>.<n>`.
+    pub aux_types: Vec<String>,
+    /// `vdpaType` (netDevice pools): only VFs with a vDPA device bound to that driver.
+    pub vdpa_type: Option<crate::vdpa::VdpaType>,
 }
 
 /// `additionalInfo`: `*` or a PCI address → key/values.
@@ -157,6 +192,7 @@ pub struct ResourceConfig {
     pub resource_name: String,
     /// The entry's `resourcePrefix`, or the default prefix.
     pub resource_prefix: String,
+    pub device_type: DeviceType,
     pub exclude_topology: bool,
     /// `additionalInfo`: `*` or a PCI address → extra key/values for the `_INFO` env. `None`
     /// when the key is absent (or `null`): then `_INFO` has no `extra` entry; when it is given,
@@ -206,7 +242,24 @@ pub struct Config {
 
 /// Upstream selector keys for features sriov-rs does not implement yet. Ignoring them would
 /// select more devices than the operator meant, so they are refused.
-const UNSUPPORTED_SELECTOR_KEYS: &[&str] = &["vdpaType", "auxTypes"];
+const UNSUPPORTED_SELECTOR_KEYS: &[&str] = &[];
+/// Every selector key of any device type (for "does not apply to this device type").
+const ALL_SELECTOR_KEYS: &[&str] = &[
+    "vendors",
+    "devices",
+    "drivers",
+    "pciAddresses",
+    "acpiIndexes",
+    "pfNames",
+    "rootDevices",
+    "linkTypes",
+    "isRdma",
+    "needVhostNet",
+    "vdpaType",
+    "auxTypes",
+    "ddpProfiles",
+    "pKeys",
+];
 const NET_SELECTOR_KEYS: &[&str] = &[
     "vendors",
     "devices",
@@ -220,6 +273,7 @@ const NET_SELECTOR_KEYS: &[&str] = &[
     "needVhostNet",
     "ddpProfiles",
     "pKeys",
+    "vdpaType",
 ];
 const RESOURCE_KEYS: &[&str] = &[
     "isRdma",
@@ -371,23 +425,20 @@ fn parse_resource(
         get_str(obj, "resourceName", at)?.ok_or_else(|| invalid(at, "resourceName is required"))?;
     names::validate_resource_name(&name).map_err(|e| invalid(at, e.to_string()))?;
     let at = format!("{at} ({name})");
-    let device_type = get_str(obj, "deviceType", &at)?.unwrap_or_else(|| "netDevice".into());
-    match device_type.as_str() {
-        "netDevice" => {}
-        "accelerator" | "auxNetDevice" => {
-            warnings.push(format!(
-                "{at}: deviceType {device_type:?} is not supported by sriov-rs yet; \
-                 this resource is not served"
-            ));
-            return Ok(None);
-        }
-        other => {
+    let device_type = match get_str(obj, "deviceType", &at)?.as_deref() {
+        None | Some("netDevice") => DeviceType::NetDevice,
+        Some("accelerator") => DeviceType::Accelerator,
+        Some("auxNetDevice") => DeviceType::AuxNetDevice,
+        Some(other) => {
             return Err(invalid(
                 &format!("{at}.deviceType"),
-                format!("unknown device type {other:?} (expected netDevice)"),
+                format!(
+                    "unknown device type {other:?} (expected netDevice, accelerator or \
+                     auxNetDevice)"
+                ),
             ))
         }
-    }
+    };
     for key in ["isRdma", "needVhostNet"] {
         if obj.contains_key(key) {
             warnings.push(format!(
@@ -400,8 +451,17 @@ fn parse_resource(
     names::validate_resource_prefix(&prefix)
         .map_err(|e| invalid(&format!("{at}.resourcePrefix"), e.to_string()))?;
     let selectors = match obj.get("selectors") {
-        None => vec![NetDeviceSelector::default()],
-        Some(Value::Object(o)) => vec![parse_selector(o, &format!("{at}.selectors"), warnings)?],
+        None => vec![check_selector(
+            NetDeviceSelector::default(),
+            device_type,
+            &format!("{at}.selectors"),
+        )?],
+        Some(Value::Object(o)) => vec![parse_selector(
+            o,
+            device_type,
+            &format!("{at}.selectors"),
+            warnings,
+        )?],
         Some(Value::Array(list)) => {
             let mut out = Vec::new();
             for (i, s) in list.iter().enumerate() {
@@ -409,7 +469,7 @@ fn parse_resource(
                 let o = s
                     .as_object()
                     .ok_or_else(|| wrong(&sat, "must be an object", s))?;
-                out.push(parse_selector(o, &sat, warnings)?);
+                out.push(parse_selector(o, device_type, &sat, warnings)?);
             }
             if out.is_empty() {
                 // Upstream (cmd/sriovdp/manager.go readConfig, factory.go parseObjectOrSlice)
@@ -444,6 +504,7 @@ fn parse_resource(
     Ok(Some(ResourceConfig {
         resource_name: name,
         resource_prefix: prefix,
+        device_type,
         exclude_topology: get_bool(obj, "excludeTopology", &at)?.unwrap_or(false),
         additional_info,
         selectors,
@@ -453,10 +514,30 @@ fn parse_resource(
 
 fn parse_selector(
     obj: &Map<String, Value>,
+    device_type: DeviceType,
     at: &str,
     warnings: &mut Vec<String>,
 ) -> Result<NetDeviceSelector, ConfigError> {
-    let obj = &canonical_keys(obj, NET_SELECTOR_KEYS, UNSUPPORTED_SELECTOR_KEYS, &[], at)?;
+    let keys = device_type.selector_keys();
+    for key in obj.keys() {
+        let applies = keys.iter().any(|k| k.eq_ignore_ascii_case(key));
+        if let Some(k) = ALL_SELECTOR_KEYS
+            .iter()
+            .find(|k| !applies && k.eq_ignore_ascii_case(key))
+        {
+            if device_type != DeviceType::NetDevice {
+                return Err(invalid(
+                    &format!("{at}.{key}"),
+                    format!(
+                        "{k:?} is not a selector of deviceType {:?} (its selectors: {})",
+                        device_type.as_str(),
+                        keys.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let obj = &canonical_keys(obj, keys, UNSUPPORTED_SELECTOR_KEYS, &[], at)?;
     let mut s = NetDeviceSelector {
         vendors: parse_ids(obj, "vendors", at)?,
         devices: parse_ids(obj, "devices", at)?,
@@ -469,8 +550,17 @@ fn parse_selector(
         need_vhost_net: get_bool(obj, "needVhostNet", at)?.unwrap_or(false),
         ddp_profiles: get_list(obj, "ddpProfiles", at)?,
         p_keys: get_list(obj, "pKeys", at)?,
+        aux_types: get_list(obj, "auxTypes", at)?,
         ..Default::default()
     };
+    if let Some(t) = get_str(obj, "vdpaType", at)? {
+        s.vdpa_type = Some(crate::vdpa::VdpaType::parse(&t).ok_or_else(|| {
+            invalid(
+                &format!("{at}.vdpaType"),
+                format!("{t:?} is not one of virtio, vhost"),
+            )
+        })?);
+    }
     for a in get_list(obj, "pciAddresses", at)? {
         s.pci_addresses.push(
             PciAddress::parse(&a)
@@ -504,7 +594,24 @@ fn parse_selector(
     }
     warn_repeated_pfs(&s.pf_names, &format!("{at}.pfNames"), warnings);
     warn_repeated_pfs(&s.root_devices, &format!("{at}.rootDevices"), warnings);
-    Ok(s)
+    check_selector(s, device_type, at)
+}
+
+/// What upstream's `ValidConfig` of each device provider refuses.
+fn check_selector(
+    s: NetDeviceSelector,
+    device_type: DeviceType,
+    at: &str,
+) -> Result<NetDeviceSelector, ConfigError> {
+    match device_type {
+        // pkg/netdevice/netDeviceProvider.go ValidConfig: vdpaType and isRdma exclude each other.
+        DeviceType::NetDevice if s.is_rdma && s.vdpa_type.is_some() => Err(invalid(
+            at,
+            "vdpaType and isRdma exclude each other (as upstream)",
+        )),
+        DeviceType::AuxNetDevice => crate::aux_device::check_selector(&s, at).map(|()| s),
+        _ => Ok(s),
+    }
 }
 
 /// Upstream (pkg/resources/deviceSelectors.go, `getItem`) uses only the first entry naming a

@@ -40,6 +40,12 @@ pub struct DiscoveryOptions {
     pub acpi_index: bool,
     /// Read the InfiniBand partition key of each device on an `infiniband` link (`pKeys`).
     pub p_keys: bool,
+    /// Read PCI processing accelerators (class 0x12) too ([`crate::accelerator`]).
+    pub accelerators: bool,
+    /// Read the auxiliary devices of every network function ([`crate::aux_device`]).
+    pub aux_devices: bool,
+    /// Read each VF's vDPA device ([`crate::vdpa`]).
+    pub vdpa: bool,
 }
 
 /// The node as discovered.
@@ -47,6 +53,12 @@ pub struct DiscoveryOptions {
 pub struct Node {
     /// Physical network devices (PFs and plain NICs), sorted by PCI address; VFs are inside.
     pub devices: Vec<PciNetDevice>,
+    /// PCI accelerators, with [`DiscoveryOptions::accelerators`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accelerators: Vec<crate::accelerator::AccelDevice>,
+    /// Auxiliary network devices, with [`DiscoveryOptions::aux_devices`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aux_devices: Vec<crate::aux_device::AuxDevice>,
     /// What could not be read, each naming the path.
     pub warnings: Vec<String>,
     /// Attributes only some selectors use, by device; read only when the config uses them
@@ -160,6 +172,9 @@ pub struct Vf {
     pub iommu_group: Option<u32>,
     pub numa_node: Option<u32>,
     pub rdma: bool,
+    /// Its vDPA device, with [`DiscoveryOptions::vdpa`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vdpa: Option<crate::vdpa::VdpaDevice>,
 }
 
 impl Vf {
@@ -194,18 +209,18 @@ impl Node {
         // A VF's routing ID is its PF's plus a non-zero offset, so in address order every VF
         // comes after its PF: VFs met through virtfnN links are skipped without a syscall.
         let mut known_vfs = std::collections::HashSet::new();
-        for name in names {
-            let Ok(pci) = PciAddress::parse(&name) else {
+        for name in &names {
+            let Ok(pci) = PciAddress::parse(name) else {
                 node.warnings.push(format!(
                     "{}: not a PCI address, ignored",
-                    dir.join(&name).display()
+                    dir.join(name).display()
                 ));
                 continue;
             };
             if known_vfs.contains(&pci) {
                 continue;
             }
-            let path = dir.join(&name);
+            let path = dir.join(name);
             // VFs are discovered through their PF's virtfnN links.
             if sysfs
                 .link_name(&path.join("physfn"))
@@ -223,6 +238,13 @@ impl Node {
                 Ok(None) => {}
                 Err(e) => node.warnings.push(format!("{pci}: skipped: {e}")),
             }
+        }
+        if opts.accelerators {
+            known_vfs.extend(node.devices.iter().map(|d| d.pci));
+            crate::accelerator::discover(sysfs, &names, &known_vfs, opts, &mut node);
+        }
+        if opts.aux_devices {
+            crate::aux_device::discover(sysfs, &mut node);
         }
         if opts.p_keys {
             node.read_p_keys(sysfs);
@@ -349,7 +371,7 @@ fn parse_count(s: &str, path: &Path) -> Result<u32, SysfsError> {
     })
 }
 
-fn read_id(sysfs: &Sysfs, path: &Path) -> Result<u16, SysfsError> {
+pub(crate) fn read_id(sysfs: &Sysfs, path: &Path) -> Result<u16, SysfsError> {
     let v = sysfs.read_hex(path)?;
     u16::try_from(v).map_err(|_| SysfsError::Malformed {
         path: path.to_path_buf(),
@@ -358,7 +380,7 @@ fn read_id(sysfs: &Sysfs, path: &Path) -> Result<u16, SysfsError> {
     })
 }
 
-fn read_numa(sysfs: &Sysfs, path: &Path, warnings: &mut Vec<String>) -> Option<u32> {
+pub(crate) fn read_numa(sysfs: &Sysfs, path: &Path, warnings: &mut Vec<String>) -> Option<u32> {
     match sysfs.read_int::<i64>(&path.join("numa_node")) {
         Ok(n) if n >= 0 => u32::try_from(n).ok(),
         Ok(_) => None,
@@ -372,7 +394,11 @@ fn read_numa(sysfs: &Sysfs, path: &Path, warnings: &mut Vec<String>) -> Option<u
 
 /// Reads the device's `net/` folder. An entry that cannot be followed (the netdev moved to
 /// another network namespace) is not a netdev of this namespace.
-fn read_netdevs(sysfs: &Sysfs, path: &Path, details: bool) -> Result<Vec<Netdev>, SysfsError> {
+pub(crate) fn read_netdevs(
+    sysfs: &Sysfs,
+    path: &Path,
+    details: bool,
+) -> Result<Vec<Netdev>, SysfsError> {
     let net = path.join("net");
     let Some(entries) = sysfs.list_entries(&net)? else {
         return Ok(Vec::new());
@@ -483,8 +509,14 @@ fn read_vfs(
             ));
             continue;
         };
-        match read_vf(sysfs, opts, pf, &devices.join(&target), pci, index, vf_ids) {
-            Ok(vf) => vfs.push(vf),
+        let path = devices.join(&target);
+        match read_vf(sysfs, opts, pf, &path, pci, index, vf_ids) {
+            Ok(mut vf) => {
+                if opts.vdpa {
+                    vf.vdpa = crate::vdpa::read(sysfs, &path, warnings);
+                }
+                vfs.push(vf)
+            }
             Err(e) => warnings.push(format!("VF {index} ({pci}) of {} skipped: {e}", pf.pci)),
         }
     }
@@ -532,6 +564,7 @@ fn read_vf(
         // A VF sits on its PF's NUMA node; no need to read it again.
         numa_node: pf.numa_node,
         rdma: opts.rdma && sysfs.exists(&path.join("infiniband")),
+        vdpa: None,
     };
     if vf.is_userspace() {
         if let Some(group) = sysfs.link_name(&path.join("iommu_group"))? {

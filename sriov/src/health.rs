@@ -177,6 +177,26 @@ fn enabled_vfs(status: SriovStatus) -> u32 {
 
 /// What became of a device that left a pool's assignment.
 fn departed(prev: &PoolDevice, node: &Node) -> Option<Unhealthy> {
+    use crate::pools::DeviceKind;
+    match &prev.kind {
+        DeviceKind::Accelerator => {
+            return match node.accelerators.iter().find(|a| a.pci == prev.pci) {
+                Some(a) => Some(Unhealthy::NoLongerMatches {
+                    driver: a.driver.clone(),
+                }),
+                None => Some(Unhealthy::DeviceGone),
+            }
+        }
+        DeviceKind::Aux(aux) => {
+            return match node.aux_devices.iter().find(|a| a.name == aux.name) {
+                Some(a) => Some(Unhealthy::NoLongerMatches {
+                    driver: a.driver.clone(),
+                }),
+                None => Some(Unhealthy::DeviceGone),
+            }
+        }
+        DeviceKind::Net => {}
+    }
     match prev.vf_index {
         Some(index) => match node.device(&prev.pf_pci) {
             // The VF count went down past this VF: removed on purpose.
@@ -200,7 +220,7 @@ fn departed(prev: &PoolDevice, node: &Node) -> Option<Unhealthy> {
     }
 }
 
-/// The new device list of a pool, sorted by PCI address.
+/// The new device list of a pool, sorted by PCI address (then auxiliary device name).
 ///
 /// - `previous`: the pool's list so far (empty for a new or reconfigured pool);
 /// - `current`: the devices the pool's selectors take now;
@@ -210,25 +230,25 @@ pub fn track_pool(
     current: &[PoolDevice],
     node: &Node,
     links: &Links,
-    held_elsewhere: impl Fn(&PciAddress) -> bool,
+    held_elsewhere: impl Fn(&PoolDevice) -> bool,
 ) -> Vec<TrackedDevice> {
-    let mut out: BTreeMap<PciAddress, TrackedDevice> = current
+    let mut out: BTreeMap<(PciAddress, String), TrackedDevice> = current
         .iter()
         .map(|d| {
             let t = TrackedDevice {
                 device: d.clone(),
                 health: link_health(d, links),
             };
-            (d.pci, t)
+            (key(d), t)
         })
         .collect();
     for prev in previous {
-        if out.contains_key(&prev.device.pci) || held_elsewhere(&prev.device.pci) {
+        if out.contains_key(&key(&prev.device)) || held_elsewhere(&prev.device) {
             continue;
         }
         if let Some(why) = departed(&prev.device, node) {
             out.insert(
-                prev.device.pci,
+                key(&prev.device),
                 TrackedDevice {
                     device: prev.device.clone(),
                     health: Health::Unhealthy(why),
@@ -237,6 +257,11 @@ pub fn track_pool(
         }
     }
     out.into_values().collect()
+}
+
+fn key(d: &PoolDevice) -> (PciAddress, String) {
+    let (pci, name) = d.key();
+    (pci, name.to_string())
 }
 
 /// Re-evaluates link health only (a link event): devices that departed keep their reason.
@@ -286,6 +311,8 @@ mod tests {
             acpi_index: None,
             p_key: None,
             ddp_profile: None,
+            kind: Default::default(),
+            vdpa: None,
         }
     }
 
@@ -321,13 +348,13 @@ mod tests {
                         iommu_group: None,
                         numa_node: None,
                         rdma: false,
+                        vdpa: None,
                     })
                     .collect(),
                 rdma: false,
                 acpi_index: None,
             }],
-            warnings: vec![],
-            selector_attrs: Default::default(),
+            ..Default::default()
         }
     }
 
@@ -406,7 +433,7 @@ mod tests {
             })
         );
         // ... unless another pool took it.
-        let t = track_pool(&prev, &cur, &now, &links, |p| *p == pci("0000:3b:02.2"));
+        let t = track_pool(&prev, &cur, &now, &links, |d| d.pci == pci("0000:3b:02.2"));
         assert_eq!(t.len(), 3);
 
         // VF count lowered to 2: VFs 2 and 3 leave quietly.

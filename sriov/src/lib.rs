@@ -6,6 +6,8 @@
 //! - [`provision`]: setting a PF's VF count and MTU.
 //! - [`config`]: the upstream device plugin `config.json`, plus our extensions.
 //! - [`platform_mac`]: MACs from the node's prefix for attachments whose config names none.
+//! - [`accelerator`], [`aux_device`], [`vdpa`]: the device types beyond VFs (PCI accelerators,
+//!   auxiliary-bus devices such as scalable functions, vDPA devices of VFs).
 //! - [`pools`]: assigning discovered VFs to resource pools (first match wins).
 //! - [`report`]: the "physical adapters" status view.
 //! - [`allocation`]: GetPreferredAllocation (must-include, NUMA, pack or spread across PFs).
@@ -16,10 +18,13 @@
 //! - [`owned_dir`]: folders we own, and the one atomic, no-symlink way to write files there.
 //! - [`state`]: the CNI's crash-safe per-VF records and locks.
 //! - [`vf_attach`]: the CNI dataplane: save, attach, restore a VF.
+//! - [`sf_attach`]: the same for a scalable function's netdev (no PF-side settings).
 //! - [`mtu_lock`]: enforcing `mtuLock` MTUs in pods (driven by the node daemon).
 //! - [`logging`]: stderr logging, text or JSON, for the long-running programs.
 
+pub mod accelerator;
 pub mod allocation;
+pub mod aux_device;
 pub mod config;
 pub mod ddp;
 pub mod devinfo;
@@ -35,6 +40,8 @@ pub mod platform_mac;
 pub mod pools;
 pub mod provision;
 pub mod report;
+pub mod sf_attach;
 pub mod state;
 pub mod sysfs;
+pub mod vdpa;
 pub mod vf_attach;

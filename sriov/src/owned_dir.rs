@@ -148,6 +148,7 @@ fn temp_name(name: &str) -> String {
 
 #[cfg(test)]
 /// The writer's PID of a temporary file name made by [`temp_name`].
+#[cfg(test)]
 fn temp_writer(file: &str) -> Option<u32> {
     temp_of(file).map(|(_, pid)| pid)
 }

@@ -5,7 +5,7 @@
 //! each goes to the first pool whose selectors match it: the assignment is deterministic and a
 //! device lands in at most one pool.
 
-use crate::config::{Config, NetDeviceSelector, PfProvisioning, PfRef, ResourceConfig};
+use crate::config::{Config, DeviceType, NetDeviceSelector, PfProvisioning, PfRef, ResourceConfig};
 use crate::discovery::{DiscoveryOptions, Node, PciNetDevice, SriovStatus, Vf};
 use crate::names::{self, PciAddress};
 use serde::Serialize;
@@ -32,9 +32,55 @@ pub struct PoolDevice {
     /// Read only when a selector uses `pKeys` / `ddpProfiles`.
     pub p_key: Option<String>,
     pub ddp_profile: Option<String>,
+    /// A VF, NIC or PF (`netDevice`), a PCI accelerator, or an auxiliary device.
+    pub kind: DeviceKind,
+    /// The VF's vDPA device, read for pools with `vdpaType`.
+    pub vdpa: Option<crate::vdpa::VdpaDevice>,
+}
+
+/// The kind of a pool device, with what identifies an auxiliary device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum DeviceKind {
+    #[default]
+    Net,
+    Accelerator,
+    Aux(crate::aux_device::AuxId),
 }
 
 impl PoolDevice {
+    /// The ID kubelet knows it by: the PCI address, or the auxiliary device's name
+    /// (`mlx5_core.sf.4`), whose parent PCI function is [`PoolDevice::pci`].
+    pub fn id(&self) -> String {
+        match &self.kind {
+            DeviceKind::Aux(aux) => aux.name.clone(),
+            _ => self.pci.to_string(),
+        }
+    }
+
+    /// Whether kubelet's `id` names this device.
+    pub fn has_id(&self, id: &str) -> bool {
+        match &self.kind {
+            DeviceKind::Aux(aux) => aux.name == id,
+            _ => PciAddress::parse(id).is_ok_and(|p| p == self.pci),
+        }
+    }
+
+    /// Orders a pool's devices (PCI address, then auxiliary name) and keys them.
+    pub fn key(&self) -> (PciAddress, &str) {
+        match &self.kind {
+            DeviceKind::Aux(aux) => (self.pci, aux.name.as_str()),
+            _ => (self.pci, ""),
+        }
+    }
+
+    pub fn aux(&self) -> Option<&crate::aux_device::AuxId> {
+        match &self.kind {
+            DeviceKind::Aux(aux) => Some(aux),
+            _ => None,
+        }
+    }
+
     fn from_vf(pf: &PciNetDevice, vf: &Vf) -> Self {
         PoolDevice {
             pci: vf.pci,
@@ -57,6 +103,8 @@ impl PoolDevice {
             acpi_index: None,
             p_key: None,
             ddp_profile: None,
+            kind: DeviceKind::Net,
+            vdpa: vf.vdpa.clone(),
         }
     }
 
@@ -77,6 +125,8 @@ impl PoolDevice {
             acpi_index: pf.acpi_index,
             p_key: None,
             ddp_profile: None,
+            kind: DeviceKind::Net,
+            vdpa: None,
         }
     }
 }
@@ -137,7 +187,23 @@ impl NetDeviceSelector {
 impl ResourceConfig {
     /// Index of the first selector object that matches, if any.
     pub fn matching_selector(&self, d: &PoolDevice) -> Option<usize> {
-        self.selectors.iter().position(|s| s.matches(d))
+        self.selectors
+            .iter()
+            .position(|s| s.matches(d) && s.matches_type_keys(d))
+    }
+}
+
+impl NetDeviceSelector {
+    /// The keys of one device type: `auxTypes` (pkg/resources/deviceSelectors.go
+    /// auxTypeSelector) and `vdpaType` (pkg/netdevice/netDeviceProvider.go
+    /// GetFilteredDevices: a vDPA device bound to the type's driver).
+    pub fn matches_type_keys(&self, d: &PoolDevice) -> bool {
+        (self.aux_types.is_empty()
+            || d.aux()
+                .is_some_and(|a| self.aux_types.contains(&a.aux_type)))
+            && self
+                .vdpa_type
+                .is_none_or(|t| d.vdpa.as_ref().is_some_and(|v| v.vdpa_type() == Some(t)))
     }
 }
 
@@ -184,11 +250,21 @@ pub fn discovery_options(config: &Config) -> DiscoveryOptions {
             .flatten()
             .flat_map(|r| r.selectors.iter())
     };
+    let of_type = |t: DeviceType| {
+        config
+            .resources
+            .iter()
+            .flatten()
+            .any(|r| r.device_type == t)
+    };
     DiscoveryOptions {
         vf_netdev_details: false,
         rdma: selectors().any(|s| s.is_rdma),
         acpi_index: selectors().any(|s| !s.acpi_indexes.is_empty()),
         p_keys: selectors().any(|s| !s.p_keys.is_empty()),
+        accelerators: of_type(DeviceType::Accelerator),
+        aux_devices: of_type(DeviceType::AuxNetDevice),
+        vdpa: selectors().any(|s| s.vdpa_type.is_some()),
     }
 }
 
@@ -236,6 +312,7 @@ pub fn zero_config_resources(node: &Node, prefix: &str) -> Vec<ResourceConfig> {
         out.push(ResourceConfig {
             resource_name: name,
             resource_prefix: prefix.to_string(),
+            device_type: DeviceType::NetDevice,
             exclude_topology: false,
             additional_info: None,
             selectors: vec![NetDeviceSelector {
@@ -262,7 +339,7 @@ pub enum Uplinks<'a> {
 
 impl Uplinks<'_> {
     /// Whether a device with this netdev must stay out of every pool.
-    fn excludes(&self, netdev: Option<&str>) -> bool {
+    pub(crate) fn excludes(&self, netdev: Option<&str>) -> bool {
         match (self, netdev) {
             (_, None) => false,
             (Uplinks::Known(list), Some(n)) => list.iter().any(|d| d == n),
@@ -334,15 +411,27 @@ pub fn assign_with(
             devices: Vec::new(),
         })
         .collect();
-    for dev in candidates(node, uplinks) {
+    let typed = candidates(node, uplinks)
+        .into_iter()
+        .map(|d| (DeviceType::NetDevice, d))
+        .chain(
+            crate::accelerator::candidates(node)
+                .into_iter()
+                .map(|d| (DeviceType::Accelerator, d)),
+        )
+        .chain(
+            crate::aux_device::candidates(node, uplinks)
+                .into_iter()
+                .map(|d| (DeviceType::AuxNetDevice, d)),
+        );
+    for (device_type, dev) in typed {
         // Zero config serves VFs only: a PF without VFs is nobody's pool.
         if zero_config && dev.vf_index.is_none() {
             continue;
         }
-        if let Some(pool) = pools
-            .iter_mut()
-            .find(|p| p.config.matching_selector(&dev).is_some())
-        {
+        if let Some(pool) = pools.iter_mut().find(|p| {
+            p.config.device_type == device_type && p.config.matching_selector(&dev).is_some()
+        }) {
             pool.devices.push(dev);
         }
     }

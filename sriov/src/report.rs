@@ -122,7 +122,7 @@ impl StatusReport {
                     .devices
                     .iter()
                     .map(|d| PoolVfRow {
-                        pci: d.pci.to_string(),
+                        pci: d.id(),
                         pf: d.pf_name.clone(),
                         vf_index: d.vf_index,
                         driver: d.driver.clone(),

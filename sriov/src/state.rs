@@ -499,7 +499,7 @@ mod as_string {
     }
 }
 
-mod opt_string {
+pub(crate) mod opt_string {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::fmt::Display;
     use std::str::FromStr;

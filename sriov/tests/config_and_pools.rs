@@ -62,6 +62,7 @@ fn pf(
                 iommu_group: vfio.then_some(100 + i),
                 numa_node: Some(u32::from(bus % 2)),
                 rdma: vendor == 0x15b3,
+                vdpa: None,
             }
         })
         .collect();
@@ -120,8 +121,7 @@ fn node() -> Node {
             pf(0x5f, "ib0", MLNX, ("mlx5_core", "mlx5_core"), 2, 2),
             pf(0x60, "ens5f0", INTEL, ("i40e", "iavf"), 0, 0),
         ],
-        warnings: vec![],
-        selector_attrs: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -454,8 +454,40 @@ fn bad_configs_name_the_place() {
             "selectors.pKeys: must be a list of strings, not 7",
         ),
         (
-            r#"{"resourceList": [{"resourceName": "a", "selectors": [{"vdpaType": "virtio"}]}]}"#,
-            "selectors[0].vdpaType: this upstream selector is not supported",
+            r#"{"resourceList": [{"resourceName": "a", "selectors": [{"vdpaType": "vdpa"}]}]}"#,
+            "selectors[0].vdpaType: \"vdpa\" is not one of virtio, vhost",
+        ),
+        // pkg/netdevice/netDeviceProvider.go ValidConfig: vdpaType and isRdma exclude each other.
+        (
+            r#"{"resourceList": [{"resourceName": "a", "selectors": [{"vdpaType": "vhost", "isRdma": true}]}]}"#,
+            "selectors[0]: vdpaType and isRdma exclude each other",
+        ),
+        // pkg/auxnetdevice/auxNetDeviceProvider.go ValidConfig: auxTypes required, only "sf".
+        (
+            r#"{"resourceList": [{"resourceName": "a", "deviceType": "auxNetDevice", "selectors": [{"vendors": ["15b3"]}]}]}"#,
+            "selectors[0]: auxTypes is required for deviceType auxNetDevice",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "deviceType": "auxNetDevice"}]}"#,
+            "auxTypes is required",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "deviceType": "auxNetDevice", "selectors": {"auxTypes": ["eth"]}}]}"#,
+            "selectors.auxTypes: \"eth\" is not supported (as upstream: only \"sf\")",
+        ),
+        // Keys of another device type are named, not ignored (upstream's decoder drops them,
+        // which would widen the pool).
+        (
+            r#"{"resourceList": [{"resourceName": "a", "deviceType": "accelerator", "selectors": {"isRdma": true}}]}"#,
+            "selectors.isRdma: \"isRdma\" is not a selector of deviceType \"accelerator\"",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "deviceType": "auxNetDevice", "selectors": {"auxTypes": ["sf"], "pciAddresses": ["0000:3b:00.0"]}}]}"#,
+            "\"pciAddresses\" is not a selector of deviceType \"auxNetDevice\"",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "selectors": {"auxTypes": ["sf"]}}]}"#,
+            "selectors.auxTypes: unknown key",
         ),
         (
             r#"{"resourceList": [{"resourceName": "a", "selectors": {"pfNames": ["ens1f0#3-1"]}}]}"#,
@@ -510,16 +542,56 @@ fn bad_configs_name_the_place() {
 }
 
 #[test]
-fn other_device_types_and_misplaced_keys_warn() {
+fn misplaced_keys_warn() {
     let text = r#"{"resourceList": [
-        {"resourceName": "fpga", "deviceType": "accelerator", "selectors": {"vendors": ["8086"]}},
         {"resourceName": "old", "isRdma": true, "selectors": {"vendors": ["15b3"]}}
     ]}"#;
     let config = Config::parse(text, "intel.com").unwrap();
     assert_eq!(config.resources.as_ref().unwrap().len(), 1);
-    assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
-    assert!(config.warnings[0].contains("deviceType \"accelerator\" is not supported"));
-    assert!(config.warnings[1].contains("isRdma: belongs inside \"selectors\""));
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert!(config.warnings[0].contains("isRdma: belongs inside \"selectors\""));
+}
+
+/// Upstream's README example (every device type), parsed unchanged.
+#[test]
+fn upstream_readme_device_types() {
+    use sriov::config::DeviceType;
+    use sriov::vdpa::VdpaType;
+    let text = r#"{"resourceList": [
+        {"resourceName": "ct6dx_vdpa_vhost",
+         "selectors": [{"vendors": ["15b3"], "devices": ["101e"], "drivers": ["mlx5_core"], "vdpaType": "vhost"}]},
+        {"resourceName": "intel_fpga", "deviceType": "accelerator",
+         "selectors": [{"vendors": ["8086"], "devices": ["0d90"]}]},
+        {"resourceName": "bf2_sf", "resourcePrefix": "nvidia.com", "deviceType": "auxNetDevice",
+         "selectors": [{"vendors": ["15b3"], "devices": ["a2d6"], "pfNames": ["p0#1-5"], "auxTypes": ["sf"]}]}
+    ]}"#;
+    let config = Config::parse(text, "intel.com").unwrap();
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    let r = config.resources.unwrap();
+    assert_eq!(
+        r.iter().map(|r| r.device_type).collect::<Vec<_>>(),
+        [
+            DeviceType::NetDevice,
+            DeviceType::Accelerator,
+            DeviceType::AuxNetDevice
+        ]
+    );
+    assert_eq!(r[0].selectors[0].vdpa_type, Some(VdpaType::Vhost));
+    assert_eq!(r[1].selectors[0].devices, [0x0d90]);
+    assert_eq!(r[2].full_name(), "nvidia.com/bf2_sf");
+    assert_eq!(r[2].selectors[0].aux_types, ["sf"]);
+    assert_eq!(r[2].selectors[0].pf_names[0].pf, "p0");
+    assert_eq!(
+        r[2].selectors[0].pf_names[0].vfs,
+        Some(VfRanges(vec![(1, 5)]))
+    );
+    // The discovery options follow the pools' types.
+    let opts = pools::discovery_options(&Config::parse(text, "intel.com").unwrap());
+    assert!(opts.accelerators && opts.aux_devices && opts.vdpa);
+    let plain = pools::discovery_options(
+        &Config::parse(r#"{"resourceList": [{"resourceName": "a"}]}"#, "x.io").unwrap(),
+    );
+    assert!(!plain.accelerators && !plain.aux_devices && !plain.vdpa);
 }
 
 /// Upstream pkg/resources/deviceSelectors.go, `pfNameSelector.Filter` and

@@ -16,6 +16,9 @@ use std::path::Path;
 use std::time::Duration;
 
 pub fn add(ctx: &Ctx) -> Result<Value, CniError> {
+    if let Some(name) = &ctx.conf.aux_device {
+        return super::sf::add(ctx, name);
+    }
     let env = &ctx.env;
     let conf = &ctx.conf;
     let (pod_ns, mut pod_sock) = open_netns(env)?;
@@ -302,7 +305,7 @@ fn platform_mac(
 }
 
 /// Addresses, announcement settings, link up, routes.
-fn configure_pod(
+pub(super) fn configure_pod(
     pod_ns: &Netns,
     sock: &mut NetlinkSocket,
     index: u32,

@@ -14,6 +14,9 @@ pub fn check(ctx: &Ctx) -> Result<Value, CniError> {
         .as_ref()
         .ok_or_else(|| CniError::config("prevResult: required for CHECK"))?;
     let (_ns, mut sock) = open_netns(env)?;
+    if let Some(found) = super::sf::check(ctx, prev, &mut sock)? {
+        return found;
+    }
     let ours = ctx
         .state
         .find_owned(&env.container_id, &env.ifname)

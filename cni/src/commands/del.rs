@@ -16,7 +16,14 @@ pub fn del(ctx: &Ctx) -> Result<Value, CniError> {
     let mut problems = Problems::default();
     ctx.remove_stale_temps();
 
-    if let Some((record, lock)) = find_locked(&ctx.state, ctx, &env.container_id, &env.ifname)? {
+    if let Some(name) = &ctx.conf.aux_device {
+        // A scalable function's attachment.
+        if let Err(e) = super::sf::del(ctx, Some(name)) {
+            problems.push(Problem::Other(e));
+        }
+    } else if let Some((record, lock)) =
+        find_locked(&ctx.state, ctx, &env.container_id, &env.ifname)?
+    {
         let pod_ns = Whereabouts::open(env.netns.as_deref(), &record);
         let at = Whereabouts {
             wait: if pod_ns.is_some() {
@@ -29,6 +36,16 @@ pub fn del(ctx: &Ctx) -> Result<Value, CniError> {
         if let Err(p) = release(ctx, &record, &lock, at) {
             problems.extend(p);
         }
+    } else if ctx.conf.device_id.is_none() && {
+        // Without a deviceID the attachment may be a scalable function's.
+        match super::sf::del(ctx, None) {
+            Ok(found) => found.is_some(),
+            Err(e) => {
+                problems.push(Problem::Other(e));
+                true
+            }
+        }
+    } {
     } else {
         // An attachment upstream sriov-cni made before the node switched to this plugin.
         match ctx.upstream() {

@@ -84,6 +84,10 @@ pub fn gc(ctx: &Ctx) -> Result<Value, CniError> {
             problems.extend(p);
         }
     }
+    // Scalable functions' attachments.
+    for e in super::sf::gc(ctx, &is_valid) {
+        problems.push(Problem::Other(e));
+    }
     // Attachments upstream sriov-cni made before the node switched (`<container id>-<ifname>`).
     match ctx.upstream() {
         Ok(Some(up)) => gc_upstream(ctx, &up, &valid, &mut problems),

@@ -7,6 +7,7 @@ mod del;
 mod device_info;
 mod gc;
 mod release;
+mod sf;
 mod status;
 
 pub use add::add;

@@ -161,10 +161,27 @@ impl Daemon {
                 .filter(|d| d.sriov != sriov::discovery::SriovStatus::NotSupported)
                 .map(|d| sysfs.pci_device(&d.pci)),
         );
+        // Accelerator PFs (their virtfnN links), and where auxiliary devices come and go.
+        dirs.extend(
+            self.node
+                .accelerators
+                .iter()
+                .filter(|a| a.pf.is_none())
+                .map(|a| sysfs.pci_device(&a.pci)),
+        );
+        if !self.node.aux_devices.is_empty() {
+            dirs.push(sysfs.root().join("bus/auxiliary/devices"));
+        }
         let mut drivers: Vec<&str> = self
             .node
             .vfs()
             .filter_map(|(_, vf)| vf.driver.as_deref())
+            .chain(
+                self.node
+                    .accelerators
+                    .iter()
+                    .filter_map(|a| a.driver.as_deref()),
+            )
             .collect();
         drivers.sort_unstable();
         drivers.dedup();
@@ -228,12 +245,12 @@ impl Daemon {
             &self.opts.resource_prefix,
             uplinks,
         );
-        let mut holders: HashMap<PciAddress, String> = HashMap::new();
+        let mut holders: HashMap<String, String> = HashMap::new();
         let mut desired: BTreeMap<String, Pool> = BTreeMap::new();
         for mut pool in assigned.pools {
             let name = pool.full_name();
             for d in &mut pool.devices {
-                holders.insert(d.pci, name.clone());
+                holders.insert(d.id(), name.clone());
                 if d.pf_name.is_none() {
                     d.pf_name = self.pf_names.get(&d.pf_pci).cloned();
                 }
@@ -253,7 +270,8 @@ impl Daemon {
             }
         }
         for (name, pool) in desired {
-            let elsewhere = |p: &PciAddress| holders.get(p).is_some_and(|h| *h != name);
+            let elsewhere =
+                |d: &sriov::pools::PoolDevice| holders.get(&d.id()).is_some_and(|h| *h != name);
             match self.pools.get(&name) {
                 Some(rt) => {
                     let current = rt.current();

@@ -95,6 +95,15 @@ struct UpArgs {
     /// No kernel links: static net/ files instead (huge trees, benchmarks).
     #[arg(long)]
     no_links: bool,
+    /// An Intel ACC100 accelerator card (class 0x1200) with N VFs on vfio-pci.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    accel_vfs: u32,
+    /// N scalable functions (mlx5_core.sf.*, with netdev and RDMA device) per Mellanox PF.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    sfs: u32,
+    /// vDPA devices on the first N kernel VFs of every Mellanox PF (vhost, virtio alternating).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    vdpa: u32,
     /// Let `gc` remove the lab once this process is dead [default: kept until `down`].
     #[arg(long)]
     owner_pid: Option<u32>,
@@ -142,6 +151,9 @@ impl UpArgs {
             rdma: self.rdma,
             model: self.model,
             links: !self.no_links,
+            accel_vfs: self.accel_vfs,
+            sfs: self.sfs,
+            vdpa: self.vdpa,
         }
     }
 }

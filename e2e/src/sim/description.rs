@@ -23,6 +23,9 @@ pub struct LabDescription {
     pub dev_root: PathBuf,
     pub pfs: Vec<PfDescription>,
     pub plain_nics: Vec<PlainNic>,
+    /// The accelerator card, with `accel_vfs`.
+    #[serde(default)]
+    pub accelerator: Option<AccelDescription>,
     /// Process whose death lets `gc` remove the lab; `None` = kept until `down`.
     pub owner_pid: Option<u32>,
     /// The request the lab was built from (set-vfs reuses vfio/links).
@@ -48,6 +51,58 @@ pub struct PfDescription {
     pub model: NicModel,
     pub vf_device: String,
     pub vfs: Vec<VfDescription>,
+    /// Scalable functions (auxiliary devices `mlx5_core.sf.N`), Mellanox PFs only.
+    #[serde(default)]
+    pub sfs: Vec<SfDescription>,
+}
+
+/// One scalable function: `<pf>/mlx5_core.sf.N`, also `bus/auxiliary/devices/mlx5_core.sf.N`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SfDescription {
+    /// `mlx5_core.sf.N`: the device plugin's device ID.
+    pub name: String,
+    /// `sfnum`.
+    pub sfnum: u32,
+    /// Its netdev (a veth like the VFs').
+    pub netdev: String,
+    /// `infiniband/<rdma_device>`, with `uverbsN`/`umadN` character devices under the fake /dev.
+    pub rdma_device: String,
+    pub uverbs: String,
+    pub umad: String,
+}
+
+/// A VF's vDPA device: `<vf>/vdpaN`, also `bus/vdpa/devices/vdpaN`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VdpaDescription {
+    pub name: String,
+    /// `vhost_vdpa` or `virtio_vdpa`.
+    pub driver: String,
+    /// `vhost-vdpa-N` (the fake /dev holds a character device of that name).
+    pub vhost: Option<String>,
+    /// `virtioN` (under the VF, and `bus/virtio/devices/virtioN`).
+    pub virtio: Option<String>,
+    /// The virtio device's netdev (a veth).
+    pub virtio_netdev: Option<String>,
+}
+
+/// The accelerator card: an Intel ACC100 FEC PF with its VFs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccelDescription {
+    pub pci: String,
+    pub vendor: String,
+    pub device: String,
+    pub vf_device: String,
+    pub driver: String,
+    pub vfs: Vec<AccelVfDescription>,
+}
+
+/// One accelerator VF, bound to vfio-pci.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccelVfDescription {
+    pub index: u32,
+    pub pci: String,
+    pub driver: String,
+    pub iommu_group: u32,
 }
 
 /// One enabled virtual function.
@@ -69,6 +124,9 @@ pub struct VfDescription {
     /// Whether its IOMMU group is a no-IOMMU one.
     #[serde(default)]
     pub noiommu: bool,
+    /// With `vdpa`, on Mellanox PFs.
+    #[serde(default)]
+    pub vdpa: Option<VdpaDescription>,
 }
 
 /// A NIC without SR-IOV (discovery must not offer it).
@@ -91,7 +149,7 @@ pub const VFIO_DRIVER: &str = "vfio-pci";
 /// Driver of VFs given to userspace through uio.
 pub const UIO_DRIVER: &str = "igb_uio";
 /// Drivers that have a folder under `bus/pci/drivers`.
-pub const DRIVERS: [&str; 7] = [
+pub const DRIVERS: [&str; 8] = [
     "i40e",
     "iavf",
     "mlx5_core",
@@ -99,7 +157,66 @@ pub const DRIVERS: [&str; 7] = [
     "vfio-pci",
     "igb_uio",
     "nvme",
+    "pci-pf-stub",
 ];
+/// The accelerator card's PF (Intel ACC100: PF 8086:0d5c, VF 8086:0d5d, class 0x120000).
+pub const ACCEL_PCI: &str = "0000:f7:00.0";
+pub const ACCEL_VENDOR: &str = "8086";
+pub const ACCEL_PF_DEVICE: &str = "0d5c";
+pub const ACCEL_VF_DEVICE: &str = "0d5d";
+pub const ACCEL_PF_DRIVER: &str = "pci-pf-stub";
+pub const ACCEL_CLASS: &str = "120000";
+
+/// PCI address of accelerator VF `k` (routing id offset 16, stride 1, like the NICs').
+pub fn accel_vf_pci(k: u32) -> String {
+    let rid = 16 + k;
+    format!("0000:f7:{:02x}.{}", rid >> 3, rid & 7)
+}
+
+/// IOMMU group of accelerator VF `k` (after every NIC VF's).
+pub fn accel_iommu_group(k: u32) -> u32 {
+    FIRST_IOMMU_GROUP + 65 * 256 + k
+}
+
+/// SF `k` of PF `pf`: auxiliary index `2 + pf * 64 + k` (mlx5 numbers its auxiliary devices
+/// per node), `sfnum` k + 1, netdev `ens<pf+1>f0s<k+1>`, RDMA device `mlx5_<10 + ...>`.
+pub fn make_sfs(pf: u32, n: u32) -> Vec<SfDescription> {
+    (0..n)
+        .map(|k| {
+            let id = 2 + pf * 64 + k;
+            SfDescription {
+                name: format!("mlx5_core.sf.{id}"),
+                sfnum: k + 1,
+                netdev: format!("ens{}f0s{}", pf + 1, k + 1),
+                rdma_device: format!("mlx5_{}", 100 + id),
+                uverbs: format!("uverbs{}", 100 + id),
+                umad: format!("umad{}", 100 + id),
+            }
+        })
+        .collect()
+}
+
+/// The vDPA device of VF `k` of PF `pf` (even k: vhost, odd k: virtio).
+pub fn make_vdpa(pf: u32, k: u32) -> VdpaDescription {
+    let n = pf * 256 + k;
+    if k.is_multiple_of(2) {
+        VdpaDescription {
+            name: format!("vdpa{n}"),
+            driver: "vhost_vdpa".into(),
+            vhost: Some(format!("vhost-vdpa-{n}")),
+            virtio: None,
+            virtio_netdev: None,
+        }
+    } else {
+        VdpaDescription {
+            name: format!("vdpa{n}"),
+            driver: "virtio_vdpa".into(),
+            vhost: None,
+            virtio: Some(format!("virtio{n}")),
+            virtio_netdev: Some(format!("{}vd", vf_netdev(pf, k))),
+        }
+    }
+}
 
 /// PCI address of PF `i`: each PF on its own bus from 0x3b.
 pub fn pf_pci(pf: u32) -> String {
@@ -179,6 +296,8 @@ pub fn make_vfs(spec: &SimSpec, pf: u32, nic: NicModel, n: u32) -> Vec<VfDescrip
                 rdma_device: (kernel && spec.rdma && nic == NicModel::Mellanox)
                     .then(|| format!("mlx5_{}", rdma_number(pf, k))),
                 noiommu: vfio && spec.noiommu,
+                vdpa: (!vfio && !uio && nic == NicModel::Mellanox && k < spec.vdpa)
+                    .then(|| make_vdpa(pf, k)),
             }
         })
         .collect()
@@ -205,9 +324,29 @@ impl LabDescription {
                     model: nic,
                     vf_device: nic.vf_device().to_string(),
                     vfs: make_vfs(spec, i, nic, spec.vfs),
+                    sfs: if nic == NicModel::Mellanox {
+                        make_sfs(i, spec.sfs)
+                    } else {
+                        vec![]
+                    },
                 }
             })
             .collect();
+        let accelerator = (spec.accel_vfs > 0).then(|| AccelDescription {
+            pci: ACCEL_PCI.into(),
+            vendor: ACCEL_VENDOR.into(),
+            device: ACCEL_PF_DEVICE.into(),
+            vf_device: ACCEL_VF_DEVICE.into(),
+            driver: ACCEL_PF_DRIVER.into(),
+            vfs: (0..spec.accel_vfs)
+                .map(|k| AccelVfDescription {
+                    index: k,
+                    pci: accel_vf_pci(k),
+                    driver: VFIO_DRIVER.into(),
+                    iommu_group: accel_iommu_group(k),
+                })
+                .collect(),
+        });
         LabDescription {
             name: spec.name.clone(),
             sysfs_root: paths.sys(),
@@ -221,6 +360,7 @@ impl LabDescription {
                 netdev: PLAIN_NIC_NETDEV.to_string(),
                 driver: "e1000e".to_string(),
             }],
+            accelerator,
             owner_pid,
             spec: spec.clone(),
         }

@@ -214,7 +214,15 @@ pub(crate) fn unmount_under(dir: &Path) -> Result<()> {
 /// answers ENOTCONN), so all pairs come first, then the port settings.
 fn vf_lines(pf: &PfDescription, vfs: &[VfDescription], out: &mut Vec<String>) {
     let bridge = bridge_name(pf.index);
-    let netdevs: Vec<&String> = vfs.iter().filter_map(|vf| vf.netdev.as_ref()).collect();
+    // A virtio vDPA device's netdev is a port of the PF's switch as the VF's own is.
+    let netdevs: Vec<&String> = vfs
+        .iter()
+        .flat_map(|vf| {
+            vf.netdev
+                .iter()
+                .chain(vf.vdpa.iter().flat_map(|v| v.virtio_netdev.iter()))
+        })
+        .collect();
     for vf in &netdevs {
         out.push(format!(
             "link add {vf} type veth peer name {}",
@@ -237,6 +245,11 @@ pub(crate) fn up_lines(desc: &LabDescription) -> Vec<String> {
         out.push(format!("link add {} type veth peer name {peer}", pf.netdev));
         out.push(format!("link set {peer} master {bridge} up"));
         out.push(format!("link set {} up", pf.netdev));
+        for sf in &pf.sfs {
+            let peer = peer_netdev(&sf.netdev);
+            out.push(format!("link add {} type veth peer name {peer}", sf.netdev));
+            out.push(format!("link set {peer} master {bridge} up"));
+        }
         vf_lines(pf, &pf.vfs, &mut out);
     }
     let peer = peer_netdev(PLAIN_NIC_NETDEV);
@@ -261,7 +274,11 @@ pub(crate) fn add_vf_lines(pf: &PfDescription, vfs: &[VfDescription]) -> Vec<Str
 pub(crate) fn remove_vf_lines(pf: &PfDescription) -> Vec<String> {
     pf.vfs
         .iter()
-        .filter_map(|vf| vf.netdev.as_ref())
+        .flat_map(|vf| {
+            vf.netdev
+                .iter()
+                .chain(vf.vdpa.iter().flat_map(|v| v.virtio_netdev.iter()))
+        })
         .map(|vf| format!("link del {}", peer_netdev(vf)))
         .collect()
 }

@@ -12,6 +12,10 @@ pub const MAX_PFS: u32 = 64;
 /// Most VFs per PF: routing ids 16..=255 of the PF's bus (offset 16, stride 1).
 /// Also keeps the bridge under the kernel's 1024-port limit.
 pub const MAX_VFS_PER_PF: u32 = 240;
+/// Most VFs of the accelerator card (ACC100 has 16).
+pub const MAX_ACCEL_VFS: u32 = 16;
+/// Most scalable functions per PF in a lab.
+pub const MAX_SFS_PER_PF: u32 = 32;
 
 /// Which NIC family the PFs emulate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -134,6 +138,17 @@ pub struct SimSpec {
     pub model: Model,
     /// Real veth/bridge links in the node netns (false: static `net/` files).
     pub links: bool,
+    /// VFs of an Intel ACC100 FEC accelerator card (PF 8086:0d5c on `pci-pf-stub`, VFs
+    /// 8086:0d5d on vfio-pci, class 0x120000) at 0000:f7:00.0; 0 = no accelerator card.
+    #[serde(default)]
+    pub accel_vfs: u32,
+    /// Scalable functions per Mellanox PF (`mlx5_core.sf.N` with a netdev and an RDMA device).
+    #[serde(default)]
+    pub sfs: u32,
+    /// The first `vdpa` kernel VFs of every Mellanox PF get a vDPA device: even VF indexes
+    /// bound to vhost_vdpa (with `/dev/vhost-vdpa-N`), odd ones to virtio_vdpa (with a netdev).
+    #[serde(default)]
+    pub vdpa: u32,
 }
 
 impl Default for SimSpec {
@@ -150,6 +165,9 @@ impl Default for SimSpec {
             rdma: false,
             model: Model::Intel,
             links: true,
+            accel_vfs: 0,
+            sfs: 0,
+            vdpa: 0,
         }
     }
 }
@@ -202,6 +220,18 @@ impl SimSpec {
         self.links = links;
         self
     }
+    pub fn accel_vfs(mut self, n: u32) -> Self {
+        self.accel_vfs = n;
+        self
+    }
+    pub fn sfs(mut self, n: u32) -> Self {
+        self.sfs = n;
+        self
+    }
+    pub fn vdpa(mut self, n: u32) -> Self {
+        self.vdpa = n;
+        self
+    }
 
     /// `sriov_totalvfs` the PFs get.
     pub fn effective_total_vfs(&self) -> u32 {
@@ -236,6 +266,25 @@ impl SimSpec {
             format!(
                 "vfio + uio ({} + {}) exceeds vfs ({})",
                 self.vfio, self.uio, self.vfs
+            ),
+        )?;
+        check(
+            self.accel_vfs <= MAX_ACCEL_VFS,
+            format!(
+                "accel_vfs must be at most {MAX_ACCEL_VFS}, got {}",
+                self.accel_vfs
+            ),
+        )?;
+        check(
+            self.sfs <= MAX_SFS_PER_PF,
+            format!("sfs must be at most {MAX_SFS_PER_PF}, got {}", self.sfs),
+        )?;
+        check(
+            self.vdpa <= self.vfs - self.vfio - self.uio,
+            format!(
+                "vdpa ({}) exceeds the kernel VFs ({})",
+                self.vdpa,
+                self.vfs - self.vfio - self.uio
             ),
         )
     }

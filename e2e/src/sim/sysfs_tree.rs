@@ -6,8 +6,8 @@
 //! there are replaced by rename (see [`replace_file`]), never rewritten.
 
 use super::description::{
-    LabDescription, PfDescription, VfDescription, DRIVERS, NVME_PCI, PLAIN_NIC_NETDEV,
-    PLAIN_NIC_PCI,
+    AccelDescription, LabDescription, PfDescription, SfDescription, VdpaDescription, VfDescription,
+    ACCEL_CLASS, DRIVERS, NVME_PCI, PLAIN_NIC_NETDEV, PLAIN_NIC_PCI,
 };
 use super::error::{Result, SimError};
 use super::paths::{LabPaths, PCI_ROOT};
@@ -215,9 +215,202 @@ pub(crate) fn build(paths: &LabPaths, desc: &LabDescription) -> Result<()> {
     )?;
     register_device(paths, NVME_PCI, "nvme")?;
 
+    for dir in [
+        "bus/auxiliary/devices",
+        "bus/auxiliary/drivers/mlx5_core.sf",
+        "bus/vdpa/devices",
+        "bus/vdpa/drivers/vhost_vdpa",
+        "bus/vdpa/drivers/virtio_vdpa",
+        "bus/virtio/devices",
+    ] {
+        mkdir(&sys.join(dir))?;
+    }
+    mkdir(&paths.dev().join("infiniband"))?;
+    write(&paths.dev().join("infiniband/rdma_cm"), "")?;
     for pf in &desc.pfs {
         build_pf(paths, pf, links)?;
+        for sf in &pf.sfs {
+            build_sf(paths, pf, sf, links)?;
+        }
         add_vfs(paths, pf, &pf.vfs, links)?;
+    }
+    if let Some(card) = &desc.accelerator {
+        build_accelerator(paths, card)?;
+    }
+    Ok(())
+}
+
+/// An accelerator card as the kernel shows an SR-IOV PF of class 0x12 with its VFs enabled.
+fn build_accelerator(paths: &LabPaths, card: &AccelDescription) -> Result<()> {
+    let dir = paths.pci_dir(&card.pci);
+    pci_function(
+        &dir,
+        &card.vendor,
+        &card.device,
+        ACCEL_CLASS,
+        -1,
+        &card.driver,
+    )?;
+    let n = card.vfs.len().to_string();
+    for (file, value) in [
+        ("sriov_totalvfs", "16"),
+        ("sriov_numvfs", n.as_str()),
+        ("sriov_offset", "16"),
+        ("sriov_stride", "1"),
+        ("sriov_vf_device", card.vf_device.as_str()),
+    ] {
+        write(&dir.join(file), &format!("{value}\n"))?;
+    }
+    register_device(paths, &card.pci, &card.driver)?;
+    for vf in &card.vfs {
+        let vf_dir = paths.pci_dir(&vf.pci);
+        pci_function(
+            &vf_dir,
+            &card.vendor,
+            &card.vf_device,
+            ACCEL_CLASS,
+            -1,
+            &vf.driver,
+        )?;
+        link(format!("../{}", card.pci), &vf_dir.join("physfn"))?;
+        let group = vf.iommu_group;
+        link(
+            format!("../../../kernel/iommu_groups/{group}"),
+            &vf_dir.join("iommu_group"),
+        )?;
+        register_device(paths, &vf.pci, &vf.driver)?;
+        let devices = paths
+            .sys()
+            .join(format!("kernel/iommu_groups/{group}/devices"));
+        mkdir(&devices)?;
+        link(
+            format!("../../../../{PCI_ROOT}/{}", vf.pci),
+            &devices.join(&vf.pci),
+        )?;
+        write(&paths.dev().join(format!("vfio/{group}")), "")?;
+        link(
+            format!("../{}", vf.pci),
+            &dir.join(format!("virtfn{}", vf.index)),
+        )?;
+    }
+    Ok(())
+}
+
+/// A scalable function as mlx5 deploys it: an auxiliary device folder inside its PF's, with
+/// `sfnum`, its netdev, its RDMA device and that device's verbs/MAD character devices.
+fn build_sf(paths: &LabPaths, pf: &PfDescription, sf: &SfDescription, links: bool) -> Result<()> {
+    let sys = paths.sys();
+    let dir = paths.pci_dir(&pf.pci).join(&sf.name);
+    mkdir(&dir)?;
+    write(&dir.join("sfnum"), &format!("{}\n", sf.sfnum))?;
+    link(
+        "../../../../bus/auxiliary/drivers/mlx5_core.sf",
+        &dir.join("driver"),
+    )?;
+    let fixed = (!links).then(|| StaticNetdev {
+        mac: static_mac(pf.index, 0x800 + sf.sfnum),
+        up: false,
+    });
+    net_entry(paths, &dir, &sf.netdev, fixed)?;
+    let class_net = sys.join("class/net").join(&sf.netdev);
+    remove_file(&class_net)?;
+    link(
+        format!("../../{PCI_ROOT}/{}/{}/net/{}", pf.pci, sf.name, sf.netdev),
+        &class_net,
+    )?;
+    mkdir(&dir.join("infiniband").join(&sf.rdma_device))?;
+    for (class, name) in [
+        ("infiniband_verbs", &sf.uverbs),
+        ("infiniband_mad", &sf.umad),
+    ] {
+        let c = dir.join(class).join(name);
+        mkdir(&c)?;
+        write(&c.join("ibdev"), &format!("{}\n", sf.rdma_device))?;
+        write(&paths.dev().join("infiniband").join(name), "")?;
+    }
+    link(
+        format!("../../../{PCI_ROOT}/{}/{}", pf.pci, sf.name),
+        &sys.join("bus/auxiliary/devices").join(&sf.name),
+    )?;
+    link(
+        format!("../../../../{PCI_ROOT}/{}/{}", pf.pci, sf.name),
+        &sys.join("bus/auxiliary/drivers/mlx5_core.sf")
+            .join(&sf.name),
+    )
+}
+
+/// Character device major the lab gives `/dev/vhost-vdpa-N` (the kernel's is dynamic).
+const VHOST_VDPA_MAJOR: u64 = 237;
+
+/// A VF's vDPA device inside its (staging) folder `vf_dir`, as the vdpa bus and its driver
+/// create it: `vdpaN/` with its driver link; vhost_vdpa adds `vdpaN/vhost-vdpa-N/` and the
+/// device node, virtio_vdpa a virtio device under the VF with its netdev.
+fn build_vdpa(paths: &LabPaths, vf_dir: &Path, v: &VdpaDescription, links: bool) -> Result<()> {
+    let dir = vf_dir.join(&v.name);
+    mkdir(&dir)?;
+    link(
+        format!("../../../../bus/vdpa/drivers/{}", v.driver),
+        &dir.join("driver"),
+    )?;
+    if let Some(vhost) = &v.vhost {
+        let n: u64 = vhost.trim_start_matches("vhost-vdpa-").parse().unwrap_or(0);
+        mkdir(&dir.join(vhost))?;
+        write(
+            &dir.join(vhost).join("dev"),
+            &format!("{VHOST_VDPA_MAJOR}:{n}\n"),
+        )?;
+        let node = paths.dev().join(vhost);
+        remove_file(&node)?;
+        nix::sys::stat::mknod(
+            &node,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(VHOST_VDPA_MAJOR, n),
+        )
+        .map_err(SimError::sys("mknod", node.display()))?;
+    }
+    if let (Some(virtio), Some(netdev)) = (&v.virtio, &v.virtio_netdev) {
+        let vdir = vf_dir.join(virtio);
+        mkdir(&vdir)?;
+        let fixed = (!links).then(|| StaticNetdev {
+            mac: static_mac(0xfe, n_of(virtio)),
+            up: false,
+        });
+        net_entry(paths, &vdir, netdev, fixed)?;
+    }
+    Ok(())
+}
+
+fn n_of(name: &str) -> u32 {
+    name.trim_start_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The bus links of a VF's vDPA device, once the VF folder is in place.
+fn register_vdpa(paths: &LabPaths, vf_pci: &str, v: &VdpaDescription) -> Result<()> {
+    let sys = paths.sys();
+    link(
+        format!("../../../{PCI_ROOT}/{vf_pci}/{}", v.name),
+        &sys.join("bus/vdpa/devices").join(&v.name),
+    )?;
+    if let Some(virtio) = &v.virtio {
+        link(
+            format!("../../../{PCI_ROOT}/{vf_pci}/{virtio}"),
+            &sys.join("bus/virtio/devices").join(virtio),
+        )?;
+    }
+    Ok(())
+}
+
+fn unregister_vdpa(paths: &LabPaths, v: &VdpaDescription) -> Result<()> {
+    let sys = paths.sys();
+    remove_file(&sys.join("bus/vdpa/devices").join(&v.name))?;
+    if let Some(virtio) = &v.virtio {
+        remove_file(&sys.join("bus/virtio/devices").join(virtio))?;
+    }
+    if let Some(vhost) = &v.vhost {
+        remove_file(&paths.dev().join(vhost))?;
     }
     Ok(())
 }
@@ -307,8 +500,14 @@ pub(crate) fn add_vfs(
                 write(&dir.join("ibdev"), &format!("{rdma}\n"))?;
             }
         }
+        if let Some(v) = &vf.vdpa {
+            build_vdpa(paths, &staging, v, links)?;
+        }
         let dir = paths.pci_dir(&vf.pci);
         fs::rename(&staging, &dir).map_err(SimError::io("rename into place", &dir))?;
+        if let Some(v) = &vf.vdpa {
+            register_vdpa(paths, &vf.pci, v)?;
+        }
 
         register_device(paths, &vf.pci, &vf.driver)?;
         if let Some(ifname) = &vf.netdev {
@@ -381,6 +580,9 @@ pub(crate) fn remove_vfs(paths: &LabPaths, pf: &PfDescription) -> Result<()> {
     }
     for vf in &pf.vfs {
         unregister_device(paths, &vf.pci, &vf.driver)?;
+        if let Some(v) = &vf.vdpa {
+            unregister_vdpa(paths, v)?;
+        }
         if let Some(ifname) = &vf.netdev {
             remove_file(&paths.sys().join("class/net").join(ifname))?;
         }
