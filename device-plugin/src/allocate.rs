@@ -29,11 +29,14 @@ pub enum AllocateError {
     /// Writing a device-information file failed (every file of the call was removed again).
     #[error("{0}")]
     Write(DevInfoError),
+    /// `--use-cdi`: the pool's CDI spec could not be brought up to date for these devices.
+    #[error("{0}")]
+    Cdi(sriov::cdi::CdiError),
 }
 
 impl AllocateError {
     /// Every [`AllocateError::reason`], for metrics at 0 from the start.
-    pub const REASONS: [&'static str; 7] = [
+    pub const REASONS: [&'static str; 8] = [
         "unknown_device",
         "unhealthy",
         "no_iommu_group",
@@ -41,6 +44,7 @@ impl AllocateError {
         "device_gone",
         "sysfs",
         "devinfo",
+        "cdi",
     ];
 
     /// A short label for metrics.
@@ -53,6 +57,7 @@ impl AllocateError {
             AllocateError::Resolve(DevInfoError::Gone { .. }) => "device_gone",
             AllocateError::Resolve(_) => "sysfs",
             AllocateError::Write(_) => "devinfo",
+            AllocateError::Cdi(_) => "cdi",
         }
     }
 
@@ -127,6 +132,9 @@ pub fn allocate(
         .iter()
         .map(|ids| plan(&snapshot, &pool.ctx, ids))
         .collect::<Result<Vec<_>, _>>()?;
+    // The spec must describe the devices as they are now before a runtime reads it.
+    let fresh: Vec<AllocatedDevice> = plans.iter().flat_map(|p| p.devinfo.clone()).collect();
+    crate::cdi::sync(pool, &fresh).map_err(AllocateError::Cdi)?;
     let mut written: Vec<PathBuf> = Vec::new();
     for d in plans.iter().flat_map(|p| &p.devinfo) {
         match devinfo::write_file(&pool.ctx.devinfo_dir, &pool.name, d) {

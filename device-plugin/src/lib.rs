@@ -6,6 +6,7 @@
 //! - [`registration`]: registration through `kubelet.sock`, retried;
 //! - [`fswatch`]: inotify on kubelet's folders, the config folder and sysfs;
 //! - [`uevent`]: kernel uevents (VFs and drivers the kernel changes by itself);
+//! - [`cdi`]: `--use-cdi`, one CDI spec per pool;
 //! - [`pool`]: the snapshot shared by the daemon and the servers;
 //! - [`mtu_locks`]: enforcing the CNI's MTU locks in pods;
 //! - [`node_state`]: the SriovNodeState object, when running in a cluster;
@@ -16,6 +17,7 @@
 //!   (logging is `sriov::logging`).
 
 pub mod allocate;
+pub mod cdi;
 pub mod daemon;
 pub mod fault;
 pub mod fswatch;

@@ -113,6 +113,27 @@ struct RunArgs {
     /// the sriov-node-state sidecar publishes the file as the node's SriovNodeState.
     #[arg(long)]
     node_state_file: Option<PathBuf>,
+    /// Write a CDI spec per pool and have Allocate return CDI devices (the `cdi.k8s.io/`
+    /// annotation and `cdi_devices`) instead of device specs, as upstream's --use-cdi.
+    #[arg(long)]
+    use_cdi: bool,
+    /// Where CDI specs are written (the runtime's dynamic CDI folder).
+    #[arg(long, default_value = sriov::cdi::DEFAULT_CDI_DIR)]
+    cdi_dir: PathBuf,
+    /// The CDI specification version written: 0.5.0 as upstream, or a newer one (0.6.0-0.8.0,
+    /// 1.0.0, 1.1.0) for runtimes that want it.
+    #[arg(long, default_value = "0.5.0", value_parser = parse_cdi_version)]
+    cdi_spec_version: sriov::cdi::Version,
+}
+
+fn parse_cdi_version(s: &str) -> Result<sriov::cdi::Version, String> {
+    let v = sriov::cdi::Version::parse(s).map_err(|e| e.to_string())?;
+    if v < sriov::cdi::Version::V0_5_0 {
+        return Err(format!(
+            "{s}: device names that start with a digit (PCI addresses) and host paths need CDI 0.5.0 or newer"
+        ));
+    }
+    Ok(v)
 }
 
 fn run(args: RunArgs) -> Result<()> {
@@ -140,6 +161,10 @@ fn run(args: RunArgs) -> Result<()> {
         resync_interval: Duration::from_secs(args.resync_seconds.max(1)),
         cni_state_dir: args.cni_state_dir,
         node_state_file: args.node_state_file,
+        cdi: args.use_cdi.then(|| sriov_device_plugin::options::CdiOptions {
+            dir: args.cdi_dir,
+            version: args.cdi_spec_version,
+        }),
     };
     // One thread runs every task: the daemon does little work per event, and fewer threads means
     // fewer malloc arenas and stacks (the idle daemon stays under 10 MiB resident). Discovery and

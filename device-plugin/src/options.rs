@@ -44,6 +44,14 @@ pub struct Options {
     pub cni_state_dir: PathBuf,
     /// Where the node state for the `sriov-node-state` sidecar is written (none = not at all).
     pub node_state_file: Option<PathBuf>,
+    /// `--use-cdi`: one CDI spec per pool in this folder, in this spec version.
+    pub cdi: Option<CdiOptions>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CdiOptions {
+    pub dir: PathBuf,
+    pub version: sriov::cdi::Version,
 }
 
 impl Options {

@@ -78,6 +78,8 @@ pub struct Context {
     pub devinfo_dir: PathBuf,
     pub metrics: Arc<Metrics>,
     pub events: mpsc::UnboundedSender<Event>,
+    /// `--use-cdi`: where pool specs go.
+    pub cdi: Option<crate::cdi::CdiSettings>,
 }
 
 /// A pool's live state shared between the daemon (writer) and its plugin servers (readers).
@@ -86,6 +88,8 @@ pub struct PoolShared {
     pub snapshot: watch::Receiver<Arc<PoolSnapshot>>,
     /// Device-information files written by Allocate, removed when the pool stops.
     pub devinfo_files: Mutex<BTreeSet<PathBuf>>,
+    /// The CDI spec file on disk and what it says (`--use-cdi`).
+    pub cdi_spec: Mutex<Option<(String, sriov::cdi::Spec)>>,
     pub ctx: Arc<Context>,
 }
 
@@ -200,12 +204,14 @@ pub(crate) mod tests {
             devinfo_dir: tmp.path().join("devinfo"),
             metrics: Arc::new(Metrics::default()),
             events,
+            cdi: None,
         });
         let (_tx, snapshot) = watch::channel(Arc::new(snapshot));
         let pool = PoolShared {
             name: "intel.com/net".into(),
             snapshot,
             devinfo_files: Default::default(),
+            cdi_spec: Default::default(),
             ctx,
         };
         (tmp, pool, rx)

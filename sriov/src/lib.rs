@@ -9,7 +9,10 @@
 //! - [`pools`]: assigning discovered VFs to resource pools (first match wins).
 //! - [`report`]: the "physical adapters" status view.
 //! - [`allocation`]: GetPreferredAllocation (must-include, NUMA, pack or spread across PFs).
+//! - [`cdi`]: Container Device Interface specs (values, the specification's rules, atomic writes).
 //! - [`devinfo`]: what a container gets: envs, device nodes, device-information files.
+//! - [`dra_claim`]: a DRA claim's allocation and its merged, checked `VfConfig`s.
+//! - [`dra_record`]: the node-local, crash-safe record of prepared DRA claims.
 //! - [`health`]: device health from discovery and link state.
 //! - [`linkwatch`]: rtnetlink link notifications in a given network namespace.
 //! - [`netlink`]: a small synchronous rtnetlink socket (links, netns moves, VF settings).
@@ -20,9 +23,12 @@
 //! - [`logging`]: stderr logging, text or JSON, for the long-running programs.
 
 pub mod allocation;
+pub mod cdi;
 pub mod config;
 pub mod devinfo;
 pub mod discovery;
+pub mod dra_claim;
+pub mod dra_record;
 pub mod health;
 pub mod linkwatch;
 pub mod logging;

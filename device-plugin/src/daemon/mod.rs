@@ -53,6 +53,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot use the CDI folder: {0}")]
+    Cdi(#[source] sriov::cdi::CdiError),
     #[error("cannot start: {what}: {source}")]
     Start {
         what: &'static str,
@@ -188,12 +190,20 @@ impl Daemon {
         for w in &config.warnings {
             tracing::warn!("config: {w}");
         }
+        let cdi = match &opts.cdi {
+            Some(c) => Some(crate::cdi::CdiSettings {
+                dir: sriov::cdi::SpecDir::open(&c.dir).map_err(DaemonError::Cdi)?,
+                version: c.version,
+            }),
+            None => None,
+        };
         let ctx = Arc::new(Context {
             sysfs: Sysfs::new(&opts.sysfs_root),
             dev_root: opts.dev_root.clone(),
             devinfo_dir: opts.devinfo_dir.clone(),
             metrics: Arc::new(Metrics::default()),
             events: tx.clone(),
+            cdi,
         });
         let mtu_locks =
             crate::mtu_locks::MtuLocks::new(&opts.cni_state_dir, ctx.metrics.clone(), tx.clone());

@@ -19,6 +19,16 @@ impl PoolRuntime {
         metrics.set_pool_devices(&self.shared.name, healthy, unhealthy);
         if **self.tx.borrow() != snapshot {
             self.tx.send_replace(Arc::new(snapshot));
+            self.sync_cdi();
+        }
+    }
+
+    /// `--use-cdi`: the pool's spec follows its snapshot. A failure is counted and logged; the
+    /// next Allocate of the pool tries again (and fails if it cannot).
+    pub(super) fn sync_cdi(&self) {
+        if let Err(e) = crate::cdi::sync(&self.shared, &[]) {
+            self.shared.ctx.metrics.error(ErrorKind::Cdi);
+            tracing::error!(pool = %self.shared.name, "{e}");
         }
     }
 
@@ -51,6 +61,7 @@ impl Daemon {
             name: name.clone(),
             snapshot: rx,
             devinfo_files: Default::default(),
+            cdi_spec: Default::default(),
             ctx: self.ctx.clone(),
         });
         let mut rt = PoolRuntime {
@@ -64,6 +75,7 @@ impl Daemon {
             registered: false,
         };
         tracing::info!(pool = %name, healthy, unhealthy, socket = %rt.socket.display(), "pool started");
+        rt.sync_cdi();
         self.start_server(&mut rt);
         self.register(&mut rt);
         self.pools.insert(name, rt);
@@ -256,6 +268,10 @@ impl Daemon {
             s.stop().await;
         }
         rt.shared.remove_files();
+        if let Err(e) = crate::cdi::remove(&rt.shared) {
+            self.ctx.metrics.error(ErrorKind::Cdi);
+            tracing::warn!(pool = %rt.shared.name, "{e}");
+        }
         let name = &rt.shared.name;
         self.ctx.metrics.remove_pool(name);
         for job in [Job::StartServer(name.clone()), Job::Register(name.clone())] {
