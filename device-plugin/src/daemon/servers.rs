@@ -73,6 +73,7 @@ impl Daemon {
             registration: None,
             reg_generation: 0,
             registered: false,
+            dp: self.opts.mode.device_plugin(),
         };
         tracing::info!(pool = %name, healthy, unhealthy, socket = %rt.socket.display(), "pool started");
         rt.sync_cdi();
@@ -87,6 +88,9 @@ impl Daemon {
     }
 
     fn start_server(&mut self, rt: &mut PoolRuntime) {
+        if !rt.dp {
+            return;
+        }
         let generation = self.next_generation();
         let watcher = self.mode == RegistrationMode::PluginWatcher;
         let name = rt.shared.name.clone();
@@ -117,7 +121,7 @@ impl Daemon {
     /// (Re-)registers with kubelet.sock, as a supervised task; in plugin-watcher mode kubelet
     /// finds the socket itself.
     fn register(&mut self, rt: &mut PoolRuntime) {
-        if self.mode != RegistrationMode::KubeletSocket || rt.server.is_none() {
+        if !rt.dp || self.mode != RegistrationMode::KubeletSocket || rt.server.is_none() {
             return;
         }
         if let Some(old) = rt.registration.take() {
@@ -227,7 +231,7 @@ impl Daemon {
     /// A scheduled retry of a pool's server or registration.
     pub(super) async fn retry_pool(&mut self, job: Job) {
         match job {
-            Job::StartServer(name) if self.pools.get(&name).is_some_and(|rt| !rt.served()) => {
+            Job::StartServer(name) if self.pools.get(&name).is_some_and(Self::server_needs_restart) => {
                 self.restart_server(&name).await;
             }
             Job::Register(name) => {
@@ -257,7 +261,7 @@ impl Daemon {
     }
 
     pub(super) fn server_needs_restart(rt: &PoolRuntime) -> bool {
-        !rt.served()
+        rt.dp && !rt.served()
     }
 
     pub(super) async fn stop_pool(&mut self, mut rt: PoolRuntime) {
@@ -302,6 +306,10 @@ impl Daemon {
     }
 
     pub(super) async fn on_socket_removed(&mut self, path: &Path) {
+        if self.dra.as_ref().is_some_and(|d| d.reg_socket() == path) {
+            self.check_dra_sockets().await;
+            return;
+        }
         let name = self
             .pools
             .iter()
@@ -320,15 +328,23 @@ impl Daemon {
 
     /// Tells the readiness probe how the pools stand.
     pub(super) fn publish_readiness(&self) {
-        let pools: Vec<PoolReadiness> = self
+        let mut pools: Vec<PoolReadiness> = self
             .pools
             .iter()
+            .filter(|(_, rt)| rt.dp)
             .map(|(name, rt)| PoolReadiness {
                 name: name.clone(),
                 served: rt.served(),
                 registered: rt.registered,
             })
             .collect();
+        if let Some(ready) = self.dra_ready() {
+            pools.push(PoolReadiness {
+                name: "the DRA driver".into(),
+                served: ready,
+                registered: ready,
+            });
+        }
         self.probes.set_ready(readiness(self.discovered, &pools));
     }
 }
