@@ -26,7 +26,11 @@ fn device_env(full_name: &str, pci: &str) -> String {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    format!("{}_{}={pci}", devinfo::env_name(full_name), token.to_ascii_uppercase())
+    format!(
+        "{}_{}={pci}",
+        devinfo::env_name(full_name),
+        token.to_ascii_uppercase()
+    )
 }
 
 /// The CDI edits of one device.
@@ -203,7 +207,10 @@ pub fn allocation(
     ids: &[String],
 ) -> (BTreeMap<String, String>, Vec<String>, Option<CdiError>) {
     let kind = cdi::pool_kind(&snapshot.config.resource_prefix);
-    let names: Vec<String> = ids.iter().map(|id| cdi::qualified_name(&kind, id)).collect();
+    let names: Vec<String> = ids
+        .iter()
+        .map(|id| cdi::qualified_name(&kind, id))
+        .collect();
     let mut annotations = BTreeMap::new();
     let mut problem = None;
     match cdi::annotation_key(&snapshot.config.resource_prefix, cdi::POOL_CLASS) {

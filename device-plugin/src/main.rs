@@ -191,10 +191,12 @@ fn run(args: RunArgs) -> Result<()> {
         resync_interval: Duration::from_secs(args.resync_seconds.max(1)),
         cni_state_dir: args.cni_state_dir,
         node_state_file: args.node_state_file,
-        cdi: args.use_cdi.then(|| sriov_device_plugin::options::CdiOptions {
-            dir: args.cdi_dir.clone(),
-            version: args.cdi_spec_version,
-        }),
+        cdi: args
+            .use_cdi
+            .then(|| sriov_device_plugin::options::CdiOptions {
+                dir: args.cdi_dir.clone(),
+                version: args.cdi_spec_version,
+            }),
         cdi_dir: args.cdi_dir,
         cdi_version: args.cdi_spec_version,
         mode: match args.mode {

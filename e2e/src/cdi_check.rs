@@ -163,7 +163,10 @@ fn check_edits(v: &Value, at: &str, device_level: bool) -> Result<&'static str, 
             }
         }
         for k in ["uid", "gid"] {
-            if n.get(k).and_then(Value::as_u64).is_some_and(|v| v > u64::from(u32::MAX)) {
+            if n.get(k)
+                .and_then(Value::as_u64)
+                .is_some_and(|v| v > u64::from(u32::MAX))
+            {
                 return Err(format!("{at}.{k}: not a uint32"));
             }
         }
@@ -224,7 +227,13 @@ pub fn check_spec(content: &[u8]) -> Result<Value, String> {
     only_keys(
         top,
         "spec",
-        &["cdiVersion", "kind", "annotations", "devices", "containerEdits"],
+        &[
+            "cdiVersion",
+            "kind",
+            "annotations",
+            "devices",
+            "containerEdits",
+        ],
     )?;
     let version = string(top, "cdiVersion", "spec")?.ok_or("cdiVersion: required")?;
     let version = version.strip_prefix('v').unwrap_or(version);
@@ -291,13 +300,34 @@ mod tests {
         let ok = br#"{"cdiVersion":"0.5.0","kind":"intel.com/net-pci","devices":[{"name":"0000:3b:02.0","containerEdits":{"env":["A=b"]}}]}"#;
         assert!(check_spec(ok).is_ok());
         for (bad, why) in [
-            (r#"{"cdiVersion":"0.4.0","kind":"intel.com/net-pci","devices":[{"name":"0000:3b:02.0","containerEdits":{"env":["A=b"]}}]}"#, "need at least 0.5.0"),
-            (r#"{"cdiVersion":"0.5.0","kind":"intel.com/net-pci","devices":[{"name":"x","containerEdits":{}}]}"#, "must not be empty"),
-            (r#"{"cdiVersion":"0.5.0","kind":"intel.com/net-pci","devices":[]}"#, "at least one"),
-            (r#"{"cdiVersion":"0.5.0","kind":"intel.com","devices":[{"name":"x","containerEdits":{"env":["A=b"]}}]}"#, "vendor/class"),
-            (r#"{"cdiVersion":"0.5.0","kind":"intel.com/x","extra":1,"devices":[{"name":"x","containerEdits":{"env":["A=b"]}}]}"#, "unknown field"),
-            (r#"{"cdiVersion":"0.5.0","kind":"intel.com/x","devices":[{"name":"x","containerEdits":{"env":["=b"]}}]}"#, "NAME=VALUE"),
-            (r#"{"cdiVersion":"0.5.0","kind":"intel.com/x","devices":[{"name":"x","containerEdits":{"deviceNodes":[{"path":"/dev/x","permissions":"rwx"}]}}]}"#, "r, w, m"),
+            (
+                r#"{"cdiVersion":"0.4.0","kind":"intel.com/net-pci","devices":[{"name":"0000:3b:02.0","containerEdits":{"env":["A=b"]}}]}"#,
+                "need at least 0.5.0",
+            ),
+            (
+                r#"{"cdiVersion":"0.5.0","kind":"intel.com/net-pci","devices":[{"name":"x","containerEdits":{}}]}"#,
+                "must not be empty",
+            ),
+            (
+                r#"{"cdiVersion":"0.5.0","kind":"intel.com/net-pci","devices":[]}"#,
+                "at least one",
+            ),
+            (
+                r#"{"cdiVersion":"0.5.0","kind":"intel.com","devices":[{"name":"x","containerEdits":{"env":["A=b"]}}]}"#,
+                "vendor/class",
+            ),
+            (
+                r#"{"cdiVersion":"0.5.0","kind":"intel.com/x","extra":1,"devices":[{"name":"x","containerEdits":{"env":["A=b"]}}]}"#,
+                "unknown field",
+            ),
+            (
+                r#"{"cdiVersion":"0.5.0","kind":"intel.com/x","devices":[{"name":"x","containerEdits":{"env":["=b"]}}]}"#,
+                "NAME=VALUE",
+            ),
+            (
+                r#"{"cdiVersion":"0.5.0","kind":"intel.com/x","devices":[{"name":"x","containerEdits":{"deviceNodes":[{"path":"/dev/x","permissions":"rwx"}]}}]}"#,
+                "r, w, m",
+            ),
         ] {
             let e = check_spec(bad.as_bytes()).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");

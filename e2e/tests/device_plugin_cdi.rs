@@ -38,7 +38,11 @@ fn specs(dir: &Path) -> BTreeMap<String, Value> {
     out
 }
 
-fn wait_specs(dir: &Path, what: &str, check: impl Fn(&BTreeMap<String, Value>) -> bool) -> BTreeMap<String, Value> {
+fn wait_specs(
+    dir: &Path,
+    what: &str,
+    check: impl Fn(&BTreeMap<String, Value>) -> bool,
+) -> BTreeMap<String, Value> {
     let deadline = Instant::now() + WAIT;
     loop {
         let s = specs(dir);
@@ -106,7 +110,9 @@ fn specs_per_pool_allocate_annotations_and_cleanup() {
     let netdev = env.wait_devices("intel.com/netdev", |d| d.len() == 6);
     let dpdk = env.wait_devices("intel.com/dpdk", |d| d.len() == 2);
     let s = wait_specs(&dir, "one spec per pool", |s| {
-        s.contains_key(NETDEV_FILE) && s.contains_key(DPDK_FILE) && !s.contains_key("sriov-dp-intel.com-net-pci-gone.yaml")
+        s.contains_key(NETDEV_FILE)
+            && s.contains_key(DPDK_FILE)
+            && !s.contains_key("sriov-dp-intel.com-net-pci-gone.yaml")
     });
     assert_eq!(
         s.keys().collect::<Vec<_>>(),
@@ -115,7 +121,10 @@ fn specs_per_pool_allocate_annotations_and_cleanup() {
     );
     for file in [NETDEV_FILE, DPDK_FILE] {
         let mode = std::fs::metadata(dir.join(file)).unwrap();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o644);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+            0o644
+        );
         assert_eq!(s[file]["cdiVersion"], "0.5.0", "as upstream");
         assert_eq!(s[file]["kind"], "intel.com/net-pci");
     }
@@ -128,7 +137,10 @@ fn specs_per_pool_allocate_annotations_and_cleanup() {
     assert!(node_paths(kernel).is_empty());
     assert_eq!(
         kernel["containerEdits"]["env"],
-        serde_json::json!([format!("PCIDEVICE_INTEL_COM_NETDEV_0000_3B_02_0={}", vf(0, 0))])
+        serde_json::json!([format!(
+            "PCIDEVICE_INTEL_COM_NETDEV_0000_3B_02_0={}",
+            vf(0, 0)
+        )])
     );
     let dev = env.lab.paths().dev();
     let group = std::fs::read_link(
@@ -141,10 +153,15 @@ fn specs_per_pool_allocate_annotations_and_cleanup() {
     .unwrap();
     let group = group.file_name().unwrap().to_string_lossy().into_owned();
     let paths = node_paths(device(&s[DPDK_FILE], &vf(0, 3)));
-    let want: Vec<(String, String)> = ["vfio/vfio".to_string(), format!("vfio/{group}"), "vhost-net".into(), "net/tun".into()]
-        .iter()
-        .map(|rel| (format!("/dev/{rel}"), dev.join(rel).display().to_string()))
-        .collect();
+    let want: Vec<(String, String)> = [
+        "vfio/vfio".to_string(),
+        format!("vfio/{group}"),
+        "vhost-net".into(),
+        "net/tun".into(),
+    ]
+    .iter()
+    .map(|rel| (format!("/dev/{rel}"), dev.join(rel).display().to_string()))
+    .collect();
     assert_eq!(paths, want);
 
     // Allocate: the annotation upstream returns, the same names in cdi_devices, no device
@@ -163,7 +180,10 @@ fn specs_per_pool_allocate_annotations_and_cleanup() {
     );
     assert_eq!(r.annotations.len(), 1);
     assert_eq!(
-        r.cdi_devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
+        r.cdi_devices
+            .iter()
+            .map(|d| d.name.clone())
+            .collect::<Vec<_>>(),
         names
     );
     assert!(r.devices.is_empty(), "{:?}", r.devices);
@@ -193,22 +213,27 @@ fn specs_per_pool_allocate_annotations_and_cleanup() {
     std::os::unix::fs::symlink("../../../kernel/iommu_groups/977", &link).unwrap();
     env.kubelet.allocate("intel.com/dpdk", &[vf(1, 3)]).unwrap();
     let paths = node_paths(device(&specs(&dir)[DPDK_FILE], &vf(1, 3)));
-    assert!(
-        paths.iter().any(|(p, _)| p == "/dev/vfio/977"),
-        "{paths:?}"
-    );
+    assert!(paths.iter().any(|(p, _)| p == "/dev/vfio/977"), "{paths:?}");
 
     // A pool change rewrites its spec; a pool that goes takes its spec along.
     env.set_config(
         r#"{"resourceList": [{"resourceName": "netdev", "selectors": {"drivers": ["iavf"], "pfNames": ["ens1f0"]}}]}"#,
     );
     let s = wait_specs(&dir, "the new pools' specs", |s| {
-        !s.contains_key(DPDK_FILE) && s.get(NETDEV_FILE).is_some_and(|v| device_names(v).len() == 3)
+        !s.contains_key(DPDK_FILE)
+            && s.get(NETDEV_FILE)
+                .is_some_and(|v| device_names(v).len() == 3)
     });
-    assert_eq!(device_names(&s[NETDEV_FILE]), [vf(0, 0), vf(0, 1), vf(0, 2)]);
+    assert_eq!(
+        device_names(&s[NETDEV_FILE]),
+        [vf(0, 0), vf(0, 1), vf(0, 2)]
+    );
 
     // SIGTERM removes our specs, never the other vendor's.
-    let status = env.daemon.terminate(Duration::from_secs(5)).expect("daemon exits");
+    let status = env
+        .daemon
+        .terminate(Duration::from_secs(5))
+        .expect("daemon exits");
     assert!(status.success(), "{}", env.daemon.log());
     assert_eq!(
         specs(&dir).keys().collect::<Vec<_>>(),
@@ -235,7 +260,10 @@ fn newer_spec_versions_on_request() {
     let s = wait_specs(&dir, "the pool's spec", |s| {
         s.contains_key("sriov-dp-intel.com-net-pci-net.yaml")
     });
-    assert_eq!(s["sriov-dp-intel.com-net-pci-net.yaml"]["cdiVersion"], "1.1.0");
+    assert_eq!(
+        s["sriov-dp-intel.com-net-pci-net.yaml"]["cdiVersion"],
+        "1.1.0"
+    );
     let r = env.kubelet.allocate("intel.com/net", &[vf(0, 1)]).unwrap();
     assert_eq!(r.cdi_devices.len(), 1);
 

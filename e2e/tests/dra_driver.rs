@@ -44,12 +44,15 @@ struct World {
     api: ApiServer,
     lab: SimNode,
     tmp: tempfile::TempDir,
-    rt: tokio::runtime::Runtime,
+    _rt: tokio::runtime::Runtime,
 }
 
 impl World {
     fn start(prefix: &str, fault: Option<&str>) -> World {
-        assert!(nix::unistd::geteuid().is_root(), "needs root (a simulated node)");
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root (a simulated node)"
+        );
         sim::gc().expect("gc of dead labs");
         let lab = SimNode::up(&SimSpec::new(sim::unique_name(prefix)).pfs(2).vfs(4).vfio(1))
             .unwrap_or_else(|e| panic!("lab up: {e}"));
@@ -91,11 +94,14 @@ impl World {
             api,
             lab,
             tmp,
-            rt,
+            _rt: rt,
         };
         w.kubelet
             .wait_for("the driver's registration", WAIT, |s| {
-                s.registrations.iter().any(|r| r.driver == DRIVER).then_some(())
+                s.registrations
+                    .iter()
+                    .any(|r| r.driver == DRIVER)
+                    .then_some(())
             })
             .unwrap_or_else(|e| panic!("{e}\n{}", w.daemon.log()));
         w
@@ -107,14 +113,16 @@ impl World {
 
     fn record(&self, uid: &str) -> Option<Value> {
         let p = self.tmp.path().join(format!("dra/claims/{uid}.json"));
-        std::fs::read(p).ok().map(|b| serde_json::from_slice(&b).unwrap())
+        std::fs::read(p)
+            .ok()
+            .map(|b| serde_json::from_slice(&b).unwrap())
     }
 
     fn cdi_spec(&self, uid: &str) -> Option<Value> {
         let p = self.cdi_dir().join(format!("{DRIVER}-vf_{uid}.json"));
-        std::fs::read(p)
-            .ok()
-            .map(|b| check_spec(&b).unwrap_or_else(|e| panic!("claim spec breaks the CDI rules: {e}")))
+        std::fs::read(p).ok().map(|b| {
+            check_spec(&b).unwrap_or_else(|e| panic!("claim spec breaks the CDI rules: {e}"))
+        })
     }
 
     /// Stores a claim allocated (by the "scheduler") to `results`, with `config`; its uid.
@@ -139,7 +147,11 @@ impl World {
             if let Some(v) = f() {
                 return v;
             }
-            assert!(Instant::now() < deadline, "never {what}\n{}", self.daemon.log());
+            assert!(
+                Instant::now() < deadline,
+                "never {what}\n{}",
+                self.daemon.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -150,9 +162,15 @@ fn spawn_daemon(lab: &SimNode, tmp: &Path, fault: Option<&str>) -> DaemonProcess
     args.extra = [
         "--mode=dra".to_string(),
         format!("--node-name={NODE}"),
-        format!("--dra-claims-socket={}", tmp.join("sidecar/claims.sock").display()),
+        format!(
+            "--dra-claims-socket={}",
+            tmp.join("sidecar/claims.sock").display()
+        ),
         format!("--dra-state-dir={}", tmp.join("dra").display()),
-        format!("--dra-devices-file={}", tmp.join("daemon/dra-devices.json").display()),
+        format!(
+            "--dra-devices-file={}",
+            tmp.join("daemon/dra-devices.json").display()
+        ),
         format!("--cdi-dir={}", tmp.join("cdi").display()),
     ]
     .to_vec();
@@ -176,7 +194,9 @@ fn prepare_unprepare_shared_claims_configs_and_health() {
     assert_eq!(reg.versions, ["v1.DRAPlugin", "v1beta1.DRAPlugin"]);
     assert_eq!(
         reg.endpoint,
-        w.tmp.path().join(format!("kubelet/plugins/{DRIVER}/dra.sock"))
+        w.tmp
+            .path()
+            .join(format!("kubelet/plugins/{DRIVER}/dra.sock"))
     );
     // The node's devices reach the API server as ResourceSlices through the sidecar.
     w.wait("the node's ResourceSlices", || {
@@ -203,19 +223,36 @@ fn prepare_unprepare_shared_claims_configs_and_health() {
         ]),
         &["p1"],
     );
-    let r = w.kubelet.prepare(DRIVER, vec![claim("default", "c1", &uid)]).unwrap();
+    let r = w
+        .kubelet
+        .prepare(DRIVER, vec![claim("default", "c1", &uid)])
+        .unwrap();
     let got = &r.claims[&uid];
     assert_eq!(got.error, "", "{}", w.daemon.log());
     let ids: Vec<(String, String, Vec<String>)> = got
         .devices
         .iter()
-        .map(|d| (d.request_names.join(","), d.device_name.clone(), d.cdi_device_ids.clone()))
+        .map(|d| {
+            (
+                d.request_names.join(","),
+                d.device_name.clone(),
+                d.cdi_device_ids.clone(),
+            )
+        })
         .collect();
     assert_eq!(
         ids,
         [
-            ("vf".into(), dev(&kernel), vec![format!("{DRIVER}/vf={uid}-{}", dev(&kernel))]),
-            ("dpdk".into(), dev(&vfio), vec![format!("{DRIVER}/vf={uid}-{}", dev(&vfio))]),
+            (
+                "vf".into(),
+                dev(&kernel),
+                vec![format!("{DRIVER}/vf={uid}-{}", dev(&kernel))]
+            ),
+            (
+                "dpdk".into(),
+                dev(&vfio),
+                vec![format!("{DRIVER}/vf={uid}-{}", dev(&vfio))]
+            ),
         ]
     );
     assert!(got.devices.iter().all(|d| d.pool_name == NODE));
@@ -239,34 +276,64 @@ fn prepare_unprepare_shared_claims_configs_and_health() {
         .iter()
         .map(|e| e.as_str().unwrap())
         .collect();
-    assert!(env.contains(&format!("PCIDEVICE_INTEL_COM_NET={kernel}").as_str()), "{env:?}");
-    assert!(env.contains(&format!("PCIDEVICE_INTEL_COM_DPDK={vfio}").as_str()), "{env:?}");
-    assert!(env.iter().any(|e| e.starts_with("PCIDEVICE_INTEL_COM_DPDK_INFO=")), "{env:?}");
+    assert!(
+        env.contains(&format!("PCIDEVICE_INTEL_COM_NET={kernel}").as_str()),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&format!("PCIDEVICE_INTEL_COM_DPDK={vfio}").as_str()),
+        "{env:?}"
+    );
+    assert!(
+        env.iter()
+            .any(|e| e.starts_with("PCIDEVICE_INTEL_COM_DPDK_INFO=")),
+        "{env:?}"
+    );
     let nodes = |i: usize| -> Vec<String> {
         spec["devices"][i]["containerEdits"]["deviceNodes"]
             .as_array()
-            .map(|a| a.iter().map(|n| n["path"].as_str().unwrap().to_string()).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|n| n["path"].as_str().unwrap().to_string())
+                    .collect()
+            })
             .unwrap_or_default()
     };
     // addVhostMount (from the class) gives the kernel VF vhost-net and tun; the vfio VF its group.
     assert_eq!(nodes(0), ["/dev/vhost-net", "/dev/net/tun"]);
-    assert!(nodes(1).contains(&"/dev/vfio/vfio".to_string()), "{:?}", nodes(1));
+    assert!(
+        nodes(1).contains(&"/dev/vfio/vfio".to_string()),
+        "{:?}",
+        nodes(1)
+    );
 
     // Idempotent, and through v1beta1 too; a second pod sharing the claim is recorded.
-    w.api.modify(Resource::ResourceClaims, "default", "c1", |c| {
-        c["status"]["reservedFor"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"resource": "pods", "name": "p2", "uid": "uid-p2"}));
-    });
+    w.api
+        .modify(Resource::ResourceClaims, "default", "c1", |c| {
+            c["status"]["reservedFor"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"resource": "pods", "name": "p2", "uid": "uid-p2"}));
+        });
     let again = w
         .kubelet
-        .prepare_v1beta1(DRIVER, vec![sriov_proto::dra::v1beta1::Claim { namespace: "default".into(), uid: uid.clone(), name: "c1".into() }])
+        .prepare_v1beta1(
+            DRIVER,
+            vec![sriov_proto::dra::v1beta1::Claim {
+                namespace: "default".into(),
+                uid: uid.clone(),
+                name: "c1".into(),
+            }],
+        )
         .unwrap();
     let again = &again.claims[&uid];
     assert_eq!(again.error, "");
     assert_eq!(
-        again.devices.iter().map(|d| d.cdi_device_ids.clone()).collect::<Vec<_>>(),
+        again
+            .devices
+            .iter()
+            .map(|d| d.cdi_device_ids.clone())
+            .collect::<Vec<_>>(),
         ids.iter().map(|i| i.2.clone()).collect::<Vec<_>>()
     );
     let pods: Vec<String> = w.record(&uid).unwrap()["pods"]
@@ -279,17 +346,40 @@ fn prepare_unprepare_shared_claims_configs_and_health() {
 
     // A device of a prepared claim is not given to another claim; a bad config names the field.
     let uid2 = w.claim("c2", json!([result("vf", &kernel)]), json!([]), &["p3"]);
-    let e = &w.kubelet.prepare(DRIVER, vec![claim("default", "c2", &uid2)]).unwrap().claims[&uid2];
-    assert!(e.error.contains("prepared for claim default/c1"), "{}", e.error);
+    let e = &w
+        .kubelet
+        .prepare(DRIVER, vec![claim("default", "c2", &uid2)])
+        .unwrap()
+        .claims[&uid2];
+    assert!(
+        e.error.contains("prepared for claim default/c1"),
+        "{}",
+        e.error
+    );
     let uid3 = w.claim(
         "c3",
         json!([result("vf", &vf_pci(0, 1))]),
-        json!([vf_config("FromClaim", &[], json!({"apiVersion": format!("{DRIVER}/v1alpha1"), "kind": "VfConfig", "vlan": 5000}))]),
+        json!([vf_config(
+            "FromClaim",
+            &[],
+            json!({"apiVersion": format!("{DRIVER}/v1alpha1"), "kind": "VfConfig", "vlan": 5000})
+        )]),
         &["p4"],
     );
-    let e = &w.kubelet.prepare(DRIVER, vec![claim("default", "c3", &uid3)]).unwrap().claims[&uid3];
-    assert!(e.error.contains("\"vlan\"") && e.error.contains("5000"), "{}", e.error);
-    assert!(w.record(&uid3).is_none() && w.cdi_spec(&uid3).is_none(), "nothing half-done");
+    let e = &w
+        .kubelet
+        .prepare(DRIVER, vec![claim("default", "c3", &uid3)])
+        .unwrap()
+        .claims[&uid3];
+    assert!(
+        e.error.contains("\"vlan\"") && e.error.contains("5000"),
+        "{}",
+        e.error
+    );
+    assert!(
+        w.record(&uid3).is_none() && w.cdi_spec(&uid3).is_none(),
+        "nothing half-done"
+    );
     // A uid that is not the claim's (deleted and created again) is refused by the sidecar.
     let e = &w
         .kubelet
@@ -300,12 +390,19 @@ fn prepare_unprepare_shared_claims_configs_and_health() {
 
     // Unprepare: the spec and record go; again is fine.
     for _ in 0..2 {
-        let u = w.kubelet.unprepare(DRIVER, vec![claim("default", "c1", &uid)]).unwrap();
+        let u = w
+            .kubelet
+            .unprepare(DRIVER, vec![claim("default", "c1", &uid)])
+            .unwrap();
         assert_eq!(u.claims[&uid].error, "");
         assert!(w.record(&uid).is_none() && w.cdi_spec(&uid).is_none());
     }
     // Now c2 gets the VF.
-    let ok = &w.kubelet.prepare(DRIVER, vec![claim("default", "c2", &uid2)]).unwrap().claims[&uid2];
+    let ok = &w
+        .kubelet
+        .prepare(DRIVER, vec![claim("default", "c2", &uid2)])
+        .unwrap()
+        .claims[&uid2];
     assert_eq!(ok.error, "");
 
     // Health: every device Healthy, then PF 0's VFs Unhealthy while its link is down, and back.
@@ -321,18 +418,25 @@ fn prepare_unprepare_shared_claims_configs_and_health() {
                 .filter(|h| h.len() == 8 && h.iter().all(|d| d.1 == healthy))
         })
         .unwrap();
-    let out = w.lab.ip(&["link", "set", &sim::pf_netdev(0), "down"]).unwrap();
+    let out = w
+        .lab
+        .ip(&["link", "set", &sim::pf_netdev(0), "down"])
+        .unwrap();
     assert!(out.status.success());
     let h = w
         .kubelet
         .wait_for("PF 0's VFs unhealthy", WAIT, |s| {
-            s.last_health().filter(|h| {
-                h.iter().all(|(n, s, _)| (*s == unhealthy) == pf0(n))
-            })
+            s.last_health()
+                .filter(|h| h.iter().all(|(n, s, _)| (*s == unhealthy) == pf0(n)))
         })
         .unwrap();
-    assert!(h.iter().filter(|d| pf0(&d.0)).all(|d| !d.2.is_empty()), "a reason: {h:?}");
-    w.lab.ip(&["link", "set", &sim::pf_netdev(0), "up"]).unwrap();
+    assert!(
+        h.iter().filter(|d| pf0(&d.0)).all(|d| !d.2.is_empty()),
+        "a reason: {h:?}"
+    );
+    w.lab
+        .ip(&["link", "set", &sim::pf_netdev(0), "up"])
+        .unwrap();
     w.kubelet
         .wait_for("all healthy again", WAIT, |s| {
             s.last_health().filter(|h| h.iter().all(|d| d.1 == healthy))
@@ -345,13 +449,21 @@ fn prepare_unprepare_shared_claims_configs_and_health() {
 #[test]
 fn kill_during_prepare_is_undone_at_start() {
     let mut w = World::start("dra-kill", Some("dra-hang-before-prepared"));
-    let uid = w.claim("k1", json!([result("vf", &vf_pci(0, 0))]), json!([]), &["p1"]);
-    let r = w
-        .kubelet
-        .prepare_with_timeout(DRIVER, vec![claim("default", "k1", &uid)], Duration::from_secs(2));
+    let uid = w.claim(
+        "k1",
+        json!([result("vf", &vf_pci(0, 0))]),
+        json!([]),
+        &["p1"],
+    );
+    let r = w.kubelet.prepare_with_timeout(
+        DRIVER,
+        vec![claim("default", "k1", &uid)],
+        Duration::from_secs(2),
+    );
     assert!(r.is_err(), "the fault holds the prepare: {r:?}");
     w.wait("the Preparing record and the spec", || {
-        (w.record(&uid).is_some_and(|r| r["phase"] == "Preparing") && w.cdi_spec(&uid).is_some()).then_some(())
+        (w.record(&uid).is_some_and(|r| r["phase"] == "Preparing") && w.cdi_spec(&uid).is_some())
+            .then_some(())
     });
     let pid = nix::unistd::Pid::from_raw(w.daemon.pid().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -362,9 +474,14 @@ fn kill_during_prepare_is_undone_at_start() {
     w.wait("the unfinished prepare undone", || {
         (w.record(&uid).is_none() && w.cdi_spec(&uid).is_none()).then_some(())
     });
-    assert!(w.daemon.log().contains("undid an unfinished claim preparation"));
+    assert!(w
+        .daemon
+        .log()
+        .contains("undid an unfinished claim preparation"));
     let r = w.wait("the driver serving again", || {
-        w.kubelet.prepare(DRIVER, vec![claim("default", "k1", &uid)]).ok()
+        w.kubelet
+            .prepare(DRIVER, vec![claim("default", "k1", &uid)])
+            .ok()
     });
     assert_eq!(r.claims[&uid].error, "");
     assert_eq!(w.record(&uid).unwrap()["phase"], "Prepared");

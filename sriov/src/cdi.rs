@@ -248,7 +248,11 @@ impl ContainerEdits {
         for (i, n) in self.device_nodes.iter().enumerate() {
             let field = format!("{at}.deviceNodes[{i}]");
             if !n.path.starts_with('/') {
-                return Err(invalid(format!("{field}.path"), &n.path, "must be absolute"));
+                return Err(invalid(
+                    format!("{field}.path"),
+                    &n.path,
+                    "must be absolute",
+                ));
             }
             if let Some(h) = &n.host_path {
                 if !h.starts_with('/') {
@@ -343,7 +347,8 @@ impl Spec {
                     "a device's edits must not be empty",
                 ));
             }
-            d.container_edits.validate(&format!("{at}.containerEdits"))?;
+            d.container_edits
+                .validate(&format!("{at}.containerEdits"))?;
         }
         Ok(())
     }
@@ -393,13 +398,21 @@ pub fn annotation_key(plugin: &str, device: &str) -> Result<String, CdiError> {
         return Err(invalid(field, &name, "longer than 63 characters"));
     }
     if !name.starts_with(is_alnum) || !name.ends_with(is_alnum) {
-        return Err(invalid(field, &name, "must start and end with a letter or digit"));
+        return Err(invalid(
+            field,
+            &name,
+            "must start and end with a letter or digit",
+        ));
     }
     if !name
         .chars()
         .all(|c| is_alnum(c) || matches!(c, '_' | '-' | '.'))
     {
-        return Err(invalid(field, &name, "only letters, digits, '_', '-' and '.'"));
+        return Err(invalid(
+            field,
+            &name,
+            "only letters, digits, '_', '-' and '.'",
+        ));
     }
     Ok(format!("{ANNOTATION_PREFIX}{name}"))
 }
@@ -444,7 +457,9 @@ impl SpecDir {
 
     /// The spec files whose names start with `prefix`, sorted.
     pub fn files_with_prefix(&self, prefix: &str) -> Result<Vec<String>, CdiError> {
-        self.dir.remove_stale_temps().map_err(self.file_error("."))?;
+        self.dir
+            .remove_stale_temps()
+            .map_err(self.file_error("."))?;
         Ok(self
             .dir
             .names()
@@ -491,7 +506,9 @@ mod tests {
 
     #[test]
     fn rules_name_the_field() {
-        assert!(spec("intel.com/net-pci", &["0000:3b:02.0"]).validate().is_ok());
+        assert!(spec("intel.com/net-pci", &["0000:3b:02.0"])
+            .validate()
+            .is_ok());
         let mut s = spec("intel.com/net-pci", &["0000:3b:02.0"]);
         s.cdi_version = Version::V0_4_0;
         assert_eq!(field_of(s.validate().unwrap_err()), "cdiVersion");
@@ -521,9 +538,15 @@ mod tests {
         );
         let mut s = spec("x.com/net", &["a"]);
         s.devices[0].container_edits.env = vec![];
-        assert_eq!(field_of(s.validate().unwrap_err()), "devices[0].containerEdits");
+        assert_eq!(
+            field_of(s.validate().unwrap_err()),
+            "devices[0].containerEdits"
+        );
         s.devices[0].container_edits.env = vec!["=x".into()];
-        assert_eq!(field_of(s.validate().unwrap_err()), "devices[0].containerEdits.env[0]");
+        assert_eq!(
+            field_of(s.validate().unwrap_err()),
+            "devices[0].containerEdits.env[0]"
+        );
         s.devices[0].container_edits.env = vec!["A=".into()];
         s.devices[0].container_edits.device_nodes = vec![DeviceNode {
             path: "/dev/vfio/1".into(),

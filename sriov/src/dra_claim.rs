@@ -143,7 +143,12 @@ impl VfConfig {
     }
 
     /// Parses one config's `parameters`; `driver` is ours (its name is an accepted group).
-    pub fn parse(parameters: &Value, driver: &str, claim: &str, at: &str) -> Result<VfConfig, ClaimError> {
+    pub fn parse(
+        parameters: &Value,
+        driver: &str,
+        claim: &str,
+        at: &str,
+    ) -> Result<VfConfig, ClaimError> {
         let err = |field: &str, why: String| ClaimError::Config {
             claim: claim.to_string(),
             config: at.to_string(),
@@ -154,11 +159,7 @@ impl VfConfig {
             let text = e.to_string();
             // serde names the field in "unknown field `x`" and "invalid type ... for `x`"-less
             // messages: keep its words, they name the key.
-            let field = text
-                .split('`')
-                .nth(1)
-                .unwrap_or("parameters")
-                .to_string();
+            let field = text.split('`').nth(1).unwrap_or("parameters").to_string();
             err(&field, text)
         })?;
         let group_ok = |v: &str| {
@@ -187,7 +188,10 @@ impl VfConfig {
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         if let Some(d) = &self.driver {
             if !d.is_empty() && d != "vfio-pci" {
-                return Err(("driver", format!("{d:?}: only \"\" (the kernel driver) or \"vfio-pci\"")));
+                return Err((
+                    "driver",
+                    format!("{d:?}: only \"\" (the kernel driver) or \"vfio-pci\""),
+                ));
             }
         }
         if let Some(n) = &self.if_name {
@@ -223,7 +227,10 @@ impl VfConfig {
                     .iter()
                     .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
             if !ok {
-                return Err(("mac", format!("{m:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")));
+                return Err((
+                    "mac",
+                    format!("{m:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+                ));
             }
         }
         if let Some(mtu) = self.mtu {
@@ -321,7 +328,9 @@ pub fn allocation(
     // Our configs, class ones first (the API lists them first; sorted to be sure, stable).
     let mut ours: Vec<(usize, bool, Vec<String>, VfConfig)> = Vec::new();
     for (i, c) in configs.iter().enumerate() {
-        let Some(opaque) = c.get("opaque") else { continue };
+        let Some(opaque) = c.get("opaque") else {
+            continue;
+        };
         if str_at(opaque, "driver") != Some(driver) {
             continue;
         }
@@ -329,7 +338,11 @@ pub fn allocation(
         let from_class = match source {
             "FromClass" => true,
             "FromClaim" => false,
-            other => return Err(malformed(format!("config[{i}]: source {other:?} is not FromClass or FromClaim"))),
+            other => {
+                return Err(malformed(format!(
+                    "config[{i}]: source {other:?} is not FromClass or FromClaim"
+                )))
+            }
         };
         let at = format!("config[{i}] ({source})");
         let params = opaque
@@ -339,7 +352,11 @@ pub fn allocation(
         let requests = c
             .get("requests")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|r| r.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         ours.push((i, from_class, requests, cfg));
     }
@@ -368,14 +385,12 @@ pub fn allocation(
                 config.merge(cfg);
             }
         }
-        config
-            .check()
-            .map_err(|(field, why)| ClaimError::Config {
-                claim: label.clone(),
-                config: format!("merged config of {request}"),
-                field: field.into(),
-                why,
-            })?;
+        config.check().map_err(|(field, why)| ClaimError::Config {
+            claim: label.clone(),
+            config: format!("merged config of {request}"),
+            field: field.into(),
+            why,
+        })?;
         devices.push(AllocatedDevice {
             request,
             pool: rpool,
@@ -435,7 +450,10 @@ mod tests {
         assert_eq!(c.add_vhost_mount, Some(true), "class field kept");
         assert_eq!(c.net_attach_def_namespace.as_deref(), Some("infra"));
         assert_eq!((c.vlan, c.mtu), (Some(10), Some(9000)));
-        assert_eq!(a.pods.iter().map(|p| p.uid.as_str()).collect::<Vec<_>>(), ["u1", "u2"]);
+        assert_eq!(
+            a.pods.iter().map(|p| p.uid.as_str()).collect::<Vec<_>>(),
+            ["u1", "u2"]
+        );
     }
 
     #[test]
@@ -445,13 +463,20 @@ mod tests {
                 "results": [{"request": "vf", "driver": "sriov.sriov-rs.io", "pool": "node1", "device": "d"}],
                 "config": [opaque("FromClaim", &[], params)]}}})
         };
-        let field_of = |params: Value| match allocation(&claim(), &status(params), "sriov.sriov-rs.io", "node1") {
+        let field_of = |params: Value| match allocation(
+            &claim(),
+            &status(params),
+            "sriov.sriov-rs.io",
+            "node1",
+        ) {
             Err(ClaimError::Config { field, .. }) => field,
             other => panic!("{other:?}"),
         };
         let base = |extra: Value| {
             let mut v = json!({"apiVersion": "sriov.sriov-rs.io/v1alpha1", "kind": "VfConfig"});
-            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
             v
         };
         assert_eq!(field_of(base(json!({"vlan": 5000}))), "vlan");
@@ -460,11 +485,19 @@ mod tests {
         assert_eq!(field_of(base(json!({"mac": "zz"}))), "mac");
         assert_eq!(field_of(base(json!({"mtuLock": true}))), "mtuLock");
         assert_eq!(field_of(base(json!({"ifName": "a/b"}))), "ifName");
-        assert_eq!(field_of(json!({"apiVersion": "x/v1", "kind": "VfConfig"})), "apiVersion");
+        assert_eq!(
+            field_of(json!({"apiVersion": "x/v1", "kind": "VfConfig"})),
+            "apiVersion"
+        );
         // Another node's pool is refused.
         let wrong = json!({"allocation": {"devices": {"results": [
             {"request": "vf", "driver": "sriov.sriov-rs.io", "pool": "node2", "device": "d"}]}}});
         assert!(allocation(&claim(), &wrong, "sriov.sriov-rs.io", "node1").is_err());
-        assert!(ClaimRef { uid: "../x".into(), ..claim() }.check_uid().is_err());
+        assert!(ClaimRef {
+            uid: "../x".into(),
+            ..claim()
+        }
+        .check_uid()
+        .is_err());
     }
 }

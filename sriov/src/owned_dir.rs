@@ -147,6 +147,7 @@ fn temp_name(name: &str) -> String {
 }
 
 /// The writer's PID of a temporary file name made by [`temp_name`].
+#[cfg(test)]
 fn temp_writer(file: &str) -> Option<u32> {
     temp_of(file).map(|(_, pid)| pid)
 }
@@ -609,7 +610,10 @@ mod tests {
         let other = format!(".other.json.{dead}.0123456789abcdef.tmp");
         std::fs::write(top.path().join(&other), "").unwrap();
         assert_eq!(dir.remove_stale_temps_of("r.json").unwrap(), 2);
-        assert!(dir.has_file(&other).unwrap(), "another file's temporary file is kept");
+        assert!(
+            dir.has_file(&other).unwrap(),
+            "another file's temporary file is kept"
+        );
         dir.remove(&other).unwrap();
         assert_eq!(dir.remove_stale_temps().unwrap(), 0);
         assert_eq!(

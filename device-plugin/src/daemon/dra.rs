@@ -51,7 +51,11 @@ impl DraRuntime {
             server: None,
             generation: 0,
             registered: false,
-            devices_file: DevicesFile::new(opts.devices_file.clone(), opts.driver.clone(), opts.taints),
+            devices_file: DevicesFile::new(
+                opts.devices_file.clone(),
+                opts.driver.clone(),
+                opts.taints,
+            ),
             dra_socket: kubelet_dir
                 .join("plugins")
                 .join(&opts.driver)
@@ -68,7 +72,11 @@ impl DraRuntime {
 
     /// Served and registered (readiness).
     pub(super) fn ready(&self) -> bool {
-        self.registered && self.server.as_ref().is_some_and(|s| !s.is_finished() && s.sockets_present())
+        self.registered
+            && self
+                .server
+                .as_ref()
+                .is_some_and(|s| !s.is_finished() && s.sockets_present())
     }
 }
 
@@ -81,7 +89,10 @@ impl Daemon {
             .await
             .unwrap_or(0);
         if undone > 0 {
-            tracing::warn!(undone, "DRA: claim preparations a kill cut short were undone");
+            tracing::warn!(
+                undone,
+                "DRA: claim preparations a kill cut short were undone"
+            );
         }
         self.start_dra_server().await;
     }
@@ -146,10 +157,11 @@ impl Daemon {
 
     /// Restarts the DRA servers when a socket of theirs is gone (kubelet cleaned its folders).
     pub(super) async fn check_dra_sockets(&mut self) {
-        let stale = self
-            .dra
-            .as_ref()
-            .is_some_and(|rt| rt.server.as_ref().is_none_or(|s| s.is_finished() || !s.sockets_present()));
+        let stale = self.dra.as_ref().is_some_and(|rt| {
+            rt.server
+                .as_ref()
+                .is_none_or(|s| s.is_finished() || !s.sockets_present())
+        });
         if stale {
             tracing::info!("DRA sockets gone: serving again");
             self.start_dra_server().await;
@@ -179,7 +191,10 @@ impl Daemon {
     pub(super) fn write_dra_devices(&mut self) {
         let Some(rt) = &mut self.dra else { return };
         let snapshots: Vec<_> = self.pools.values().map(|p| p.shared.current()).collect();
-        let Some(devices) = rt.devices_file.pending(&self.node, snapshots.iter().map(|s| &**s)) else {
+        let Some(devices) = rt
+            .devices_file
+            .pending(&self.node, snapshots.iter().map(|s| &**s))
+        else {
             return;
         };
         match rt.devices_file.write(devices) {
@@ -190,8 +205,12 @@ impl Daemon {
             Err(e) => {
                 self.ctx.metrics.error(ErrorKind::Dra);
                 let retry = self.sched.finish(&Job::DraDevices, false);
-                tracing::error!("DRA devices file: {e}; retrying in {:?}", retry.unwrap_or_default());
-                self.problems.set("dra devices", format!("DRA devices file: {e}"));
+                tracing::error!(
+                    "DRA devices file: {e}; retrying in {:?}",
+                    retry.unwrap_or_default()
+                );
+                self.problems
+                    .set("dra devices", format!("DRA devices file: {e}"));
             }
         }
     }

@@ -231,7 +231,12 @@ impl Daemon {
     /// A scheduled retry of a pool's server or registration.
     pub(super) async fn retry_pool(&mut self, job: Job) {
         match job {
-            Job::StartServer(name) if self.pools.get(&name).is_some_and(Self::server_needs_restart) => {
+            Job::StartServer(name)
+                if self
+                    .pools
+                    .get(&name)
+                    .is_some_and(Self::server_needs_restart) =>
+            {
                 self.restart_server(&name).await;
             }
             Job::Register(name) => {

@@ -15,11 +15,14 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 /// The claim's `status`, as the API server has it now.
 pub async fn fetch_status(socket: &Path, claim: &ClaimRef) -> Result<Value, String> {
     let ask = async {
-        let mut stream = tokio::net::UnixStream::connect(socket)
-            .await
-            .map_err(|e| format!("the claim service ({}) is not reachable: {e}", socket.display()))?;
-        let mut line = json!({"namespace": claim.namespace, "name": claim.name, "uid": claim.uid})
-            .to_string();
+        let mut stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+            format!(
+                "the claim service ({}) is not reachable: {e}",
+                socket.display()
+            )
+        })?;
+        let mut line =
+            json!({"namespace": claim.namespace, "name": claim.name, "uid": claim.uid}).to_string();
         line.push('\n');
         stream
             .write_all(line.as_bytes())

@@ -68,7 +68,12 @@ impl Dra {
                 }
             })
             .collect();
-        out.sort_by(|a, b| a.device.as_ref().map(|d| &d.device_name).cmp(&b.device.as_ref().map(|d| &d.device_name)));
+        out.sort_by(|a, b| {
+            a.device
+                .as_ref()
+                .map(|d| &d.device_name)
+                .cmp(&b.device.as_ref().map(|d| &d.device_name))
+        });
         out
     }
 }

@@ -99,7 +99,11 @@ impl Dra {
                 )
             })?;
             if let sriov::health::Health::Unhealthy(why) = &tracked.health {
-                return Err(format!("claim {}: device {} is unhealthy: {why}", claim.label(), a.device));
+                return Err(format!(
+                    "claim {}: device {} is unhealthy: {why}",
+                    claim.label(),
+                    a.device
+                ));
             }
             let pci = tracked.device.pci;
             if let Some(other) = taken.get(&pci.to_string()) {
@@ -122,7 +126,10 @@ impl Dra {
                 resource_name: pool.full_name(),
                 original_driver,
                 config: a.config.clone(),
-                cdi_device_id: cdi::qualified_name(&self.kind(), &format!("{}-{}", claim.uid, a.device)),
+                cdi_device_id: cdi::qualified_name(
+                    &self.kind(),
+                    &format!("{}-{}", claim.uid, a.device),
+                ),
             });
         }
         let mut rec = ClaimRecord {
@@ -156,7 +163,13 @@ impl Dra {
     /// PCI address → claim of every other record.
     fn devices_of_other_claims(&self, uid: &str) -> Result<BTreeMap<String, String>, String> {
         let mut out = BTreeMap::new();
-        for r in self.records.all().map_err(|e| e.to_string())?.into_iter().flatten() {
+        for r in self
+            .records
+            .all()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .flatten()
+        {
             if r.claim.uid != uid {
                 for d in &r.devices {
                     out.insert(d.pci.clone(), r.claim.label());
@@ -170,8 +183,13 @@ impl Dra {
     fn apply(&self, rec: &ClaimRecord, view: &DraView) -> Result<(), String> {
         for d in &rec.devices {
             if d.config.wants_vfio() {
-                provision::bind_driver(&self.ctx.sysfs, &pci(d)?, "vfio-pci", WaitPolicy::default())
-                    .map_err(|e| format!("binding {} to vfio-pci: {e}", d.pci))?;
+                provision::bind_driver(
+                    &self.ctx.sysfs,
+                    &pci(d)?,
+                    "vfio-pci",
+                    WaitPolicy::default(),
+                )
+                .map_err(|e| format!("binding {} to vfio-pci: {e}", d.pci))?;
             }
         }
         let spec = self.claim_spec(rec, view)?;
@@ -184,7 +202,8 @@ impl Dra {
     /// changed) and its env entry; for the whole claim, per pool, the envs Allocate gives
     /// (`PCIDEVICE_<PREFIX>_<NAME>` and `..._INFO`).
     fn claim_spec(&self, rec: &ClaimRecord, view: &DraView) -> Result<Spec, String> {
-        let mut by_pool: BTreeMap<String, (Arc<PoolSnapshot>, Vec<AllocatedDevice>)> = BTreeMap::new();
+        let mut by_pool: BTreeMap<String, (Arc<PoolSnapshot>, Vec<AllocatedDevice>)> =
+            BTreeMap::new();
         let mut devices = Vec::new();
         for d in &rec.devices {
             let (pool, tracked) = view
@@ -198,7 +217,10 @@ impl Dra {
             )
             .map_err(|e| e.to_string())?;
             if resolved.is_vfio() && resolved.iommu_group.is_none() {
-                return Err(format!("device {} is on vfio-pci without an IOMMU group", d.pci));
+                return Err(format!(
+                    "device {} is on vfio-pci without an IOMMU group",
+                    d.pci
+                ));
             }
             let vhost = pool.config.need_vhost_net() || d.config.add_vhost_mount == Some(true);
             devices.push(Device {
@@ -291,15 +313,15 @@ impl Dra {
         let mut undone = 0;
         for r in records {
             match r {
-                Ok(rec) if rec.phase != Phase::Prepared => {
-                    match self.undo(&rec) {
-                        Ok(()) => {
-                            undone += 1;
-                            tracing::warn!(claim = %rec.claim.label(), phase = ?rec.phase, "undid an unfinished claim preparation");
-                        }
-                        Err(e) => tracing::error!(claim = %rec.claim.label(), "cannot undo an unfinished preparation: {e}"),
+                Ok(rec) if rec.phase != Phase::Prepared => match self.undo(&rec) {
+                    Ok(()) => {
+                        undone += 1;
+                        tracing::warn!(claim = %rec.claim.label(), phase = ?rec.phase, "undid an unfinished claim preparation");
                     }
-                }
+                    Err(e) => {
+                        tracing::error!(claim = %rec.claim.label(), "cannot undo an unfinished preparation: {e}")
+                    }
+                },
                 Ok(_) => {}
                 Err(e) => tracing::error!("{e}"),
             }

@@ -89,7 +89,10 @@ impl Service {
         }
     }
 
-    async fn prepare(&self, req: v1::NodePrepareResourcesRequest) -> v1::NodePrepareResourcesResponse {
+    async fn prepare(
+        &self,
+        req: v1::NodePrepareResourcesRequest,
+    ) -> v1::NodePrepareResourcesResponse {
         let mut claims = std::collections::HashMap::new();
         for c in req.claims {
             let uid = c.uid.clone();
@@ -98,7 +101,10 @@ impl Service {
         v1::NodePrepareResourcesResponse { claims }
     }
 
-    async fn unprepare(&self, req: v1::NodeUnprepareResourcesRequest) -> v1::NodeUnprepareResourcesResponse {
+    async fn unprepare(
+        &self,
+        req: v1::NodeUnprepareResourcesRequest,
+    ) -> v1::NodeUnprepareResourcesResponse {
         let mut claims = std::collections::HashMap::new();
         for c in req.claims {
             let claim = ClaimRef {
@@ -164,7 +170,8 @@ impl v1beta1::dra_plugin_server::DraPlugin for Service {
     }
 }
 
-type HealthStream = Pin<Box<dyn Stream<Item = Result<hv1::NodeWatchResourcesResponse, Status>> + Send>>;
+type HealthStream =
+    Pin<Box<dyn Stream<Item = Result<hv1::NodeWatchResourcesResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl hv1::dra_resource_health_server::DraResourceHealth for Service {
@@ -190,7 +197,10 @@ impl hv1::dra_resource_health_server::DraResourceHealth for Service {
                     .iter()
                     .map(|d| {
                         (
-                            d.device.as_ref().map(|i| i.device_name.clone()).unwrap_or_default(),
+                            d.device
+                                .as_ref()
+                                .map(|i| i.device_name.clone())
+                                .unwrap_or_default(),
                             d.health,
                             d.message.clone(),
                         )
@@ -221,7 +231,10 @@ impl hv1::dra_resource_health_server::DraResourceHealth for Service {
 
 #[tonic::async_trait]
 impl reg::registration_server::Registration for Service {
-    async fn get_info(&self, _: Request<reg::InfoRequest>) -> Result<Response<reg::PluginInfo>, Status> {
+    async fn get_info(
+        &self,
+        _: Request<reg::InfoRequest>,
+    ) -> Result<Response<reg::PluginInfo>, Status> {
         Ok(Response::new(reg::PluginInfo {
             r#type: sriov_proto::dra::DRA_PLUGIN_TYPE.to_string(),
             name: self.dra.driver.clone(),
@@ -285,8 +298,12 @@ impl DraServer {
         let reg_listener = sriov_proto::bind_unix(&reg_socket)?;
         let main = tonic::transport::Server::builder()
             .add_service(v1::dra_plugin_server::DraPluginServer::new(service.clone()))
-            .add_service(v1beta1::dra_plugin_server::DraPluginServer::new(service.clone()))
-            .add_service(hv1::dra_resource_health_server::DraResourceHealthServer::new(service.clone()))
+            .add_service(v1beta1::dra_plugin_server::DraPluginServer::new(
+                service.clone(),
+            ))
+            .add_service(
+                hv1::dra_resource_health_server::DraResourceHealthServer::new(service.clone()),
+            )
             .serve_with_incoming_shutdown(
                 sriov_proto::serve_unix_incoming(dra_listener),
                 stopped(stop_rx.clone()),

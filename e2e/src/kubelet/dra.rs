@@ -103,7 +103,10 @@ impl DraKubelet {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(format!("kubelet (DRA) never saw {what}: {:?}", self.with_state(|s| format!("{s:?}"))));
+                return Err(format!(
+                    "kubelet (DRA) never saw {what}: {:?}",
+                    self.with_state(|s| format!("{s:?}"))
+                ));
             }
             let _ = self
                 .rt
@@ -140,15 +143,23 @@ impl DraKubelet {
             .endpoint(driver)
             .ok_or_else(|| tonic::Status::not_found(format!("{driver} is not registered")))?;
         self.rt.block_on(async {
-            let mut c = v1::dra_plugin_client::DraPluginClient::new(Self::channel(&endpoint).await?);
-            let r = tokio::time::timeout(timeout, c.node_prepare_resources(v1::NodePrepareResourcesRequest { claims }))
-                .await
-                .map_err(|_| tonic::Status::deadline_exceeded("NodePrepareResources"))??;
+            let mut c =
+                v1::dra_plugin_client::DraPluginClient::new(Self::channel(&endpoint).await?);
+            let r = tokio::time::timeout(
+                timeout,
+                c.node_prepare_resources(v1::NodePrepareResourcesRequest { claims }),
+            )
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("NodePrepareResources"))??;
             Ok(r.into_inner())
         })
     }
 
-    pub fn prepare(&self, driver: &str, claims: Vec<v1::Claim>) -> Result<v1::NodePrepareResourcesResponse, tonic::Status> {
+    pub fn prepare(
+        &self,
+        driver: &str,
+        claims: Vec<v1::Claim>,
+    ) -> Result<v1::NodePrepareResourcesResponse, tonic::Status> {
         self.prepare_with_timeout(driver, claims, Duration::from_secs(20))
     }
 
@@ -162,22 +173,32 @@ impl DraKubelet {
             .endpoint(driver)
             .ok_or_else(|| tonic::Status::not_found(format!("{driver} is not registered")))?;
         self.rt.block_on(async {
-            let mut c = v1beta1::dra_plugin_client::DraPluginClient::new(Self::channel(&endpoint).await?);
-            Ok(c.node_prepare_resources(v1beta1::NodePrepareResourcesRequest { claims })
-                .await?
-                .into_inner())
+            let mut c =
+                v1beta1::dra_plugin_client::DraPluginClient::new(Self::channel(&endpoint).await?);
+            Ok(
+                c.node_prepare_resources(v1beta1::NodePrepareResourcesRequest { claims })
+                    .await?
+                    .into_inner(),
+            )
         })
     }
 
-    pub fn unprepare(&self, driver: &str, claims: Vec<v1::Claim>) -> Result<v1::NodeUnprepareResourcesResponse, tonic::Status> {
+    pub fn unprepare(
+        &self,
+        driver: &str,
+        claims: Vec<v1::Claim>,
+    ) -> Result<v1::NodeUnprepareResourcesResponse, tonic::Status> {
         let endpoint = self
             .endpoint(driver)
             .ok_or_else(|| tonic::Status::not_found(format!("{driver} is not registered")))?;
         self.rt.block_on(async {
-            let mut c = v1::dra_plugin_client::DraPluginClient::new(Self::channel(&endpoint).await?);
-            Ok(c.node_unprepare_resources(v1::NodeUnprepareResourcesRequest { claims })
-                .await?
-                .into_inner())
+            let mut c =
+                v1::dra_plugin_client::DraPluginClient::new(Self::channel(&endpoint).await?);
+            Ok(
+                c.node_unprepare_resources(v1::NodeUnprepareResourcesRequest { claims })
+                    .await?
+                    .into_inner(),
+            )
         })
     }
 
@@ -194,7 +215,10 @@ impl DraState {
             devs.iter()
                 .map(|d| {
                     (
-                        d.device.as_ref().map(|i| i.device_name.clone()).unwrap_or_default(),
+                        d.device
+                            .as_ref()
+                            .map(|i| i.device_name.clone())
+                            .unwrap_or_default(),
                         d.health,
                         d.message.clone(),
                     )
@@ -237,7 +261,11 @@ async fn scan(dir: PathBuf, shared: Arc<Shared>, mut stop: watch::Receiver<bool>
     }
 }
 
-async fn register(shared: Arc<Shared>, socket: &Path, stop: watch::Receiver<bool>) -> Result<(), String> {
+async fn register(
+    shared: Arc<Shared>,
+    socket: &Path,
+    stop: watch::Receiver<bool>,
+) -> Result<(), String> {
     let channel = tokio::time::timeout(CALL_TIMEOUT, sriov_proto::connect_unix(socket))
         .await
         .map_err(|_| "connect timed out".to_string())?
@@ -255,9 +283,15 @@ async fn register(shared: Arc<Shared>, socket: &Path, stop: watch::Receiver<bool
         .iter()
         .any(|v| sriov_proto::dra::SUPPORTED_VERSIONS.contains(&v.as_str()))
     {
-        Some(format!("no supported version in {:?}", info.supported_versions))
+        Some(format!(
+            "no supported version in {:?}",
+            info.supported_versions
+        ))
     } else if !info.endpoint.starts_with('/') {
-        Some(format!("endpoint {:?} is not an absolute path", info.endpoint))
+        Some(format!(
+            "endpoint {:?} is not an absolute path",
+            info.endpoint
+        ))
     } else {
         None
     };
