@@ -44,6 +44,8 @@ pub struct NetConf {
     pub log_file: Option<PathBuf>,
     /// A pool to take a VF from when no deviceID is given.
     pub resource_name: Option<String>,
+    /// `claimName` (ours): the pod's DRA ResourceClaim whose prepared VF to take.
+    pub claim_name: Option<String>,
     /// `runtimeConfig.CNIDeviceInfoFile` (Multus): checked against the node's device-info
     /// folder before ADD writes it.
     pub device_info_file: Option<PathBuf>,
@@ -237,6 +239,7 @@ impl NetConf {
             Some(_) => return Err(bad("ipam", "must be an object")),
         };
         let resource_name = opt_str(&obj, "resourceName", "")?;
+        let claim_name = opt_str(&obj, "claimName", "")?;
         let device_info_file =
             opt_str(rc, "CNIDeviceInfoFile", "runtimeConfig.")?.map(PathBuf::from);
         Ok(NetConf {
@@ -259,6 +262,7 @@ impl NetConf {
             log_level: opt_str(&obj, "logLevel", "")?,
             log_file: opt_str(&obj, "logFile", "")?.map(PathBuf::from),
             resource_name,
+            claim_name,
             device_info_file,
             prev_result: obj.get("prevResult").cloned().filter(|v| !v.is_null()),
             raw: obj,
