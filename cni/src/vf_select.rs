@@ -1,12 +1,12 @@
 //! Which VF an ADD gets:
 //!
 //! 1. `deviceID` / `runtimeConfig.deviceID` / `pciBusID` (Multus, or a NAD naming one VF);
-//! 2. `resourceName` with `K8S_POD_NAME` and `K8S_POD_NAMESPACE`: the pod's VFs of that resource
-//!    from kubelet's pod resources API (works without Multus), the first one not yet attached;
-//! 2a. a pod (`K8S_POD_UID`) with DRA claims the node daemon prepared: the VF its record
+//! 2. a pod (`K8S_POD_UID`) with DRA claims the node daemon prepared: the VF its record
 //!    ([`sriov::dra_record`]) gives the pod, of `resourceName` and/or of the claim `claimName`
 //!    when the config names them, the first one not yet attached (works without Multus);
-//! 3. `resourceName` without Kubernetes (podman): a free VF of that pool of the device plugin
+//! 3. `resourceName` with `K8S_POD_NAME` and `K8S_POD_NAMESPACE`: the pod's VFs of that resource
+//!    from kubelet's pod resources API (works without Multus), the first one not yet attached;
+//! 4. `resourceName` without Kubernetes (podman): a free VF of that pool of the device plugin
 //!    config (the node-local `poolConfig`), claimed under its lock so parallel ADDs never pick the
 //!    same VF.
 //!
