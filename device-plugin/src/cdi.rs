@@ -221,3 +221,49 @@ pub fn allocation(
     }
     (annotations, names, problem)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::tests::{pool_with, vf};
+    use sriov::names::PciAddress;
+
+    /// Written once, not again while nothing changes; a device Allocate reads differently
+    /// (rebound to vfio-pci) rewrites it; removal takes the file.
+    #[test]
+    fn sync_writes_only_what_changed() {
+        let (tmp, mut pool, _events) = pool_with(&[vf(0), vf(1)]);
+        let dir = tmp.path().join("cdi");
+        std::sync::Arc::get_mut(&mut pool.ctx).unwrap().cdi = Some(CdiSettings {
+            dir: SpecDir::open(&dir).unwrap(),
+            version: Version::V0_5_0,
+        });
+        let file = dir.join("sriov-dp-intel.com-net-pci-net.yaml");
+        assert!(sync(&pool, &[]).unwrap());
+        assert!(!sync(&pool, &[]).unwrap(), "unchanged");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(v["devices"][1]["name"], "0000:3b:02.1");
+        let same = AllocatedDevice {
+            pci: PciAddress::parse("0000:3b:02.1").unwrap(),
+            pf_pci: PciAddress::parse("0000:3b:00.0").unwrap(),
+            driver: Some("iavf".into()),
+            iommu_group: None,
+            rdma_device: None,
+            rdma_char_devices: vec![],
+        };
+        assert!(!sync(&pool, std::slice::from_ref(&same)).unwrap());
+        let rebound = AllocatedDevice {
+            driver: Some("vfio-pci".into()),
+            iommu_group: Some(42),
+            ..same
+        };
+        assert!(sync(&pool, &[rebound]).unwrap());
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(
+            v["devices"][1]["containerEdits"]["deviceNodes"][1]["path"],
+            "/dev/vfio/42"
+        );
+        remove(&pool).unwrap();
+        assert!(!file.exists());
+    }
+}
