@@ -442,6 +442,28 @@ fn prepare_unprepare_shared_claims_configs_and_health() {
             s.last_health().filter(|h| h.iter().all(|d| d.1 == healthy))
         })
         .unwrap();
+
+    // Kubelet's registration socket removed: the driver serves and registers again.
+    let reg = w
+        .tmp
+        .path()
+        .join(format!("kubelet/plugins_registry/{DRIVER}-reg.sock"));
+    let before = w.kubelet.with_state(|s| s.registrations.len());
+    std::fs::remove_file(&reg).unwrap();
+    w.kubelet
+        .wait_for("a new registration", WAIT, |s| {
+            (s.registrations.len() > before).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.daemon.log()));
+    let ok = &w.kubelet.prepare(DRIVER, vec![claim("default", "c2", &uid2)]).unwrap().claims[&uid2];
+    assert_eq!(ok.error, "", "idempotent after the restart of the servers");
+
+    // SIGTERM: the sockets go, the prepared claims stay recorded (kubelet unprepares them).
+    let mut w = w;
+    let status = w.daemon.terminate(Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "{}", w.daemon.log());
+    assert!(!reg.exists());
+    assert_eq!(w.record(&uid2).unwrap()["phase"], "Prepared");
 }
 
 /// Killed (SIGKILL) in the middle of a prepare: the record says `Preparing` and the CDI spec is

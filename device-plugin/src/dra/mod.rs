@@ -22,6 +22,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
+/// The `health_check_timeout_seconds` sent: kubelet marks a device Unknown when its last
+/// update is older.
+pub const HEALTH_TIMEOUT_SECONDS: i64 = 60;
+/// How often the whole health list is sent again when nothing changed.
+pub const HEALTH_RESEND: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// What the DRA services read: the pools as they are now.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct DraView {
@@ -62,8 +68,8 @@ impl Dra {
                     }),
                     health: health as i32,
                     last_updated_time: now,
-                    // Event-driven: no polling period to wait out.
-                    health_check_timeout_seconds: 0,
+                    // Health is event-driven; the list is sent again well within this.
+                    health_check_timeout_seconds: HEALTH_TIMEOUT_SECONDS,
                     message,
                 }
             })

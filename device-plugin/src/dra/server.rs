@@ -177,7 +177,9 @@ type HealthStream =
 impl hv1::dra_resource_health_server::DraResourceHealth for Service {
     type NodeWatchResourcesStream = HealthStream;
 
-    /// The full list first, then the full list again whenever a device's health changes.
+    /// The full list first, then the full list again whenever a device's health changes, and
+    /// every [`super::HEALTH_RESEND`] anyway: kubelet takes a device whose last update is older
+    /// than its `health_check_timeout_seconds` for Unknown.
     async fn node_watch_resources(
         &self,
         _: Request<hv1::NodeWatchResourcesRequest>,
@@ -190,6 +192,7 @@ impl hv1::dra_resource_health_server::DraResourceHealth for Service {
             let mut last: Option<Vec<(String, i32, String)>> = None;
             let stop = stopped(stop);
             tokio::pin!(stop);
+            let mut resend = false;
             loop {
                 let current = view.borrow_and_update().clone();
                 let devices = dra.health(&current, unix_now());
@@ -206,7 +209,7 @@ impl hv1::dra_resource_health_server::DraResourceHealth for Service {
                         )
                     })
                     .collect();
-                if last.as_ref() != Some(&key) {
+                if resend || last.as_ref() != Some(&key) {
                     if tx
                         .send(Ok(hv1::NodeWatchResourcesResponse { devices }))
                         .await
@@ -216,8 +219,10 @@ impl hv1::dra_resource_health_server::DraResourceHealth for Service {
                     }
                     last = Some(key);
                 }
+                resend = false;
                 tokio::select! {
                     changed = view.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(super::HEALTH_RESEND) => resend = true,
                     _ = &mut stop => return,
                     _ = tx.closed() => return,
                 }

@@ -235,17 +235,22 @@ impl Drop for DraKubelet {
 }
 
 async fn scan(dir: PathBuf, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut seen: BTreeSet<PathBuf> = BTreeSet::new();
+    // By inode too: a socket removed and bound again between two scans is a new one.
+    let mut seen: BTreeSet<(PathBuf, u64)> = BTreeSet::new();
     loop {
-        let now: BTreeSet<PathBuf> = std::fs::read_dir(&dir)
+        let now: BTreeSet<(PathBuf, u64)> = std::fs::read_dir(&dir)
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .map(|e| e.path())
                     .filter(|p| p.to_string_lossy().ends_with("-reg.sock"))
+                    .filter_map(|p| {
+                        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&p).ok()?);
+                        Some((p, ino))
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        for path in now.difference(&seen) {
+        for (path, _) in now.difference(&seen) {
             let (shared, path, stop) = (shared.clone(), path.clone(), stop.clone());
             tokio::spawn(async move {
                 if let Err(e) = register(shared.clone(), &path, stop).await {
