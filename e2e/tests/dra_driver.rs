@@ -96,6 +96,10 @@ impl World {
             tmp,
             _rt: rt,
         };
+        let socket = w.tmp.path().join("sidecar/claims.sock");
+        w.wait("the sidecar's claim service", || {
+            socket.exists().then_some(())
+        });
         w.kubelet
             .wait_for("the driver's registration", WAIT, |s| {
                 s.registrations
@@ -455,7 +459,11 @@ fn prepare_unprepare_shared_claims_configs_and_health() {
             (s.registrations.len() > before).then_some(())
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", w.daemon.log()));
-    let ok = &w.kubelet.prepare(DRIVER, vec![claim("default", "c2", &uid2)]).unwrap().claims[&uid2];
+    let ok = &w
+        .kubelet
+        .prepare(DRIVER, vec![claim("default", "c2", &uid2)])
+        .unwrap()
+        .claims[&uid2];
     assert_eq!(ok.error, "", "idempotent after the restart of the servers");
 
     // SIGTERM: the sockets go, the prepared claims stay recorded (kubelet unprepares them).
