@@ -516,3 +516,125 @@ fn kill_during_prepare_is_undone_at_start() {
     assert_eq!(r.claims[&uid].error, "");
     assert_eq!(w.record(&uid).unwrap()["phase"], "Prepared");
 }
+
+/// Plays the kernel's PCI core for driver binds on the simulated tree: a write of a device's
+/// address to `bus/pci/drivers_probe` binds it to its `driver_override` (the `driver` link; a
+/// vfio-pci device gets IOMMU group 900 and `/dev/vfio/900`). Stops when dropped.
+struct BindEmulator {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BindEmulator {
+    fn start(lab: &SimNode, pcis: &[String]) -> BindEmulator {
+        let sys = lab.sysfs_root().to_path_buf();
+        let dev = lab.paths().dev();
+        std::fs::write(sys.join("bus/pci/drivers_probe"), "").unwrap();
+        for pci in pcis {
+            std::fs::write(
+                sys.join("bus/pci/devices")
+                    .join(pci)
+                    .join("driver_override"),
+                "",
+            )
+            .unwrap();
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let probe = sys.join("bus/pci/drivers_probe");
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let pci = std::fs::read_to_string(&probe).unwrap_or_default();
+                let pci = pci.trim();
+                if !pci.is_empty() {
+                    let dir = sys.join("bus/pci/devices").join(pci);
+                    let driver = std::fs::read_to_string(dir.join("driver_override")).unwrap();
+                    let driver = driver.trim();
+                    let _ = std::fs::remove_file(dir.join("driver"));
+                    std::os::unix::fs::symlink(
+                        format!("../../../bus/pci/drivers/{driver}"),
+                        dir.join("driver"),
+                    )
+                    .unwrap();
+                    if driver == "vfio-pci" && !dir.join("iommu_group").exists() {
+                        std::fs::create_dir_all(sys.join("kernel/iommu_groups/900/devices"))
+                            .unwrap();
+                        let _ = std::os::unix::fs::symlink(
+                            "../../../kernel/iommu_groups/900",
+                            dir.join("iommu_group"),
+                        );
+                        std::fs::write(dev.join("vfio/900"), "").unwrap();
+                    }
+                    std::fs::write(&probe, "").unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        BindEmulator {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for BindEmulator {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `driver: vfio-pci` binds a kernel VF to vfio-pci at prepare (its VFIO nodes in the claim's
+/// spec) and back to its driver at unprepare.
+#[test]
+fn vfio_pci_config_binds_and_unprepare_gives_the_driver_back() {
+    let w = World::start("dra-vfio", None);
+    let pci = vf_pci(0, 1);
+    let _kernel = BindEmulator::start(&w.lab, std::slice::from_ref(&pci));
+    let driver = || {
+        std::fs::read_link(
+            w.lab
+                .sysfs_root()
+                .join("bus/pci/devices")
+                .join(&pci)
+                .join("driver"),
+        )
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+    };
+    assert_eq!(driver(), "iavf");
+    let uid = w.claim(
+        "v1",
+        json!([result("vf", &pci)]),
+        json!([vf_config("FromClaim", &[], json!({"apiVersion": format!("{DRIVER}/v1alpha1"), "kind": "VfConfig", "driver": "vfio-pci"}))]),
+        &["p1"],
+    );
+    let r = w
+        .kubelet
+        .prepare(DRIVER, vec![claim("default", "v1", &uid)])
+        .unwrap();
+    assert_eq!(r.claims[&uid].error, "", "{}", w.daemon.log());
+    assert_eq!(driver(), "vfio-pci");
+    let rec = w.record(&uid).unwrap();
+    assert_eq!(rec["devices"][0]["originalDriver"], "iavf");
+    let spec = w.cdi_spec(&uid).unwrap();
+    let nodes: Vec<&str> = spec["devices"][0]["containerEdits"]["deviceNodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["/dev/vfio/vfio", "/dev/vfio/900"]);
+    let u = w
+        .kubelet
+        .unprepare(DRIVER, vec![claim("default", "v1", &uid)])
+        .unwrap();
+    assert_eq!(u.claims[&uid].error, "");
+    assert_eq!(driver(), "iavf", "the driver it had");
+    assert!(w.record(&uid).is_none() && w.cdi_spec(&uid).is_none());
+}
