@@ -384,6 +384,37 @@ fn prepare_unprepare_shared_claims_configs_and_health() {
         w.record(&uid3).is_none() && w.cdi_spec(&uid3).is_none(),
         "nothing half-done"
     );
+    // Both outcomes reach the claims' status.devices[].conditions through the sidecar.
+    let conditions = |name: &str| -> Vec<(String, String, String)> {
+        w.api
+            .get(Resource::ResourceClaims, "default", name)
+            .and_then(|c| c["status"]["devices"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|d| {
+                let c = &d["conditions"][0];
+                (
+                    d["device"].as_str().unwrap_or("").to_string(),
+                    c["reason"].as_str().unwrap_or("").to_string(),
+                    c["message"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let c3 = w.wait("c3's failure on the claim", || {
+        let c = conditions("c3");
+        (!c.is_empty()).then_some(c)
+    });
+    assert_eq!(
+        (c3[0].0.as_str(), c3[0].1.as_str()),
+        (dev(&vf_pci(0, 1)).as_str(), "PrepareFailed")
+    );
+    assert!(c3[0].2.contains("\"vlan\""), "{c3:?}");
+    let c1 = w.wait("c1's devices ready on the claim", || {
+        let c = conditions("c1");
+        (c.len() == 2).then_some(c)
+    });
+    assert!(c1.iter().all(|c| c.1 == "Prepared"), "{c1:?}");
     // A uid that is not the claim's (deleted and created again) is refused by the sidecar.
     let e = &w
         .kubelet

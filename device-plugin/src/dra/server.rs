@@ -54,9 +54,11 @@ impl Service {
             name: c.name,
             uid: c.uid,
         };
+        let mut fetched = None;
         let result = async {
             claim.check_uid().map_err(|e| e.to_string())?;
             let status = super::claims::fetch_status(&self.dra.claims_socket, &claim).await?;
+            fetched = Some(status.clone());
             let dra = self.dra.clone();
             let claim2 = claim.clone();
             tokio::task::spawn_blocking(move || dra.prepare(&claim2, &status))
@@ -64,6 +66,27 @@ impl Service {
                 .map_err(|e| format!("prepare ended: {e}"))?
         }
         .await;
+        if let Some(status) = fetched {
+            // The outcome on the claim, per device (`status.devices[].conditions`), through the
+            // sidecar; kubelet's answer does not wait for it.
+            let error = result.as_ref().err().map(String::as_str);
+            let devices = super::claims::device_statuses(
+                &status,
+                &self.dra.driver,
+                error,
+                &super::claims::rfc3339_now(),
+            );
+            if !devices.is_empty() {
+                let (socket, claim) = (self.dra.claims_socket.clone(), claim.clone());
+                let metrics = self.dra.ctx.metrics.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = super::claims::report(&socket, &claim, devices).await {
+                        metrics.error(crate::metrics::ErrorKind::Dra);
+                        tracing::warn!(claim = %claim.label(), "cannot report to the claim: {e}");
+                    }
+                });
+            }
+        }
         match result {
             Ok(devices) => v1::NodePrepareResourceResponse {
                 devices: devices

@@ -235,17 +235,19 @@ impl Drop for DraKubelet {
 }
 
 async fn scan(dir: PathBuf, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    // By inode too: a socket removed and bound again between two scans is a new one.
-    let mut seen: BTreeSet<(PathBuf, u64)> = BTreeSet::new();
+    // By inode and change time too: a socket removed and bound again between two scans is a
+    // new one (its inode number may well be the old one's).
+    let mut seen: BTreeSet<(PathBuf, (u64, i64, i64))> = BTreeSet::new();
     loop {
-        let now: BTreeSet<(PathBuf, u64)> = std::fs::read_dir(&dir)
+        let now: BTreeSet<(PathBuf, (u64, i64, i64))> = std::fs::read_dir(&dir)
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .map(|e| e.path())
                     .filter(|p| p.to_string_lossy().ends_with("-reg.sock"))
                     .filter_map(|p| {
-                        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&p).ok()?);
-                        Some((p, ino))
+                        use std::os::unix::fs::MetadataExt;
+                        let m = std::fs::metadata(&p).ok()?;
+                        Some((p, (m.ino(), m.ctime(), m.ctime_nsec())))
                     })
                     .collect()
             })
