@@ -168,14 +168,14 @@ impl Daemon {
         }
     }
 
-    /// Publishes the pools to the DRA services (health streams wake up) and schedules the
-    /// devices file.
+    /// Publishes the pools to the DRA services (health streams wake up when they changed) and
+    /// schedules the devices file.
     pub(super) fn dra_publish(&mut self) {
         let Some(rt) = &self.dra else { return };
         let view = DraView {
             pools: self.pools.values().map(|p| p.shared.current()).collect(),
         };
-        let changed = rt.view.send_if_modified(|v| {
+        rt.view.send_if_modified(|v| {
             if **v != view {
                 *v = Arc::new(view);
                 true
@@ -183,7 +183,9 @@ impl Daemon {
                 false
             }
         });
-        if changed && self.sched.failures(&Job::DraDevices) == 0 {
+        // Also when the pools are the same: attributes (MTU, driver) come from discovery too;
+        // the job writes only what differs from the file.
+        if self.sched.failures(&Job::DraDevices) == 0 {
             self.sched.schedule(Job::DraDevices, DRA_DEVICES_DEBOUNCE);
         }
     }
