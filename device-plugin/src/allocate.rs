@@ -105,6 +105,13 @@ pub fn plan(
                 reason: why.to_string(),
             });
         }
+        if ctx.dra_prepared.borrow().contains(&tracked.device.pci) {
+            return Err(AllocateError::Unhealthy {
+                pool: pool.clone(),
+                id: id.clone(),
+                reason: "it is prepared for a DRA claim".into(),
+            });
+        }
         let d = devinfo::resolve(&ctx.sysfs, tracked.device.pci, tracked.device.pf_pci, rdma)
             .map_err(AllocateError::Resolve)?;
         if d.is_vfio() && d.iommu_group.is_none() {

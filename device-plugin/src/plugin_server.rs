@@ -67,6 +67,7 @@ impl dp::device_plugin_server::DevicePlugin for PluginService {
         _: Request<dp::Empty>,
     ) -> Result<Response<Self::ListAndWatchStream>, Status> {
         let mut snapshots = self.pool.snapshot.clone();
+        let mut prepared = self.pool.ctx.dra_prepared.subscribe();
         let stop = self.stop.clone();
         let pool = self.pool.clone();
         let (tx, rx) = mpsc::channel(4);
@@ -75,7 +76,9 @@ impl dp::device_plugin_server::DevicePlugin for PluginService {
             let stop = stopped(stop);
             tokio::pin!(stop);
             loop {
-                let response = snapshots.borrow_and_update().list_response();
+                let response = snapshots
+                    .borrow_and_update()
+                    .list_response(&prepared.borrow_and_update());
                 if last.as_ref() != Some(&response) {
                     if tx.send(Ok(response.clone())).await.is_err() {
                         return;
@@ -85,6 +88,7 @@ impl dp::device_plugin_server::DevicePlugin for PluginService {
                 }
                 tokio::select! {
                     changed = snapshots.changed() => if changed.is_err() { return },
+                    changed = prepared.changed() => if changed.is_err() { return },
                     _ = &mut stop => return,
                     _ = tx.closed() => return,
                 }

@@ -5,6 +5,7 @@ use crate::daemon::Event;
 use crate::metrics::{ErrorKind, Metrics};
 use sriov::config::ResourceConfig;
 use sriov::health::{Health, TrackedDevice};
+use sriov::names::PciAddress;
 use sriov::sysfs::Sysfs;
 use sriov_proto::deviceplugin::v1beta1 as dp;
 use std::collections::BTreeSet;
@@ -45,17 +46,19 @@ impl PoolSnapshot {
         (healthy, self.devices.len() as u64 - healthy)
     }
 
-    /// What ListAndWatch sends: every device, its health and (unless `excludeTopology`) its NUMA
-    /// node.
-    pub fn list_response(&self) -> dp::ListAndWatchResponse {
+    /// What ListAndWatch sends: every device, its health (Unhealthy too when it is prepared for
+    /// a DRA claim, one of `dra_prepared`) and (unless `excludeTopology`) its NUMA node.
+    pub fn list_response(&self, dra_prepared: &BTreeSet<PciAddress>) -> dp::ListAndWatchResponse {
         let devices = self
             .devices
             .iter()
             .map(|t| dp::Device {
                 id: t.device.pci.to_string(),
                 health: match t.health {
-                    Health::Healthy => sriov_proto::HEALTHY,
-                    Health::Unhealthy(_) => sriov_proto::UNHEALTHY,
+                    Health::Healthy if !dra_prepared.contains(&t.device.pci) => {
+                        sriov_proto::HEALTHY
+                    }
+                    _ => sriov_proto::UNHEALTHY,
                 }
                 .to_string(),
                 topology: match (self.config.exclude_topology, t.device.numa_node) {
@@ -80,6 +83,9 @@ pub struct Context {
     pub events: mpsc::UnboundedSender<Event>,
     /// `--use-cdi`: where pool specs go.
     pub cdi: Option<crate::cdi::CdiSettings>,
+    /// Devices prepared for DRA claims (`--mode both`): Unhealthy at the device plugin, never
+    /// allocated by it.
+    pub dra_prepared: watch::Sender<BTreeSet<PciAddress>>,
 }
 
 /// A pool's live state shared between the daemon (writer) and its plugin servers (readers).
@@ -205,6 +211,7 @@ pub(crate) mod tests {
             metrics: Arc::new(Metrics::default()),
             events,
             cdi: None,
+            dra_prepared: watch::channel(BTreeSet::new()).0,
         });
         let (_tx, snapshot) = watch::channel(Arc::new(snapshot));
         let pool = PoolShared {

@@ -49,6 +49,10 @@ struct World {
 
 impl World {
     fn start(prefix: &str, fault: Option<&str>) -> World {
+        World::start_in(prefix, fault, "dra")
+    }
+
+    fn start_in(prefix: &str, fault: Option<&str>, mode: &str) -> World {
         assert!(
             nix::unistd::geteuid().is_root(),
             "needs root (a simulated node)"
@@ -86,7 +90,7 @@ impl World {
             .unwrap();
         let kubelet = DraKubelet::start(&tmp.path().join("kubelet")).unwrap();
         std::fs::write(tmp.path().join("config.json"), POOLS).unwrap();
-        let daemon = spawn_daemon(&lab, tmp.path(), fault);
+        let daemon = spawn_daemon(&lab, tmp.path(), fault, mode);
         let w = World {
             daemon,
             kubelet,
@@ -161,10 +165,11 @@ impl World {
     }
 }
 
-fn spawn_daemon(lab: &SimNode, tmp: &Path, fault: Option<&str>) -> DaemonProcess {
+fn spawn_daemon(lab: &SimNode, tmp: &Path, fault: Option<&str>, mode: &str) -> DaemonProcess {
     let mut args = DaemonArgs::on_lab(lab, tmp, tmp.join("config.json"));
     args.extra = [
-        "--mode=dra".to_string(),
+        format!("--mode={mode}"),
+        "--registration=kubelet-socket".to_string(),
         format!("--node-name={NODE}"),
         format!(
             "--dra-claims-socket={}",
@@ -531,7 +536,7 @@ fn kill_during_prepare_is_undone_at_start() {
     w.daemon.terminate(Duration::from_secs(5));
     assert!(w.record(&uid).is_some(), "a kill leaves the record");
 
-    w.daemon = spawn_daemon(&w.lab, w.tmp.path(), None);
+    w.daemon = spawn_daemon(&w.lab, w.tmp.path(), None, "dra");
     w.wait("the unfinished prepare undone", || {
         (w.record(&uid).is_none() && w.cdi_spec(&uid).is_none()).then_some(())
     });
@@ -668,4 +673,52 @@ fn vfio_pci_config_binds_and_unprepare_gives_the_driver_back() {
     assert_eq!(u.claims[&uid].error, "");
     assert_eq!(driver(), "iavf", "the driver it had");
     assert!(w.record(&uid).is_none() && w.cdi_spec(&uid).is_none());
+}
+
+/// `--mode both`: the same pools as device plugins and through DRA; a VF prepared for a claim is
+/// Unhealthy at the device plugin and its Allocate refused, until the claim is unprepared.
+#[test]
+fn both_modes_never_hand_out_a_prepared_vf_twice() {
+    let w = World::start_in("dra-both", None, "both");
+    let dp = sriov_e2e::kubelet::KubeletEmulator::start(
+        &w.tmp.path().join("kubelet"),
+        sriov_e2e::kubelet::RegistrationMode::KubeletSocket,
+    )
+    .unwrap();
+    let pci = vf_pci(0, 0);
+    let health_of = |devices: &[sriov_proto::deviceplugin::v1beta1::Device]| {
+        devices
+            .iter()
+            .find(|d| d.id == pci)
+            .map(|d| d.health.clone())
+    };
+    dp.wait_devices("intel.com/net", WAIT, |d| {
+        d.len() == 6 && health_of(d).as_deref() == Some(sriov_proto::HEALTHY)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", w.daemon.log()));
+    let uid = w.claim("b1", json!([result("vf", &pci)]), json!([]), &["p1"]);
+    let r = w
+        .kubelet
+        .prepare(DRIVER, vec![claim("default", "b1", &uid)])
+        .unwrap();
+    assert_eq!(r.claims[&uid].error, "");
+    dp.wait_devices("intel.com/net", WAIT, |d| {
+        health_of(d).as_deref() == Some(sriov_proto::UNHEALTHY)
+    })
+    .unwrap();
+    let e = dp
+        .allocate("intel.com/net", std::slice::from_ref(&pci))
+        .unwrap_err();
+    assert!(e.message().contains("DRA claim"), "{e:?}");
+    let u = w
+        .kubelet
+        .unprepare(DRIVER, vec![claim("default", "b1", &uid)])
+        .unwrap();
+    assert_eq!(u.claims[&uid].error, "");
+    dp.wait_devices("intel.com/net", WAIT, |d| {
+        health_of(d).as_deref() == Some(sriov_proto::HEALTHY)
+    })
+    .unwrap();
+    dp.allocate("intel.com/net", std::slice::from_ref(&pci))
+        .unwrap();
 }

@@ -173,6 +173,7 @@ impl Daemon {
     pub(super) fn dra_publish(&mut self) {
         let Some(rt) = &self.dra else { return };
         let view = DraView {
+            ready: self.discovered,
             pools: self.pools.values().map(|p| p.shared.current()).collect(),
         };
         rt.view.send_if_modified(|v| {

@@ -217,6 +217,7 @@ impl Daemon {
             metrics: Arc::new(Metrics::default()),
             events: tx.clone(),
             cdi,
+            dra_prepared: watch::channel(Default::default()).0,
         });
         let mtu_locks =
             crate::mtu_locks::MtuLocks::new(&opts.cni_state_dir, ctx.metrics.clone(), tx.clone());

@@ -31,6 +31,8 @@ pub const HEALTH_RESEND: std::time::Duration = std::time::Duration::from_secs(20
 /// What the DRA services read: the pools as they are now.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct DraView {
+    /// The first discovery was applied (before it, no pool holds any device).
+    pub ready: bool,
     pub pools: Vec<Arc<PoolSnapshot>>,
 }
 

@@ -47,12 +47,41 @@ impl Dra {
         format!("{}/{CLAIM_CDI_CLASS}", self.driver)
     }
 
+    /// Tells the device plugin side which devices DRA claims hold now (every record's).
+    fn publish_prepared(&self) {
+        let mut set = std::collections::BTreeSet::new();
+        if let Ok(all) = self.records.all() {
+            for r in all.into_iter().flatten() {
+                set.extend(
+                    r.devices
+                        .iter()
+                        .filter_map(|d| PciAddress::parse(&d.pci).ok()),
+                );
+            }
+        }
+        self.ctx.dra_prepared.send_if_modified(|s| {
+            let changed = *s != set;
+            *s = set;
+            changed
+        });
+    }
+
     /// Prepares `claim` whose `status` the API server gave; returns its devices (with their
     /// CDI device IDs). Idempotent: a prepared claim answers from its record (its consumers
     /// refreshed: a claim shared by several pods is prepared once).
     pub fn prepare(&self, claim: &ClaimRef, status: &Value) -> Result<Vec<PreparedDevice>, String> {
         claim.check_uid().map_err(|e| e.to_string())?;
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.prepare_locked(claim, status);
+        self.publish_prepared();
+        result
+    }
+
+    fn prepare_locked(
+        &self,
+        claim: &ClaimRef,
+        status: &Value,
+    ) -> Result<Vec<PreparedDevice>, String> {
         let alloc = dra_claim::allocation(claim, status, &self.driver, &self.node_name)
             .map_err(|e| e.to_string())?;
         let records = &self.records;
@@ -139,8 +168,9 @@ impl Dra {
             pods: alloc.pods,
             cdi_file: claim_cdi_file(&self.driver, &claim.uid),
         };
-        // Before anything changes.
+        // Before anything changes; from now on the device plugin side no longer offers them.
         records.write(&rec).map_err(|e| e.to_string())?;
+        self.publish_prepared();
         match self.apply(&rec, &view) {
             Ok(()) => {}
             Err(e) => {
@@ -264,7 +294,9 @@ impl Dra {
         };
         rec.phase = Phase::Unpreparing;
         self.records.write(&rec).map_err(|e| e.to_string())?;
-        self.undo(&rec)?;
+        let undone = self.undo(&rec);
+        self.publish_prepared();
+        undone?;
         tracing::info!(claim = %claim.label(), "claim unprepared");
         Ok(())
     }
@@ -326,6 +358,7 @@ impl Dra {
                 Err(e) => tracing::error!("{e}"),
             }
         }
+        self.publish_prepared();
         undone
     }
 }

@@ -57,6 +57,12 @@ impl Service {
         let mut fetched = None;
         let result = async {
             claim.check_uid().map_err(|e| e.to_string())?;
+            // Right after a start, kubelet may ask before the first discovery is in.
+            let mut view = self.dra.view.clone();
+            tokio::time::timeout(Duration::from_secs(10), view.wait_for(|v| v.ready))
+                .await
+                .map_err(|_| "the node's devices are not discovered yet".to_string())?
+                .map_err(|_| "the daemon is stopping".to_string())?;
             let status = super::claims::fetch_status(&self.dra.claims_socket, &claim).await?;
             fetched = Some(status.clone());
             let dra = self.dra.clone();
