@@ -212,7 +212,7 @@ fn claim_from_pool(ctx: &Ctx, resource: &str) -> Result<(PciAddress, VfLock), Cn
     use sriov::config::{Config, DEFAULT_RESOURCE_PREFIX};
     let config = Config::load(pool_config, DEFAULT_RESOURCE_PREFIX)
         .map_err(|e| CniError::config(format!("poolConfig: {e}")))?;
-    let node = sriov::discovery::Node::discover(sysfs, &sriov::pools::discovery_options(&config))
+    let node = sriov::pools::discover_for(sysfs, &config, None)
         .map_err(|e| CniError::new(ErrorCode::Io, format!("sysfsRoot: {e}")))?;
     let pools = sriov::pools::assign(&config, &node, DEFAULT_RESOURCE_PREFIX, &[]);
     let pool = pools

@@ -63,7 +63,7 @@ fn default_values_render_the_daemon_set_and_least_privilege() {
             ("DaemonSet", 1)
         ])
     );
-    check_rbac(&objs, "sriov-rs", "sriov-rs");
+    check_rbac(&objs, "sriov-rs", "sriov-rs", false);
     let ds = objs.daemon_set("sriov-rs");
     check_daemon_set(ds, &default_expect());
     let pod = ds.spec.template.spec.as_ref().unwrap();
@@ -187,7 +187,7 @@ fn full_values_change_everything_they_name() {
             ("CustomResourceDefinition", 1),
         ])
     );
-    check_rbac(&objs, "net-system", "rel-sriov-rs");
+    check_rbac(&objs, "net-system", "rel-sriov-rs", false);
 
     let ns = &objs.namespaces[0];
     assert_eq!(ns.metadata.name.as_deref(), Some("net-system"));
@@ -373,4 +373,254 @@ fn full_values_change_everything_they_name() {
     assert_eq!(nads[1].metadata.namespace.as_deref(), Some("net-system"));
     assert_eq!(dpdk["cniVersion"], "1.1.0", "a value overrides the default");
     assert_eq!(dpdk["trust"], "on");
+}
+
+/// `dra.mode=both` with CDI: the daemon serves DRA too (its flags, the node name, the kubelet
+/// plugins folder, the CDI folder, the prepared claims on the host), the sidecar publishes the
+/// slices and serves the claim service on a socket in a volume of its own, the CNI's settings
+/// name the claims folder, the ClusterRole grants exactly the DRA driver's API calls, a policy
+/// confines them to the node (its CEL evaluated), and the DeviceClasses select our driver.
+#[test]
+fn dra_mode_serves_the_driver_with_node_confined_rbac_and_device_classes() {
+    let yaml = helm_ok(&[
+        "template",
+        "sriov-rs",
+        CHART,
+        "--namespace",
+        "sriov-rs",
+        "--set",
+        "dra.mode=both",
+        "--set",
+        "cdi.enabled=true",
+        "--set-json",
+        r#"dra.deviceClasses=[{"name":"sriov-vf"},{"name":"sriov-dpdk","resourceName":"intel.com/sriov_dpdk","config":{"driver":"vfio-pci","vlan":100}}]"#,
+    ]);
+    let objs = parse_stream(&yaml, "helm template (dra)");
+    assert_eq!(
+        objs.kinds(),
+        kinds(&[
+            ("ServiceAccount", 1),
+            ("ClusterRole", 1),
+            ("ClusterRoleBinding", 1),
+            ("ValidatingAdmissionPolicy", 2),
+            ("ValidatingAdmissionPolicyBinding", 2),
+            ("ConfigMap", 1),
+            ("DaemonSet", 1),
+            ("DeviceClass", 2),
+        ])
+    );
+    check_rbac(&objs, "sriov-rs", "sriov-rs", true);
+
+    let spec = objs
+        .daemon_set("sriov-rs")
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    let daemon = &spec.containers[0];
+    let sidecar = spec
+        .containers
+        .iter()
+        .find(|c| c.name == "node-state")
+        .unwrap();
+    let args = daemon.args.clone().unwrap();
+    for want in [
+        "--mode=both",
+        "--dra-driver-name=sriov.sriov-rs.io",
+        "--dra-state-dir=/run/sriov-rs/dra",
+        "--dra-devices-file=/run/sriov-rs/daemon/dra-devices.json",
+        "--dra-claims-socket=/run/sriov-rs/node-state/claims.sock",
+        "--use-cdi",
+        "--cdi-dir=/var/run/cdi",
+        "--cdi-spec-version=0.5.0",
+    ] {
+        assert!(
+            args.iter().any(|a| a == want),
+            "daemon misses {want}: {args:?}"
+        );
+    }
+    let node_env = daemon
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == "NODE_NAME");
+    assert_eq!(
+        node_env
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str()),
+        Some("spec.nodeName")
+    );
+    let sargs = sidecar.args.clone().unwrap();
+    for want in [
+        "--dra-devices-file=/run/sriov-rs/daemon/dra-devices.json",
+        "--dra-claims-socket=/run/sriov-rs/node-state/claims.sock",
+    ] {
+        assert!(
+            sargs.iter().any(|a| a == want),
+            "sidecar misses {want}: {sargs:?}"
+        );
+    }
+    // Where each container sees which volume, and whether it may write there.
+    let mounts = |c: &k8s_openapi::api::core::v1::Container| -> Vec<(String, String, bool)> {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    m.mount_path.clone(),
+                    m.read_only == Some(true),
+                )
+            })
+            .collect()
+    };
+    let host_path = |name: &str| {
+        let v = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .unwrap();
+        v.host_path.as_ref().map(|h| h.path.clone())
+    };
+    let dm = mounts(daemon);
+    for (name, path, host) in [
+        (
+            "kubelet-plugins",
+            "/var/lib/kubelet/plugins",
+            Some("/var/lib/kubelet/plugins"),
+        ),
+        ("dra-state", "/run/sriov-rs/dra", Some("/run/sriov-rs/dra")),
+        ("cdi", "/var/run/cdi", Some("/var/run/cdi")),
+        ("dra-claims", "/run/sriov-rs/node-state", None),
+    ] {
+        assert!(
+            dm.contains(&(name.to_string(), path.to_string(), false)),
+            "daemon mounts {name} at {path}: {dm:?}"
+        );
+        assert_eq!(host_path(name).as_deref(), host, "{name}");
+    }
+    let sm = mounts(sidecar);
+    assert!(
+        sm.contains(&(
+            "dra-claims".into(),
+            "/run/sriov-rs/node-state".into(),
+            false
+        )),
+        "the sidecar creates its socket in its own writable volume: {sm:?}"
+    );
+    assert!(
+        sm.contains(&("node-state".into(), "/run/sriov-rs".into(), true)),
+        "and still only reads the daemon's files: {sm:?}"
+    );
+    let claims = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "dra-claims")
+        .unwrap();
+    assert!(
+        claims.empty_dir.is_some(),
+        "the claim socket never reaches the host"
+    );
+    // The CNI reads the prepared claims where the daemon writes them.
+    let init = &spec.init_containers.as_ref().unwrap()[0];
+    let settings = init
+        .args
+        .iter()
+        .flatten()
+        .find_map(|a| a.strip_prefix("--node-settings="))
+        .unwrap();
+    let settings: serde_json::Value = serde_json::from_str(settings).unwrap();
+    assert_eq!(settings["draStateDir"], "/run/sriov-rs/dra");
+
+    let classes: BTreeMap<&str, &k8s_openapi::api::resource::v1::DeviceClass> = objs
+        .device_classes
+        .iter()
+        .map(|c| (c.metadata.name.as_deref().unwrap(), c))
+        .collect();
+    let cel = |name: &str| -> Vec<String> {
+        classes[name]
+            .spec
+            .as_ref()
+            .unwrap()
+            .selectors
+            .iter()
+            .flatten()
+            .map(|s| s.cel.as_ref().unwrap().expression.clone())
+            .collect()
+    };
+    assert_eq!(cel("sriov-vf"), [r#"device.driver == "sriov.sriov-rs.io""#]);
+    assert_eq!(
+        cel("sriov-dpdk"),
+        [
+            r#"device.driver == "sriov.sriov-rs.io""#,
+            r#"device.attributes["k8s.cni.cncf.io"].resourceName == "intel.com/sriov_dpdk""#
+        ]
+    );
+    assert!(classes["sriov-vf"].spec.as_ref().unwrap().config.is_none());
+    let config = classes["sriov-dpdk"]
+        .spec
+        .as_ref()
+        .unwrap()
+        .config
+        .as_ref()
+        .unwrap();
+    let opaque = config[0].opaque.as_ref().unwrap();
+    assert_eq!(opaque.driver, "sriov.sriov-rs.io");
+    assert_eq!(
+        opaque.parameters.0,
+        serde_json::json!({"apiVersion": "sriov.sriov-rs.io/v1alpha1", "kind": "VfConfig",
+                           "driver": "vfio-pci", "vlan": 100})
+    );
+    // Each selector evaluates as the scheduler would on one of our devices.
+    let device = |resource: &str| {
+        serde_json::json!({"driver": "sriov.sriov-rs.io", "attributes": {
+            "k8s.cni.cncf.io": {"resourceName": resource, "deviceID": "0000:3b:02.1"}}})
+    };
+    let selects = |class: &str, dev: serde_json::Value| {
+        cel(class).iter().all(|expr| {
+            let program = cel::Program::compile(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+            let mut ctx = cel::Context::default();
+            ctx.add_variable("device", dev.clone()).unwrap();
+            matches!(program.execute(&ctx), Ok(cel::Value::Bool(true)))
+        })
+    };
+    assert!(selects("sriov-dpdk", device("intel.com/sriov_dpdk")));
+    assert!(!selects("sriov-dpdk", device("intel.com/sriov_netdevice")));
+    assert!(selects("sriov-vf", device("intel.com/sriov_netdevice")));
+    let mut other = device("intel.com/sriov_dpdk");
+    other["driver"] = "gpu.example.com".into();
+    assert!(!selects("sriov-vf", other));
+}
+
+#[test]
+fn dra_mode_needs_the_sidecar_and_a_known_mode() {
+    for (set, message) in [
+        (
+            "dra.mode=dra,nodeState.enabled=false",
+            "needs nodeState.enabled",
+        ),
+        (
+            "dra.mode=drab",
+            "dra.mode must be device-plugin, dra or both",
+        ),
+    ] {
+        let out = std::process::Command::new(common::helm::helm())
+            .args(["template", "sriov-rs", CHART, "--set", set])
+            .current_dir(common::repo_root())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{set} renders");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "{set}: {err}");
+    }
+    // The default is the device plugin alone: no DRA object, flag or mount.
+    let objs = template_with("cdi.enabled=false");
+    assert!(objs.device_classes.is_empty());
+    let yaml = helm_ok(&["template", "sriov-rs", CHART]);
+    assert!(!yaml.contains("--mode=") && !yaml.contains("resource.k8s.io"));
 }

@@ -28,6 +28,8 @@ fn merge(parts: Vec<Objects>) -> Objects {
         all.services.extend(p.services);
         all.crds.extend(p.crds);
         all.pods.extend(p.pods);
+        all.device_classes.extend(p.device_classes);
+        all.claim_templates.extend(p.claim_templates);
         all.dynamic.extend(p.dynamic);
     }
     all
@@ -36,7 +38,7 @@ fn merge(parts: Vec<Objects>) -> Objects {
 #[test]
 fn every_yaml_file_in_deploy_is_checked_here() {
     let mut files = BTreeSet::new();
-    for dir in ["deploy", "deploy/examples"] {
+    for dir in ["deploy", "deploy/examples", "deploy/dra"] {
         for e in std::fs::read_dir(repo_root().join(dir)).unwrap() {
             let name = e.unwrap().file_name().to_string_lossy().into_owned();
             if name.ends_with(".yaml") || name.ends_with(".yml") {
@@ -53,6 +55,9 @@ fn every_yaml_file_in_deploy_is_checked_here() {
         "deploy/examples/nad-kernel-vlan-mtu.yaml",
         "deploy/examples/nad-dpdk.yaml",
         "deploy/examples/pod.yaml",
+        "deploy/examples/dra-claim.yaml",
+        "deploy/dra/rbac.yaml",
+        "deploy/dra/deviceclass.yaml",
     ]
     .into_iter()
     .map(String::from)
@@ -79,7 +84,7 @@ fn node_daemon_manifests() {
         ns.metadata.labels.as_ref().unwrap()["pod-security.kubernetes.io/enforce"],
         "privileged"
     );
-    check_rbac(&objs, "sriov-rs", "sriov-device-plugin");
+    check_rbac(&objs, "sriov-rs", "sriov-device-plugin", false);
     assert_eq!(
         objs.config_maps[0].metadata.namespace.as_deref(),
         Some("sriov-rs")
@@ -175,4 +180,79 @@ fn examples_ask_for_resources_the_config_defines() {
             "the NADs live in the pod's namespace"
         );
     }
+}
+
+/// deploy/dra: the DRA ClusterRole grants exactly the DRA calls to the same account as
+/// rbac.yaml, its policy confines them to the node (CEL evaluated), and the example claim
+/// template asks for a class that exists, which the example pod uses.
+#[test]
+fn dra_manifests() {
+    let base = load("deploy/rbac.yaml");
+    let dra = load("deploy/dra/rbac.yaml");
+    let role = &dra.cluster_roles[0];
+    let mut granted = BTreeSet::new();
+    for r in role.rules.as_ref().unwrap() {
+        for g in r.api_groups.as_ref().unwrap() {
+            for res in r.resources.as_ref().unwrap() {
+                for v in &r.verbs {
+                    granted.insert(format!("{g}/{res}:{v}"));
+                }
+            }
+        }
+    }
+    assert_eq!(
+        granted,
+        [
+            "resource.k8s.io/resourceslices:list",
+            "resource.k8s.io/resourceslices:create",
+            "resource.k8s.io/resourceslices:update",
+            "resource.k8s.io/resourceslices:delete",
+            "resource.k8s.io/resourceclaims:get",
+            "resource.k8s.io/resourceclaims/status:patch",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<BTreeSet<_>>()
+    );
+    let sa = &base.service_accounts[0];
+    let subject = &dra.cluster_role_bindings[0].subjects.as_ref().unwrap()[0];
+    assert_eq!(Some(&subject.name), sa.metadata.name.as_ref());
+    assert_eq!(subject.namespace, sa.metadata.namespace);
+    assert_eq!(dra.admission_policies.len(), 1);
+    common::check_own_node_dra_policy(
+        &dra,
+        &dra.admission_policies[0],
+        sa.metadata.namespace.as_deref().unwrap(),
+        sa.metadata.name.as_deref().unwrap(),
+    );
+
+    let classes = load("deploy/dra/deviceclass.yaml").device_classes;
+    let names: BTreeSet<&str> = classes
+        .iter()
+        .map(|c| c.metadata.name.as_deref().unwrap())
+        .collect();
+    let example = load("deploy/examples/dra-claim.yaml");
+    let template = &example.claim_templates[0];
+    let t = serde_json::to_value(template).unwrap();
+    let requests = t["spec"]["spec"]["devices"]["requests"].as_array().unwrap();
+    assert!(!requests.is_empty());
+    for r in requests {
+        let class = r["exactly"]["deviceClassName"].as_str().unwrap();
+        assert!(names.contains(class), "{class} is not in deviceclass.yaml");
+    }
+    let pod = &example.pods[0];
+    let claims = pod.spec.as_ref().unwrap().resource_claims.as_ref().unwrap();
+    assert_eq!(
+        claims[0].resource_claim_template_name.as_deref(),
+        template.metadata.name.as_deref()
+    );
+    let used = &pod.spec.as_ref().unwrap().containers[0]
+        .resources
+        .as_ref()
+        .unwrap()
+        .claims
+        .as_ref()
+        .unwrap()[0]
+        .name;
+    assert_eq!(used, &claims[0].name);
 }

@@ -89,7 +89,6 @@ pub fn plan(
         return Err(AllocateError::Empty);
     }
     let pool = snapshot.full_name();
-    let rdma = snapshot.config.is_rdma();
     let mut devices = Vec::with_capacity(ids.len());
     for id in ids {
         let tracked = snapshot
@@ -112,16 +111,30 @@ pub fn plan(
                 reason: "it is prepared for a DRA claim".into(),
             });
         }
-        let d = devinfo::resolve(&ctx.sysfs, tracked.device.pci, tracked.device.pf_pci, rdma)
+        // isRdma and needVhostNet count for the selector object that took the device, as
+        // upstream builds each device's info providers from it.
+        let selector = snapshot
+            .config
+            .matching_selector(&tracked.device)
+            .map(|i| &snapshot.config.selectors[i]);
+        let rdma = selector.is_some_and(|s| s.is_rdma);
+        let mut d = devinfo::resolve(&ctx.sysfs, tracked.device.pci, tracked.device.pf_pci, rdma)
             .map_err(AllocateError::Resolve)?;
         if d.is_vfio() && d.iommu_group.is_none() {
             return Err(AllocateError::NoIommuGroup { id: id.clone() });
         }
+        d.need_vhost_net = selector.is_some_and(|s| s.need_vhost_net);
         devices.push(d);
     }
+    let info = devinfo::PoolInfo {
+        additional_info: snapshot.config.additional_info.as_ref(),
+        vhost_net: devices.iter().any(|d| d.need_vhost_net)
+            && devinfo::vhost_net_available(&ctx.dev_root),
+        dev_root: &ctx.dev_root,
+    };
     Ok(ContainerAllocation {
-        envs: devinfo::envs(&pool, &snapshot.config.additional_info, &devices),
-        devices: devinfo::device_nodes(&ctx.dev_root, &devices, snapshot.config.need_vhost_net()),
+        envs: devinfo::envs(&pool, &info, &devices),
+        devices: devinfo::device_nodes(&info, &devices),
         devinfo: devices,
     })
 }
@@ -272,5 +285,91 @@ mod tests {
             .devices
             .iter()
             .any(|n| n.container_path == "/dev/vfio/77"));
+    }
+
+    /// A pool of two selector objects: `needVhostNet` belongs to the second only, so only its
+    /// device gets the `vhost` entry and nodes (upstream pkg/netdevice/pciNetDevice.go
+    /// `NewPciNetDevice` builds each device's providers from the selector that took it).
+    #[test]
+    fn need_vhost_net_counts_per_selector_object() {
+        use sriov::health::TrackedDevice;
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut a, mut b) = (vf(0), vf(1));
+        b.driver = Some("vfio-pci".into());
+        a.driver = Some("iavf".into());
+        for (d, driver) in [(&a, "iavf"), (&b, "vfio-pci")] {
+            let dir = tmp
+                .path()
+                .join("sys/bus/pci/devices")
+                .join(d.pci.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            symlink(
+                format!("../../../bus/pci/drivers/{driver}"),
+                dir.join("driver"),
+            )
+            .unwrap();
+        }
+        let b_dir = tmp
+            .path()
+            .join("sys/bus/pci/devices")
+            .join(b.pci.to_string());
+        symlink("../../../kernel/iommu_groups/9", b_dir.join("iommu_group")).unwrap();
+        let dev = tmp.path().join("dev");
+        for n in ["vhost-net", "net/tun", "vfio/vfio", "vfio/9"] {
+            std::fs::create_dir_all(dev.join(n).parent().unwrap()).unwrap();
+            std::fs::write(dev.join(n), "").unwrap();
+        }
+        let config = sriov::config::Config::parse(
+            r#"{"resourceList": [{"resourceName": "mixed", "selectors": [
+                {"drivers": ["iavf"]}, {"drivers": ["vfio-pci"], "needVhostNet": true}]}]}"#,
+            "intel.com",
+        )
+        .unwrap()
+        .resources
+        .unwrap()
+        .remove(0);
+        let snapshot = PoolSnapshot {
+            config,
+            devices: [a, b]
+                .into_iter()
+                .map(|device| TrackedDevice {
+                    device,
+                    health: Health::Healthy,
+                })
+                .collect(),
+        };
+        let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let ctx = Context {
+            sysfs: sriov::sysfs::Sysfs::new(tmp.path().join("sys")),
+            dev_root: dev.clone(),
+            devinfo_dir: tmp.path().join("devinfo"),
+            metrics: Default::default(),
+            events,
+            cdi: None,
+            dra_prepared: tokio::sync::watch::channel(Default::default()).0,
+        };
+        let ids = ["0000:3b:02.0".to_string(), "0000:3b:02.1".to_string()];
+        let p = plan(&snapshot, &ctx, &ids).unwrap();
+        let info: serde_json::Value =
+            serde_json::from_str(&p.envs["PCIDEVICE_INTEL_COM_MIXED_INFO"]).unwrap();
+        assert!(info[&ids[0]].get("vhost").is_none(), "{info}");
+        assert_eq!(
+            info[&ids[1]]["vhost"],
+            serde_json::json!({"net-mount": "/dev/vhost-net", "tun-mount": "/dev/net/tun"})
+        );
+        let nodes: Vec<&str> = p
+            .devices
+            .iter()
+            .map(|n| n.container_path.as_str())
+            .collect();
+        assert_eq!(
+            nodes,
+            [
+                "/dev/vfio/vfio",
+                "/dev/vfio/9",
+                "/dev/vhost-net",
+                "/dev/net/tun"
+            ]
+        );
     }
 }

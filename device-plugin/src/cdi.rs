@@ -40,9 +40,16 @@ pub fn device_edits(
     d: &AllocatedDevice,
     need_vhost_net: bool,
 ) -> ContainerEdits {
+    let mut d = d.clone();
+    d.need_vhost_net |= need_vhost_net;
+    let info = devinfo::PoolInfo {
+        additional_info: None,
+        vhost_net: d.need_vhost_net && devinfo::vhost_net_available(dev_root),
+        dev_root,
+    };
     ContainerEdits {
         env: vec![device_env(full_name, &d.pci.to_string())],
-        device_nodes: devinfo::device_nodes(dev_root, std::slice::from_ref(d), need_vhost_net)
+        device_nodes: devinfo::device_nodes(&info, std::slice::from_ref(&d))
             .into_iter()
             .map(|n| cdi::DeviceNode {
                 path: n.container_path,
@@ -69,8 +76,11 @@ fn known(
         pf_pci: t.device.pf_pci,
         driver: t.device.driver.clone(),
         iommu_group: t.device.iommu_group,
-        rdma_device: None,
+        vfio_noiommu: false,
+        uio_device: None,
+        rdma_devices: Vec::new(),
         rdma_char_devices: Vec::new(),
+        need_vhost_net: false,
     }
 }
 
@@ -248,8 +258,11 @@ mod tests {
             pf_pci: PciAddress::parse("0000:3b:00.0").unwrap(),
             driver: Some("iavf".into()),
             iommu_group: None,
-            rdma_device: None,
+            vfio_noiommu: false,
+            uio_device: None,
+            rdma_devices: vec![],
             rdma_char_devices: vec![],
+            need_vhost_net: false,
         };
         assert!(!sync(&pool, std::slice::from_ref(&same)).unwrap());
         let rebound = AllocatedDevice {

@@ -114,6 +114,10 @@ struct RunArgs {
     /// the sriov-node-state sidecar publishes the file as the node's SriovNodeState.
     #[arg(long)]
     node_state_file: Option<PathBuf>,
+    /// Intel's ddptool: asked for the DDP package of devices devlink reports none for (i40e),
+    /// when a pool selects by ddpProfiles [default: not run].
+    #[arg(long)]
+    ddptool: Option<PathBuf>,
     /// Write a CDI spec per pool and have Allocate return CDI devices (the `cdi.k8s.io/`
     /// annotation and `cdi_devices`) instead of device specs, as upstream's --use-cdi.
     #[arg(long)]
@@ -191,6 +195,7 @@ fn run(args: RunArgs) -> Result<()> {
         resync_interval: Duration::from_secs(args.resync_seconds.max(1)),
         cni_state_dir: args.cni_state_dir,
         node_state_file: args.node_state_file,
+        ddptool: args.ddptool,
         cdi: args
             .use_cdi
             .then(|| sriov_device_plugin::options::CdiOptions {

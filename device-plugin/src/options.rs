@@ -44,6 +44,8 @@ pub struct Options {
     pub cni_state_dir: PathBuf,
     /// Where the node state for the `sriov-node-state` sidecar is written (none = not at all).
     pub node_state_file: Option<PathBuf>,
+    /// ddptool, the fallback for DDP profiles devlink does not report (none = not run).
+    pub ddptool: Option<PathBuf>,
     /// `--use-cdi`: one CDI spec per pool in this folder, in this spec version.
     pub cdi: Option<CdiOptions>,
     /// Where CDI specs go (`--cdi-dir`): the pools' with `--use-cdi`, the DRA claims' always.

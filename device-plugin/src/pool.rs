@@ -163,6 +163,8 @@ pub(crate) mod tests {
             link_type: None,
             rdma: false,
             acpi_index: None,
+            p_key: None,
+            ddp_profile: None,
         }
     }
 

@@ -83,6 +83,7 @@ fn devices_carry_dra_driver_sriov_attributes_and_ours() {
     let node = Node {
         devices: vec![pf(0x3b, 4, true, Some(1)), pf(0x5e, 2, true, None)],
         warnings: vec![],
+        selector_attrs: Default::default(),
     };
     let topology = PfTopology {
         pcie_roots: BTreeMap::from([(pci("0000:3b:00.0"), "pci0000:3a".to_string())]),
@@ -162,6 +163,7 @@ fn the_driver_name_is_the_attribute_domain_and_unhealthy_devices_get_taints() {
     let node = Node {
         devices: vec![pf(0x3b, 3, false, Some(0))],
         warnings: vec![],
+        selector_attrs: Default::default(),
     };
     let opts = DraOptions {
         driver: "sriovnetwork.k8snetworkplumbingwg.io".into(),
@@ -227,6 +229,7 @@ fn slices_are_cut_at_128_or_64_with_taints_and_count_right() {
     let node = Node {
         devices: (0..3).map(|b| pf(0x10 + b, 100, true, Some(0))).collect(),
         warnings: vec![],
+        selector_attrs: Default::default(),
     };
     let mut d = build_devices(
         &node,
@@ -299,6 +302,7 @@ fn the_hand_over_file_round_trips() {
     let node = Node {
         devices: vec![pf(0x3b, 2, true, Some(0))],
         warnings: vec![],
+        selector_attrs: Default::default(),
     };
     let d = build_devices(
         &node,

@@ -77,6 +77,7 @@ fn node() -> Node {
             pf("0000:5e:00.0", vec![], SriovStatus::NotSupported, 0, None),
         ],
         warnings: vec![],
+        selector_attrs: Default::default(),
     }
 }
 

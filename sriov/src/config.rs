@@ -41,6 +41,20 @@ pub enum ConfigError {
     Invalid { at: String, msg: String },
 }
 
+/// A rejected value as the message shows it: compact JSON, cut after 60 characters.
+fn shown(v: &Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(60) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
+    }
+}
+
+/// `msg` with the value that was given: `must be a string, not 7`.
+fn wrong(at: &str, msg: &str, v: &Value) -> ConfigError {
+    invalid(at, format!("{msg}, not {}", shown(v)))
+}
+
 fn invalid(at: &str, msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         at: at.to_string(),
@@ -62,6 +76,20 @@ pub enum AllocationPolicy {
 /// A set of VF indexes written like `0-3,7` after a `#`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VfRanges(pub Vec<(u32, u32)>);
+
+impl std::fmt::Display for VfRanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, &(a, b)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            if a == b {
+                write!(f, "{sep}{a}")?;
+            } else {
+                write!(f, "{sep}{a}-{b}")?;
+            }
+        }
+        Ok(())
+    }
+}
 
 impl VfRanges {
     pub fn contains(&self, index: u32) -> bool {
@@ -113,7 +141,15 @@ pub struct NetDeviceSelector {
     pub link_types: Vec<String>,
     pub is_rdma: bool,
     pub need_vhost_net: bool,
+    /// `ddpProfiles`: the DDP package name the device (or its PF) runs (see `crate::ddp`).
+    pub ddp_profiles: Vec<String>,
+    /// `pKeys`: the InfiniBand partition key at index 0 of port 1, as sysfs writes it
+    /// (`0xffff`); only devices whose link type is `infiniband` have one.
+    pub p_keys: Vec<String>,
 }
+
+/// `additionalInfo`: `*` or a PCI address → key/values.
+pub type AdditionalInfo = BTreeMap<String, BTreeMap<String, String>>;
 
 /// One entry of `resourceList`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -122,8 +158,10 @@ pub struct ResourceConfig {
     /// The entry's `resourcePrefix`, or the default prefix.
     pub resource_prefix: String,
     pub exclude_topology: bool,
-    /// `additionalInfo`: `*` or a PCI address → extra key/values for the `_INFO` env.
-    pub additional_info: BTreeMap<String, BTreeMap<String, String>>,
+    /// `additionalInfo`: `*` or a PCI address → extra key/values for the `_INFO` env. `None`
+    /// when the key is absent (or `null`): then `_INFO` has no `extra` entry; when it is given,
+    /// even as `{}`, every device gets one (`{}` when nothing applies), as upstream.
+    pub additional_info: Option<AdditionalInfo>,
     /// A device goes to the first selector object that matches it.
     pub selectors: Vec<NetDeviceSelector>,
     pub allocation_policy: AllocationPolicy,
@@ -168,7 +206,7 @@ pub struct Config {
 
 /// Upstream selector keys for features sriov-rs does not implement yet. Ignoring them would
 /// select more devices than the operator meant, so they are refused.
-const UNSUPPORTED_SELECTOR_KEYS: &[&str] = &["ddpProfiles", "vdpaType", "pKeys", "auxTypes"];
+const UNSUPPORTED_SELECTOR_KEYS: &[&str] = &["vdpaType", "auxTypes"];
 const NET_SELECTOR_KEYS: &[&str] = &[
     "vendors",
     "devices",
@@ -180,6 +218,8 @@ const NET_SELECTOR_KEYS: &[&str] = &[
     "linkTypes",
     "isRdma",
     "needVhostNet",
+    "ddpProfiles",
+    "pKeys",
 ];
 const RESOURCE_KEYS: &[&str] = &[
     "isRdma",
@@ -230,7 +270,7 @@ impl Config {
         if let Some(list) = top.get("resourceList") {
             let list = list
                 .as_array()
-                .ok_or_else(|| invalid("resourceList", "must be a list"))?;
+                .ok_or_else(|| wrong("resourceList", "must be a list", list))?;
             let mut resources = Vec::new();
             let mut seen = BTreeSet::new();
             for (i, entry) in list.iter().enumerate() {
@@ -251,7 +291,7 @@ impl Config {
         if let Some(list) = top.get("provisioning") {
             let list = list
                 .as_array()
-                .ok_or_else(|| invalid("provisioning", "must be a list"))?;
+                .ok_or_else(|| wrong("provisioning", "must be a list", list))?;
             for (i, entry) in list.iter().enumerate() {
                 config
                     .provisioning
@@ -319,7 +359,7 @@ fn parse_resource(
 ) -> Result<Option<ResourceConfig>, ConfigError> {
     let obj = entry
         .as_object()
-        .ok_or_else(|| invalid(at, "must be an object"))?;
+        .ok_or_else(|| wrong(at, "must be an object", entry))?;
     let obj = &canonical_keys(
         obj,
         RESOURCE_KEYS,
@@ -361,25 +401,32 @@ fn parse_resource(
         .map_err(|e| invalid(&format!("{at}.resourcePrefix"), e.to_string()))?;
     let selectors = match obj.get("selectors") {
         None => vec![NetDeviceSelector::default()],
-        Some(Value::Object(o)) => vec![parse_selector(o, &format!("{at}.selectors"))?],
+        Some(Value::Object(o)) => vec![parse_selector(o, &format!("{at}.selectors"), warnings)?],
         Some(Value::Array(list)) => {
             let mut out = Vec::new();
             for (i, s) in list.iter().enumerate() {
                 let sat = format!("{at}.selectors[{i}]");
                 let o = s
                     .as_object()
-                    .ok_or_else(|| invalid(&sat, "must be an object"))?;
-                out.push(parse_selector(o, &sat)?);
+                    .ok_or_else(|| wrong(&sat, "must be an object", s))?;
+                out.push(parse_selector(o, &sat, warnings)?);
             }
             if out.is_empty() {
-                return Err(invalid(&format!("{at}.selectors"), "empty list"));
+                // Upstream (cmd/sriovdp/manager.go readConfig, factory.go parseObjectOrSlice)
+                // skips such a resource with a warning and serves the others.
+                warnings.push(format!(
+                    "{at}.selectors: an empty list selects nothing; this resource is not served \
+                     (as by the upstream plugin)"
+                ));
+                return Ok(None);
             }
             out
         }
-        Some(_) => {
-            return Err(invalid(
+        Some(other) => {
+            return Err(wrong(
                 &format!("{at}.selectors"),
                 "must be an object or a list of objects",
+                other,
             ))
         }
     };
@@ -404,7 +451,11 @@ fn parse_resource(
     }))
 }
 
-fn parse_selector(obj: &Map<String, Value>, at: &str) -> Result<NetDeviceSelector, ConfigError> {
+fn parse_selector(
+    obj: &Map<String, Value>,
+    at: &str,
+    warnings: &mut Vec<String>,
+) -> Result<NetDeviceSelector, ConfigError> {
     let obj = &canonical_keys(obj, NET_SELECTOR_KEYS, UNSUPPORTED_SELECTOR_KEYS, &[], at)?;
     let mut s = NetDeviceSelector {
         vendors: parse_ids(obj, "vendors", at)?,
@@ -416,6 +467,8 @@ fn parse_selector(obj: &Map<String, Value>, at: &str) -> Result<NetDeviceSelecto
             .collect(),
         is_rdma: get_bool(obj, "isRdma", at)?.unwrap_or(false),
         need_vhost_net: get_bool(obj, "needVhostNet", at)?.unwrap_or(false),
+        ddp_profiles: get_list(obj, "ddpProfiles", at)?,
+        p_keys: get_list(obj, "pKeys", at)?,
         ..Default::default()
     };
     for a in get_list(obj, "pciAddresses", at)? {
@@ -449,7 +502,36 @@ fn parse_selector(obj: &Map<String, Value>, at: &str) -> Result<NetDeviceSelecto
             vfs: ranges,
         });
     }
+    warn_repeated_pfs(&s.pf_names, &format!("{at}.pfNames"), warnings);
+    warn_repeated_pfs(&s.root_devices, &format!("{at}.rootDevices"), warnings);
     Ok(s)
+}
+
+/// Upstream (pkg/resources/deviceSelectors.go, `getItem`) uses only the first entry naming a
+/// PF (compared case-insensitively); the later ones are dead, which is worth a warning.
+fn warn_repeated_pfs<T: std::fmt::Display>(
+    refs: &[PfRef<T>],
+    at: &str,
+    warnings: &mut Vec<String>,
+) {
+    for (i, r) in refs.iter().enumerate() {
+        let name = r.pf.to_string();
+        if let Some(first) = refs[..i]
+            .iter()
+            .find(|f| crate::pools::equal_fold(&f.pf.to_string(), &name))
+        {
+            warnings.push(format!(
+                "{at}[{i}]: {name} is already named by an earlier entry; as upstream, only the \
+                 first one counts ({}{})",
+                first.pf,
+                first
+                    .vfs
+                    .as_ref()
+                    .map(|v| format!("#{v}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
 }
 
 fn split_ranges<'a>(s: &'a str, at: &str) -> Result<(&'a str, Option<VfRanges>), ConfigError> {
@@ -462,7 +544,7 @@ fn split_ranges<'a>(s: &'a str, at: &str) -> Result<(&'a str, Option<VfRanges>),
 fn parse_provisioning(entry: &Value, at: &str) -> Result<PfProvisioning, ConfigError> {
     let obj = entry
         .as_object()
-        .ok_or_else(|| invalid(at, "must be an object"))?;
+        .ok_or_else(|| wrong(at, "must be an object", entry))?;
     let obj = &canonical_keys(obj, PROVISIONING_KEYS, &[], &[], at)?;
     let mut p = PfProvisioning {
         pf_names: get_list(obj, "pfNames", at)?,
@@ -498,7 +580,10 @@ fn parse_provisioning(entry: &Value, at: &str) -> Result<PfProvisioning, ConfigE
     }
     if let Some(mtu) = p.mtu {
         if !(68..=65535).contains(&mtu) {
-            return Err(invalid(&format!("{at}.mtu"), "valid MTUs are 68-65535"));
+            return Err(invalid(
+                &format!("{at}.mtu"),
+                format!("{mtu}: valid MTUs are 68-65535"),
+            ));
         }
     }
     Ok(p)
@@ -507,37 +592,44 @@ fn parse_provisioning(entry: &Value, at: &str) -> Result<PfProvisioning, ConfigE
 fn parse_additional_info(
     v: Option<&Value>,
     at: &str,
-) -> Result<BTreeMap<String, BTreeMap<String, String>>, ConfigError> {
+) -> Result<Option<AdditionalInfo>, ConfigError> {
     let mut out = BTreeMap::new();
-    let Some(v) = v else { return Ok(out) };
+    // Go decodes an absent or null map as nil: no `extra` entry at all.
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
     let at = format!("{at}.additionalInfo");
     let obj = v
         .as_object()
-        .ok_or_else(|| invalid(&at, "must be an object"))?;
+        .ok_or_else(|| wrong(&at, "must be an object", v))?;
     for (key, inner) in obj {
         if key != "*" {
             PciAddress::parse(key).map_err(|e| invalid(&at, format!("key: {e} (or \"*\")")))?;
         }
-        let inner = inner
-            .as_object()
-            .ok_or_else(|| invalid(&format!("{at}.{key}"), "must be an object of strings"))?;
+        let inner = inner.as_object().ok_or_else(|| {
+            wrong(
+                &format!("{at}.{key}"),
+                "must be an object of strings",
+                inner,
+            )
+        })?;
         let mut m = BTreeMap::new();
         for (k, v) in inner {
             let s = v
                 .as_str()
-                .ok_or_else(|| invalid(&format!("{at}.{key}.{k}"), "must be a string"))?;
+                .ok_or_else(|| wrong(&format!("{at}.{key}.{k}"), "must be a string", v))?;
             m.insert(k.clone(), s.to_string());
         }
         out.insert(key.clone(), m);
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 fn get_str(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Option<String>, ConfigError> {
     match obj.get(key) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(invalid(&format!("{at}.{key}"), "must be a string")),
+        Some(v) => Err(wrong(&format!("{at}.{key}"), "must be a string", v)),
     }
 }
 
@@ -545,7 +637,7 @@ fn get_bool(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Option<bool
     match obj.get(key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(invalid(&format!("{at}.{key}"), "must be true or false")),
+        Some(v) => Err(wrong(&format!("{at}.{key}"), "must be true or false", v)),
     }
 }
 
@@ -556,7 +648,7 @@ fn get_u32(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Option<u32>,
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
             .map(Some)
-            .ok_or_else(|| invalid(&format!("{at}.{key}"), "must be a non-negative integer")),
+            .ok_or_else(|| wrong(&format!("{at}.{key}"), "must be a non-negative integer", v)),
     }
 }
 
@@ -568,10 +660,14 @@ fn get_list(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Vec<String>
             .map(|i| {
                 i.as_str()
                     .map(str::to_string)
-                    .ok_or_else(|| invalid(&format!("{at}.{key}"), "must be a list of strings"))
+                    .ok_or_else(|| wrong(&format!("{at}.{key}"), "must be a list of strings", i))
             })
             .collect(),
-        Some(_) => Err(invalid(&format!("{at}.{key}"), "must be a list of strings")),
+        Some(v) => Err(wrong(
+            &format!("{at}.{key}"),
+            "must be a list of strings",
+            v,
+        )),
     }
 }
 

@@ -11,7 +11,7 @@
 use crate::names::PciAddress;
 use crate::sysfs::{Sysfs, SysfsError};
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Discovery failed as a whole (the tree itself is unusable).
@@ -38,6 +38,8 @@ pub struct DiscoveryOptions {
     pub rdma: bool,
     /// Read `acpi_index` of each device.
     pub acpi_index: bool,
+    /// Read the InfiniBand partition key of each device on an `infiniband` link (`pKeys`).
+    pub p_keys: bool,
 }
 
 /// The node as discovered.
@@ -47,6 +49,19 @@ pub struct Node {
     pub devices: Vec<PciNetDevice>,
     /// What could not be read, each naming the path.
     pub warnings: Vec<String>,
+    /// Attributes only some selectors use, by device; read only when the config uses them
+    /// ([`DiscoveryOptions::p_keys`], [`crate::ddp::read_profiles`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector_attrs: BTreeMap<PciAddress, SelectorAttrs>,
+}
+
+/// A device's attributes for the selectors that few configs use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SelectorAttrs {
+    /// `pKeys`: the partition key at index 0 of port 1 of its first RDMA device.
+    pub p_key: Option<String>,
+    /// `ddpProfiles`: the DDP package it (or its PF) runs.
+    pub ddp_profile: Option<String>,
 }
 
 /// The SR-IOV state of a physical device.
@@ -209,7 +224,48 @@ impl Node {
                 Err(e) => node.warnings.push(format!("{pci}: skipped: {e}")),
             }
         }
+        if opts.p_keys {
+            node.read_p_keys(sysfs);
+        }
         Ok(node)
+    }
+
+    /// The partition key of every device on an InfiniBand link, as upstream reads it
+    /// (pkg/netdevice/pciNetDevice.go `NewPciNetDevice`, only for link type `infiniband`;
+    /// pkg/utils/utils.go `GetPKey` and sriovnet `GetPKeyByIndexFromPci`: the first entry of
+    /// `infiniband/`, then `ports/1/pkeys/0`, trimmed). A VF shares its PF's link type.
+    fn read_p_keys(&mut self, sysfs: &Sysfs) {
+        let mut found = Vec::new();
+        for pf in &self.devices {
+            if pf.link_type() != Some("infiniband") {
+                continue;
+            }
+            let devices = std::iter::once(pf.pci)
+                .filter(|_| pf.vfs.is_empty())
+                .chain(pf.vfs.iter().map(|v| v.pci));
+            for pci in devices {
+                let ib = sysfs.pci_device(&pci).join("infiniband");
+                let first = match sysfs.list(&ib) {
+                    Ok(names) => names.and_then(|n| n.into_iter().next()),
+                    Err(e) => {
+                        self.warnings
+                            .push(format!("{e}; no partition key for {pci}"));
+                        None
+                    }
+                };
+                let Some(first) = first else { continue };
+                match sysfs.read_opt(&ib.join(first).join("ports/1/pkeys/0")) {
+                    Ok(Some(key)) if !key.is_empty() => found.push((pci, key)),
+                    Ok(_) => {}
+                    Err(e) => self
+                        .warnings
+                        .push(format!("{e}; no partition key for {pci}")),
+                }
+            }
+        }
+        for (pci, key) in found {
+            self.selector_attrs.entry(pci).or_default().p_key = Some(key);
+        }
     }
 
     /// Every VF of every PF, in PCI order of the PFs and VF index order.

@@ -284,6 +284,8 @@ mod tests {
             link_type: None,
             rdma: false,
             acpi_index: None,
+            p_key: None,
+            ddp_profile: None,
         }
     }
 
@@ -325,6 +327,7 @@ mod tests {
                 acpi_index: None,
             }],
             warnings: vec![],
+            selector_attrs: Default::default(),
         }
     }
 

@@ -25,6 +25,7 @@
 pub mod allocation;
 pub mod cdi;
 pub mod config;
+pub mod ddp;
 pub mod devinfo;
 pub mod discovery;
 pub mod dra_claim;

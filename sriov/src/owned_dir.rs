@@ -146,6 +146,7 @@ fn temp_name(name: &str) -> String {
     format!(".{name}.{}.{random:016x}.tmp", std::process::id())
 }
 
+#[cfg(test)]
 /// The writer's PID of a temporary file name made by [`temp_name`].
 #[cfg(test)]
 fn temp_writer(file: &str) -> Option<u32> {

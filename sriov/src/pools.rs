@@ -29,6 +29,9 @@ pub struct PoolDevice {
     pub link_type: Option<String>,
     pub rdma: bool,
     pub acpi_index: Option<u32>,
+    /// Read only when a selector uses `pKeys` / `ddpProfiles`.
+    pub p_key: Option<String>,
+    pub ddp_profile: Option<String>,
 }
 
 impl PoolDevice {
@@ -52,6 +55,8 @@ impl PoolDevice {
                 .or_else(|| pf.link_type().map(str::to_string)),
             rdma: vf.rdma,
             acpi_index: None,
+            p_key: None,
+            ddp_profile: None,
         }
     }
 
@@ -70,20 +75,30 @@ impl PoolDevice {
             link_type: pf.link_type().map(str::to_string),
             rdma: pf.rdma,
             acpi_index: pf.acpi_index,
+            p_key: None,
+            ddp_profile: None,
         }
     }
 }
 
-fn pf_ref_matches<T: PartialEq>(refs: &[PfRef<T>], pf: &T, vf_index: Option<u32>) -> bool {
-    refs.iter().any(|r| {
-        &r.pf == pf
-            && match (&r.vfs, vf_index) {
-                (None, _) => true,
-                (Some(ranges), Some(i)) => ranges.contains(i),
-                // A range names VFs; it never selects the PF itself.
-                (Some(_), None) => false,
-            }
-    })
+/// Go's `strings.EqualFold` for the names operators write: equal under case folding.
+pub fn equal_fold(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b) || (!a.is_ascii() && a.to_lowercase() == b.to_lowercase())
+}
+
+/// Whether a VF (`vf_index`) of the PF `pf` (its netdev name or PCI address) is selected.
+///
+/// As upstream (pkg/resources/deviceSelectors.go, `pfNameSelector`/`rootDeviceSelector` with
+/// `getItem` and `isSelected`): the PF is compared case-insensitively, only the first entry
+/// naming it counts, and a PF device itself (no VF index) is never selected this way.
+/// PCI addresses are parsed into one canonical form, so for `rootDevices` `same` is equality.
+fn pf_ref_matches<T>(refs: &[PfRef<T>], same: impl Fn(&T) -> bool, vf_index: Option<u32>) -> bool {
+    let Some(index) = vf_index else {
+        return false;
+    };
+    refs.iter()
+        .find(|r| same(&r.pf))
+        .is_some_and(|r| r.vfs.as_ref().is_none_or(|ranges| ranges.contains(index)))
 }
 
 impl NetDeviceSelector {
@@ -99,14 +114,23 @@ impl NetDeviceSelector {
             && (self.pf_names.is_empty()
                 || d.pf_name
                     .as_ref()
-                    .is_some_and(|n| pf_ref_matches(&self.pf_names, n, d.vf_index)))
+                    .is_some_and(|n| {
+                        pf_ref_matches(&self.pf_names, |p| equal_fold(p, n), d.vf_index)
+                    }))
             && (self.root_devices.is_empty()
-                || pf_ref_matches(&self.root_devices, &d.pf_pci, d.vf_index))
+                || pf_ref_matches(&self.root_devices, |p| p == &d.pf_pci, d.vf_index))
             && (self.link_types.is_empty()
                 || d.link_type
                     .as_ref()
                     .is_some_and(|l| self.link_types.contains(&l.to_ascii_lowercase())))
             && (!self.is_rdma || d.rdma)
+            // pkg/resources/pKeySelector.go and ddpSelector.go: a device without one never
+            // matches; values compare exactly.
+            && (self.p_keys.is_empty() || d.p_key.as_ref().is_some_and(|k| self.p_keys.contains(k)))
+            && (self.ddp_profiles.is_empty()
+                || d.ddp_profile
+                    .as_ref()
+                    .is_some_and(|p| self.ddp_profiles.contains(p)))
     }
 }
 
@@ -164,7 +188,34 @@ pub fn discovery_options(config: &Config) -> DiscoveryOptions {
         vf_netdev_details: false,
         rdma: selectors().any(|s| s.is_rdma),
         acpi_index: selectors().any(|s| !s.acpi_indexes.is_empty()),
+        p_keys: selectors().any(|s| !s.p_keys.is_empty()),
     }
+}
+
+/// Discovers the node with what the config's selectors need: [`discovery_options`], and the DDP
+/// profiles (one devlink dump, `ddptool` only when given) when a pool selects by
+/// `ddpProfiles`.
+pub fn discover_for(
+    sysfs: &crate::sysfs::Sysfs,
+    config: &Config,
+    ddptool: Option<std::path::PathBuf>,
+) -> Result<Node, crate::discovery::DiscoveryError> {
+    let mut node = Node::discover(sysfs, &discovery_options(config))?;
+    if uses_ddp_profiles(config) {
+        crate::ddp::read_profiles(&mut node, &mut crate::ddp::NodeDdp { ddptool });
+    }
+    Ok(node)
+}
+
+/// Whether any pool selects by `ddpProfiles`: only then are DDP profiles read
+/// ([`crate::ddp::read_profiles`]), which costs a devlink request per device.
+pub fn uses_ddp_profiles(config: &Config) -> bool {
+    config
+        .resources
+        .iter()
+        .flatten()
+        .flat_map(|r| r.selectors.iter())
+        .any(|s| !s.ddp_profiles.is_empty())
 }
 
 /// The zero-config default: one pool per SR-IOV-enabled PF, named after its netdev.
@@ -186,7 +237,7 @@ pub fn zero_config_resources(node: &Node, prefix: &str) -> Vec<ResourceConfig> {
             resource_name: name,
             resource_prefix: prefix.to_string(),
             exclude_topology: false,
-            additional_info: Default::default(),
+            additional_info: None,
             selectors: vec![NetDeviceSelector {
                 root_devices: vec![PfRef {
                     pf: pf.pci,
@@ -224,15 +275,22 @@ impl Uplinks<'_> {
 /// uplink.
 pub fn candidates(node: &Node, uplinks: Uplinks<'_>) -> Vec<PoolDevice> {
     let mut out = Vec::new();
+    let attrs = |mut d: PoolDevice| {
+        if let Some(a) = node.selector_attrs.get(&d.pci) {
+            d.p_key = a.p_key.clone();
+            d.ddp_profile = a.ddp_profile.clone();
+        }
+        d
+    };
     for pf in &node.devices {
         if pf.vfs.is_empty() {
-            let d = PoolDevice::from_pf(pf);
+            let d = attrs(PoolDevice::from_pf(pf));
             if !uplinks.excludes(d.netdev.as_deref()) {
                 out.push(d);
             }
         }
         for vf in &pf.vfs {
-            let d = PoolDevice::from_vf(pf, vf);
+            let d = attrs(PoolDevice::from_vf(pf, vf));
             if !uplinks.excludes(d.netdev.as_deref()) {
                 out.push(d);
             }

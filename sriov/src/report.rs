@@ -68,7 +68,7 @@ impl StatusReport {
         prefix: &str,
         cni_state_dir: Option<&std::path::Path>,
     ) -> Result<StatusReport, crate::discovery::DiscoveryError> {
-        let node = Node::discover(sysfs, &crate::pools::discovery_options(config))?;
+        let node = crate::pools::discover_for(sysfs, config, None)?;
         // Only this network namespace's default routes matter; unreadable ones leave every
         // netdev out, as in the daemon.
         let routes = crate::discovery::default_route_interfaces(None);

@@ -121,6 +121,7 @@ fn node() -> Node {
             pf(0x60, "ens5f0", INTEL, ("i40e", "iavf"), 0, 0),
         ],
         warnings: vec![],
+        selector_attrs: Default::default(),
     }
 }
 
@@ -337,8 +338,29 @@ fn additional_info_and_policy() {
     let config = Config::parse(text, "intel.com").unwrap();
     let r = &config.resources.unwrap()[0];
     assert_eq!(r.allocation_policy, AllocationPolicy::Spread);
-    assert_eq!(r.additional_info["*"]["token"], "abc");
-    assert_eq!(r.additional_info["0000:3b:02.0"]["port"], "1");
+    let info = r.additional_info.as_ref().unwrap();
+    assert_eq!(info["*"]["token"], "abc");
+    assert_eq!(info["0000:3b:02.0"]["port"], "1");
+    // Absent or null: None (no `extra` entry); `{}`: Some (every device gets `"extra": {}`),
+    // as Go decodes pkg/types/types.go `ResourceConfig.AdditionalInfo`.
+    for (text, given) in [
+        (r#"{"resourceList":[{"resourceName":"x"}]}"#, false),
+        (
+            r#"{"resourceList":[{"resourceName":"x","additionalInfo":null}]}"#,
+            false,
+        ),
+        (
+            r#"{"resourceList":[{"resourceName":"x","additionalInfo":{}}]}"#,
+            true,
+        ),
+    ] {
+        let c = Config::parse(text, "intel.com").unwrap();
+        assert_eq!(
+            c.resources.unwrap()[0].additional_info.is_some(),
+            given,
+            "{text}"
+        );
+    }
 }
 
 #[test]
@@ -405,15 +427,31 @@ fn bad_configs_name_the_place() {
         ),
         (
             r#"{"resourceList": [{"resourceName": "a", "selectors": {"vendors": "8086"}}]}"#,
-            "must be a list of strings",
+            "selectors.vendors: must be a list of strings, not \"8086\"",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "selectors": {"isRdma": "yes"}}]}"#,
+            "selectors.isRdma: must be true or false, not \"yes\"",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "selectors": 7}]}"#,
+            "(a).selectors: must be an object or a list of objects, not 7",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "additionalInfo": {"*": {"k": 1}}}]}"#,
+            "additionalInfo.*.k: must be a string, not 1",
         ),
         (
             r#"{"resourceList": [{"resourceName": "a", "selectors": {"vendors": ["80861"]}}]}"#,
             "not a hex PCI ID",
         ),
         (
-            r#"{"resourceList": [{"resourceName": "a", "selectors": {"ddpProfiles": ["gtp"]}}]}"#,
-            "selectors.ddpProfiles: this upstream selector is not supported by sriov-rs yet",
+            r#"{"resourceList": [{"resourceName": "a", "selectors": {"ddpProfiles": "gtp"}}]}"#,
+            "selectors.ddpProfiles: must be a list of strings, not \"gtp\"",
+        ),
+        (
+            r#"{"resourceList": [{"resourceName": "a", "selectors": {"pKeys": [7]}}]}"#,
+            "selectors.pKeys: must be a list of strings, not 7",
         ),
         (
             r#"{"resourceList": [{"resourceName": "a", "selectors": [{"vdpaType": "virtio"}]}]}"#,
@@ -458,11 +496,11 @@ fn bad_configs_name_the_place() {
         ),
         (
             r#"{"provisioning": [{"pfNames": ["ens1f0"], "numVfs": -1}]}"#,
-            "numVfs: must be a non-negative integer",
+            "numVfs: must be a non-negative integer, not -1",
         ),
         (
             r#"{"provisioning": [{"pfNames": ["ens1f0"], "mtu": 20}]}"#,
-            "valid MTUs are 68-65535",
+            "provisioning[0].mtu: 20: valid MTUs are 68-65535",
         ),
     ];
     for (text, want) in cases {
@@ -482,4 +520,126 @@ fn other_device_types_and_misplaced_keys_warn() {
     assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
     assert!(config.warnings[0].contains("deviceType \"accelerator\" is not supported"));
     assert!(config.warnings[1].contains("isRdma: belongs inside \"selectors\""));
+}
+
+/// Upstream pkg/resources/deviceSelectors.go, `pfNameSelector.Filter` and
+/// `rootDeviceSelector.Filter`: a device without a PF name / PF address is skipped, and
+/// pkg/utils/utils.go `GetPfName` / `GetPfAddr` give "" for anything that is not a VF (no
+/// `physfn`). So a PF without VFs (ens5f0) or a plain NIC (eno1) is never selected by
+/// `pfNames` or `rootDevices`, with or without a VF range. These pools held them before.
+#[test]
+fn pf_names_and_root_devices_never_select_a_pf() {
+    let text = r#"{"resourceList":[
+        {"resourceName":"bypf","selectors":{"pfNames":["ens5f0","eno1"]}},
+        {"resourceName":"byroot","selectors":{"rootDevices":["0000:60:00.0","0000:00:1f.6"]}},
+        {"resourceName":"rest","selectors":{"drivers":["i40e","e1000e"]}}
+    ]}"#;
+    let config = Config::parse(text, "intel.com").unwrap();
+    let pools = pools::assign(&config, &node(), "intel.com", &[]);
+    assert!(names(&pools, "intel.com/bypf").is_empty());
+    assert!(names(&pools, "intel.com/byroot").is_empty());
+    // The PFs are still devices for the other selectors, as upstream offers them.
+    assert_eq!(
+        names(&pools, "intel.com/rest"),
+        ["0000:00:1f.6", "0000:60:00.0"]
+    );
+}
+
+/// `getItem` compares the PF part with `strings.EqualFold` and returns the first entry that
+/// names the PF; `isSelected` then applies that entry's ranges only
+/// (pkg/resources/deviceSelectors.go).
+#[test]
+fn pf_names_fold_case_and_the_first_entry_for_a_pf_wins() {
+    let text = r#"{"resourceList":[
+        {"resourceName":"upper","selectors":{"pfNames":["ENS2F0#2-4"]}},
+        {"resourceName":"twice","selectors":{"pfNames":["ens1f0#0-1","Ens1f0#4"]}},
+        {"resourceName":"roots","selectors":{"rootDevices":["0000:5e:00.0#1","0000:5e:00.0#0-3"]}}
+    ]}"#;
+    let config = Config::parse(text, "intel.com").unwrap();
+    let pools = pools::assign(&config, &node(), "intel.com", &[]);
+    // ens2f0 has VFs 0-3: 2 and 3.
+    assert_eq!(
+        names(&pools, "intel.com/upper"),
+        ["0000:3c:02.2", "0000:3c:02.3"]
+    );
+    // Only ens1f0#0-1 counts (2 VFs; before: 3 with VF 4).
+    assert_eq!(
+        names(&pools, "intel.com/twice"),
+        ["0000:3b:02.0", "0000:3b:02.1"]
+    );
+    assert_eq!(names(&pools, "intel.com/roots"), ["0000:5e:02.1"]);
+    // The dead entries are named.
+    assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
+    assert!(
+        config.warnings[0].contains("pfNames[1]: Ens1f0 is already named")
+            && config.warnings[0].contains("(ens1f0#0-1)"),
+        "{:?}",
+        config.warnings
+    );
+    assert!(config.warnings[1].contains("rootDevices[1]: 0000:5e:00.0 is already named"));
+}
+
+/// cmd/sriovdp/manager.go `readConfig`: a resource whose selectors cannot be turned into
+/// selector objects (pkg/factory/factory.go `parseObjectOrSlice`: "need at least one
+/// selector, got 0") is left out with a warning; the others are served.
+#[test]
+fn an_empty_selector_list_skips_only_that_resource() {
+    let text = r#"{"resourceList":[
+        {"resourceName":"empty","selectors":[]},
+        {"resourceName":"kernel","selectors":{"drivers":["iavf"]}},
+        {"resourceName":"empty","resourcePrefix":"example.com","selectors":[]}
+    ]}"#;
+    let config = Config::parse(text, "intel.com").unwrap();
+    let res = config.resources.as_ref().unwrap();
+    assert_eq!(
+        res.iter().map(|r| r.full_name()).collect::<Vec<_>>(),
+        ["intel.com/kernel"]
+    );
+    assert_eq!(config.warnings.len(), 2);
+    assert!(
+        config.warnings[0].contains("resourceList[0] (empty).selectors: an empty list"),
+        "{:?}",
+        config.warnings
+    );
+    let pools = pools::assign(&config, &node(), "intel.com", &[]);
+    assert_eq!(names(&pools, "intel.com/kernel").len(), 6 + 4);
+}
+
+/// pkg/resources/pKeySelector.go and ddpSelector.go: a device matches when its value is one of
+/// the list (exact strings); a device without one never does. Both are read only when a
+/// selector uses them.
+#[test]
+fn p_keys_and_ddp_profiles_select_by_the_devices_value() {
+    let text = r#"{"resourceList":[
+        {"resourceName":"ib","selectors":{"pKeys":["0x8001"]}},
+        {"resourceName":"gtp","selectors":{"ddpProfiles":["GTPv1-C/U IPv4/IPv6 payload"]}},
+        {"resourceName":"none","selectors":{"pKeys":["0xffff"],"drivers":["iavf"]}}
+    ]}"#;
+    let config = Config::parse(text, "intel.com").unwrap();
+    assert!(pools::discovery_options(&config).p_keys);
+    assert!(pools::uses_ddp_profiles(&config));
+    let plain = Config::parse(r#"{"resourceList":[{"resourceName":"a"}]}"#, "intel.com").unwrap();
+    assert!(!pools::discovery_options(&plain).p_keys && !pools::uses_ddp_profiles(&plain));
+
+    let mut node = node();
+    let attrs = |p_key: Option<&str>, ddp: Option<&str>| sriov::discovery::SelectorAttrs {
+        p_key: p_key.map(str::to_string),
+        ddp_profile: ddp.map(str::to_string),
+    };
+    node.selector_attrs.extend([
+        (pci("0000:5f:02.0"), attrs(Some("0xffff"), None)),
+        (pci("0000:5f:02.1"), attrs(Some("0x8001"), None)),
+        (
+            pci("0000:3b:02.2"),
+            attrs(None, Some("GTPv1-C/U IPv4/IPv6 payload")),
+        ),
+        (
+            pci("0000:3b:02.3"),
+            attrs(None, Some("ICE OS Default Package")),
+        ),
+    ]);
+    let pools = pools::assign(&config, &node, "intel.com", &[]);
+    assert_eq!(names(&pools, "intel.com/ib"), ["0000:5f:02.1"]);
+    assert_eq!(names(&pools, "intel.com/gtp"), ["0000:3b:02.2"]);
+    assert!(names(&pools, "intel.com/none").is_empty());
 }

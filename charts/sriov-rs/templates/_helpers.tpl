@@ -33,5 +33,8 @@ app.kubernetes.io/component: device-plugin
 other values (kubeletDir). */}}
 {{- define "sriov-rs.cniSettings" -}}
 {{- $defaults := dict "podResourcesSocket" (printf "%s/pod-resources/kubelet.sock" .Values.kubeletDir) -}}
+{{- if ne .Values.dra.mode "device-plugin" -}}
+{{- $_ := set $defaults "draStateDir" .Values.dra.stateDir -}}
+{{- end -}}
 {{- mustMergeOverwrite $defaults (deepCopy .Values.cniSettings) | toJson -}}
 {{- end -}}

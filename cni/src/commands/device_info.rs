@@ -76,14 +76,7 @@ pub(crate) fn write(target: &Target, loc: &VfLocation) -> Result<(), CniError> {
     if !target.ours {
         return Ok(());
     }
-    let dev = sriov::devinfo::AllocatedDevice {
-        pci: loc.pci,
-        pf_pci: loc.pf_pci,
-        driver: loc.driver.clone(),
-        iommu_group: None,
-        rdma_device: None,
-        rdma_char_devices: vec![],
-    };
+    let dev = sriov::devinfo::AllocatedDevice::plain(loc.pci, loc.pf_pci, loc.driver.clone());
     let text = serde_json::to_vec(&sriov::devinfo::file_json(&dev))
         .map_err(|e| CniError::new(ErrorCode::Io, format!("{FIELD}: {e}")))?;
     target

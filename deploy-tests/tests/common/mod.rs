@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, Pod, Service, ServiceAccount, Volume,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaimTemplate};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::DynamicObject;
@@ -43,6 +44,8 @@ pub struct Objects {
     pub services: Vec<Service>,
     pub crds: Vec<CustomResourceDefinition>,
     pub pods: Vec<Pod>,
+    pub device_classes: Vec<DeviceClass>,
+    pub claim_templates: Vec<ResourceClaimTemplate>,
     /// Kinds without a k8s-openapi type (NetworkAttachmentDefinition, ServiceMonitor).
     pub dynamic: Vec<DynamicObject>,
 }
@@ -69,6 +72,8 @@ impl Objects {
         add("Service", self.services.len());
         add("CustomResourceDefinition", self.crds.len());
         add("Pod", self.pods.len());
+        add("DeviceClass", self.device_classes.len());
+        add("ResourceClaimTemplate", self.claim_templates.len());
         for d in &self.dynamic {
             add(&d.types.as_ref().unwrap().kind, 1);
         }
@@ -131,6 +136,12 @@ pub fn parse_stream(yaml: &str, source: &str) -> Objects {
                 objects.admission_policy_bindings.push(typed(&doc, &what))
             }
             ("apps/v1", "DaemonSet") => objects.daemon_sets.push(typed(&doc, &what)),
+            ("resource.k8s.io/v1", "DeviceClass") => {
+                objects.device_classes.push(typed(&doc, &what))
+            }
+            ("resource.k8s.io/v1", "ResourceClaimTemplate") => {
+                objects.claim_templates.push(typed(&doc, &what))
+            }
             ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
                 objects.crds.push(typed(&doc, &what))
             }
@@ -647,8 +658,9 @@ pub fn check_daemon_set(ds: &DaemonSet, e: &Expect) {
     assert_eq!(used, defined, "{}", at("volumes"));
 }
 
-/// RBAC: exactly what the daemon does with the API server.
-pub fn check_rbac(objs: &Objects, namespace: &str, service_account: &str) {
+/// RBAC: exactly what the daemon does with the API server (with `dra`, the DRA driver's part
+/// too).
+pub fn check_rbac(objs: &Objects, namespace: &str, service_account: &str, dra: bool) {
     assert_eq!(objs.service_accounts.len(), 1);
     let sa = &objs.service_accounts[0];
     assert_eq!(sa.metadata.name.as_deref(), Some(service_account));
@@ -666,6 +678,14 @@ pub fn check_rbac(objs: &Objects, namespace: &str, service_account: &str) {
             }
         }
     }
+    let dra_rules = [
+        "resource.k8s.io/resourceslices:list",
+        "resource.k8s.io/resourceslices:create",
+        "resource.k8s.io/resourceslices:update",
+        "resource.k8s.io/resourceslices:delete",
+        "resource.k8s.io/resourceclaims:get",
+        "resource.k8s.io/resourceclaims/status:patch",
+    ];
     let expected: BTreeSet<String> = [
         "/nodes:get",
         "/nodes:patch",
@@ -674,6 +694,7 @@ pub fn check_rbac(objs: &Objects, namespace: &str, service_account: &str) {
         "sriov-rs.io/sriovnodestates/status:patch",
     ]
     .into_iter()
+    .chain(dra_rules.into_iter().filter(|_| dra))
     .map(String::from)
     .collect();
     assert_eq!(granted, expected, "ClusterRole rules");
@@ -689,6 +710,21 @@ pub fn check_rbac(objs: &Objects, namespace: &str, service_account: &str) {
     assert_eq!(subjects[0].name, service_account);
     assert_eq!(subjects[0].namespace.as_deref(), Some(namespace));
     check_own_node_policy(objs, namespace, service_account);
+    let dra_policy = objs.admission_policies.iter().find(|p| {
+        p.metadata
+            .name
+            .as_deref()
+            .unwrap()
+            .ends_with("-own-node-dra")
+    });
+    assert_eq!(
+        dra_policy.is_some(),
+        dra,
+        "the DRA policy exactly in DRA mode"
+    );
+    if let Some(p) = dra_policy {
+        check_own_node_dra_policy(objs, p, namespace, service_account);
+    }
 }
 
 /// The admission policy that confines the sidecar's account to its own node: bound with Deny,
@@ -696,15 +732,24 @@ pub fn check_rbac(objs: &Objects, namespace: &str, service_account: &str) {
 /// evaluated here against admission requests as the API server builds them) admitting a change
 /// to the token's own node only.
 pub fn check_own_node_policy(objs: &Objects, namespace: &str, service_account: &str) {
+    let policies: Vec<_> = objs
+        .admission_policies
+        .iter()
+        .filter(|p| p.metadata.name.as_deref().unwrap().ends_with("-own-node"))
+        .collect();
+    assert_eq!(policies.len(), 1, "one own-node ValidatingAdmissionPolicy");
+    let policy = policies[0];
+    let name = policy.metadata.name.clone().unwrap();
     assert_eq!(
         objs.admission_policies.len(),
-        1,
-        "one ValidatingAdmissionPolicy"
+        objs.admission_policy_bindings.len()
     );
-    let policy = &objs.admission_policies[0];
-    let name = policy.metadata.name.clone().unwrap();
-    assert_eq!(objs.admission_policy_bindings.len(), 1);
-    let binding = &objs.admission_policy_bindings[0].spec;
+    let binding = &objs
+        .admission_policy_bindings
+        .iter()
+        .find(|b| b.spec.policy_name == name)
+        .expect("the policy's binding")
+        .spec;
     assert_eq!(binding.policy_name, name);
     assert_eq!(binding.validation_actions, ["Deny"]);
     assert!(
@@ -844,4 +889,186 @@ pub fn check_nad(nad: &DynamicObject) -> (String, Value) {
     );
     assert!(config["cniVersion"].is_string(), "NAD {name}");
     (resource, config)
+}
+
+/// The DRA policy: bound with Deny, matching only the sidecar's account, and (its CEL evaluated
+/// against admission requests as the API server builds them) admitting ResourceSlice writes for
+/// the token's own node only and claim status writes only for claims allocated on that node.
+pub fn check_own_node_dra_policy(
+    objs: &Objects,
+    policy: &ValidatingAdmissionPolicy,
+    namespace: &str,
+    service_account: &str,
+) {
+    let name = policy.metadata.name.clone().unwrap();
+    let binding = &objs
+        .admission_policy_bindings
+        .iter()
+        .find(|b| b.spec.policy_name == name)
+        .expect("the DRA policy's binding")
+        .spec;
+    assert_eq!(binding.validation_actions, ["Deny"]);
+    let spec = policy.spec.as_ref().unwrap();
+    assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
+    let mut covered = BTreeSet::new();
+    for rule in spec
+        .match_constraints
+        .as_ref()
+        .unwrap()
+        .resource_rules
+        .iter()
+        .flatten()
+    {
+        for op in rule.operations.iter().flatten() {
+            for g in rule.api_groups.iter().flatten() {
+                for r in rule.resources.iter().flatten() {
+                    covered.insert(format!("{g}/{r}:{op}"));
+                }
+            }
+        }
+    }
+    for needed in [
+        "resource.k8s.io/resourceslices:CREATE",
+        "resource.k8s.io/resourceslices:UPDATE",
+        "resource.k8s.io/resourceslices:DELETE",
+        "resource.k8s.io/resourceclaims/status:UPDATE",
+    ] {
+        assert!(covered.contains(needed), "the DRA policy misses {needed}");
+    }
+    let user = format!("system:serviceaccount:{namespace}:{service_account}");
+    let eval = |expr: &str, vars: &[(&str, Value)]| -> cel::Value {
+        let program = cel::Program::compile(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        let mut ctx = cel::Context::default();
+        for (k, v) in vars {
+            ctx.add_variable(*k, v.clone()).unwrap();
+        }
+        program
+            .execute(&ctx)
+            .unwrap_or_else(|e| panic!("{expr}: {e:?}"))
+    };
+    let conditions = spec.match_conditions.as_deref().unwrap();
+    assert_eq!(conditions.len(), 1);
+    let variables = spec.variables.as_deref().unwrap_or_default();
+    let validations = spec.validations.as_deref().unwrap();
+    // An admission request: the resource, the acting token's node, the old and new objects.
+    let request = |resource: &str, sub: &str, op: &str, node: Option<&str>| {
+        let mut info = serde_json::json!({"username": &user, "groups": ["system:serviceaccounts"]});
+        if let Some(n) = node {
+            info["extra"] = serde_json::json!({"authentication.kubernetes.io/node-name": [n]});
+        }
+        serde_json::json!({
+            "resource": {"group": "resource.k8s.io", "version": "v1", "resource": resource},
+            "subResource": sub, "operation": op, "userInfo": info, "name": "x",
+        })
+    };
+    let admitted = |req: Value, object: Value, old: Value| -> bool {
+        let base = [("request", req), ("object", object), ("oldObject", old)];
+        match eval(&conditions[0].expression, &base) {
+            cel::Value::Bool(true) => {}
+            other => panic!("the policy must apply to the sidecar: {other:?}"),
+        }
+        let mut vars = serde_json::Map::new();
+        for v in variables {
+            let with: Vec<(&str, Value)> = base
+                .iter()
+                .cloned()
+                .chain([("variables", Value::Object(vars.clone()))])
+                .collect();
+            let value = match eval(&v.expression, &with) {
+                cel::Value::String(s) => Value::String(s.to_string()),
+                cel::Value::Bool(b) => Value::Bool(b),
+                other => panic!("variable {}: {other:?}", v.name),
+            };
+            vars.insert(v.name.clone(), value);
+        }
+        let with: Vec<(&str, Value)> = base
+            .into_iter()
+            .chain([("variables", Value::Object(vars))])
+            .collect();
+        validations.iter().all(|v| {
+            assert_eq!(v.reason.as_deref(), Some("Forbidden"));
+            matches!(eval(&v.expression, &with), cel::Value::Bool(true))
+        })
+    };
+    let slice = |node: &str| serde_json::json!({"spec": {"nodeName": node, "driver": "d"}});
+    let null = Value::Null;
+    let slices = |op: &str, node: Option<&str>| request("resourceslices", "", op, node);
+    assert!(admitted(
+        slices("CREATE", Some("node-a")),
+        slice("node-a"),
+        null.clone()
+    ));
+    assert!(admitted(
+        slices("UPDATE", Some("node-a")),
+        slice("node-a"),
+        slice("node-a")
+    ));
+    assert!(admitted(
+        slices("DELETE", Some("node-a")),
+        null.clone(),
+        slice("node-a")
+    ));
+    assert!(
+        !admitted(
+            slices("CREATE", Some("node-a")),
+            slice("node-b"),
+            null.clone()
+        ),
+        "another node's slice"
+    );
+    assert!(
+        !admitted(
+            slices("UPDATE", Some("node-a")),
+            slice("node-a"),
+            slice("node-b")
+        ),
+        "taking over another node's slice"
+    );
+    assert!(
+        !admitted(
+            slices("DELETE", Some("node-a")),
+            null.clone(),
+            slice("node-b")
+        ),
+        "deleting another node's slice"
+    );
+    assert!(
+        !admitted(slices("CREATE", None), slice("node-a"), null.clone()),
+        "a token without a node"
+    );
+    assert!(
+        !admitted(
+            slices("CREATE", Some("node-a")),
+            serde_json::json!({"spec": {"allNodes": true}}),
+            null.clone()
+        ),
+        "a slice for all nodes"
+    );
+    let claim = |node: &str| {
+        serde_json::json!({"status": {"allocation": {"nodeSelector": {"nodeSelectorTerms": [
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+        ]}}}})
+    };
+    let status = |node: Option<&str>| request("resourceclaims", "status", "UPDATE", node);
+    assert!(admitted(
+        status(Some("node-a")),
+        claim("node-a"),
+        claim("node-a")
+    ));
+    assert!(
+        !admitted(status(Some("node-a")), claim("node-b"), claim("node-b")),
+        "a claim allocated elsewhere"
+    );
+    assert!(
+        !admitted(
+            status(Some("node-a")),
+            serde_json::json!({"status": {}}),
+            serde_json::json!({"status": {}})
+        ),
+        "an unallocated claim"
+    );
+    assert!(
+        !admitted(status(None), claim("node-a"), claim("node-a")),
+        "a token without a node"
+    );
 }

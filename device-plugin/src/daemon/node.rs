@@ -7,16 +7,17 @@ use sriov::health::{track_pool, LinkState, TrackedDevice};
 use sriov::pools::{self, Pool, Uplinks};
 use sriov::provision::{self, WaitPolicy};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub(super) fn discover(
     sysfs: &Sysfs,
     config: &Config,
     netns: Option<&Path>,
+    ddptool: Option<PathBuf>,
 ) -> Result<Discovered, DiscoveryError> {
     crate::fault::panic_at("discovery-panic-once");
     let start = Instant::now();
-    let node = Node::discover(sysfs, &pools::discovery_options(config))?;
+    let node = pools::discover_for(sysfs, config, ddptool)?;
     Ok(Discovered {
         node,
         uplinks: sriov::discovery::default_route_interfaces(netns),
@@ -62,9 +63,10 @@ impl Daemon {
         let sysfs = self.ctx.sysfs.clone();
         let config = self.config.clone();
         let netns = self.opts.netns.clone();
+        let ddptool = self.opts.ddptool.clone();
         let tx = self.tx.clone();
         supervise::spawn_blocking(
-            move || discover(&sysfs, &config, netns.as_deref()),
+            move || discover(&sysfs, &config, netns.as_deref(), ddptool),
             move |r| {
                 let _ = tx.send(Event::Discovered(Box::new(r)));
             },

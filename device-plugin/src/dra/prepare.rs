@@ -246,7 +246,10 @@ impl Dra {
                 pool.config.is_rdma(),
             )
             .map_err(|e| e.to_string())?;
-            if resolved.is_vfio() && resolved.iommu_group.is_none() {
+            let mut resolved = resolved;
+            resolved.need_vhost_net =
+                pool.config.need_vhost_net() || d.config.add_vhost_mount == Some(true);
+            if resolved.is_vfio() && resolved.iommu_group.is_none() && !resolved.vfio_noiommu {
                 return Err(format!(
                     "device {} is on vfio-pci without an IOMMU group",
                     d.pci
@@ -270,7 +273,13 @@ impl Dra {
         }
         let mut env = Vec::new();
         for (name, (pool, resolved)) in &by_pool {
-            for (k, v) in devinfo::envs(name, &pool.config.additional_info, resolved) {
+            let info = devinfo::PoolInfo {
+                additional_info: pool.config.additional_info.as_ref(),
+                vhost_net: resolved.iter().any(|d| d.need_vhost_net)
+                    && devinfo::vhost_net_available(&self.ctx.dev_root),
+                dev_root: &self.ctx.dev_root,
+            };
+            for (k, v) in devinfo::envs(name, &info, resolved) {
                 env.push(format!("{k}={v}"));
             }
         }

@@ -80,6 +80,15 @@ struct UpArgs {
     /// Bind the last K VFs of every PF to vfio-pci.
     #[arg(long, default_value_t = 0, value_name = "K")]
     vfio: u32,
+    /// Bind the K VFs before those to igb_uio.
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    uio: u32,
+    /// vfio groups without an IOMMU (vfio-noiommu, /dev/vfio/noiommu-N).
+    #[arg(long)]
+    noiommu: bool,
+    /// RDMA devices for the kernel VFs of Mellanox PFs.
+    #[arg(long)]
+    rdma: bool,
     /// intel (X710), mellanox (ConnectX-5) or mixed (alternating per PF).
     #[arg(long, default_value = "intel")]
     model: Model,
@@ -128,6 +137,9 @@ impl UpArgs {
             total_vfs: self.total_vfs,
             numa: self.numa,
             vfio: self.vfio,
+            uio: self.uio,
+            noiommu: self.noiommu,
+            rdma: self.rdma,
             model: self.model,
             links: !self.no_links,
         }

@@ -60,6 +60,15 @@ pub struct VfDescription {
     pub driver: String,
     /// Only for vfio-pci VFs.
     pub iommu_group: Option<u32>,
+    /// `uioN`, only for igb_uio VFs.
+    #[serde(default)]
+    pub uio_device: Option<String>,
+    /// `mlx5_N`, for kernel VFs of Mellanox PFs in labs with `rdma`.
+    #[serde(default)]
+    pub rdma_device: Option<String>,
+    /// Whether its IOMMU group is a no-IOMMU one.
+    #[serde(default)]
+    pub noiommu: bool,
 }
 
 /// A NIC without SR-IOV (discovery must not offer it).
@@ -79,8 +88,18 @@ pub const NVME_PCI: &str = "0000:00:17.0";
 pub const FIRST_IOMMU_GROUP: u32 = 100;
 /// Driver of VFs given to userspace.
 pub const VFIO_DRIVER: &str = "vfio-pci";
+/// Driver of VFs given to userspace through uio.
+pub const UIO_DRIVER: &str = "igb_uio";
 /// Drivers that have a folder under `bus/pci/drivers`.
-pub const DRIVERS: [&str; 6] = ["i40e", "iavf", "mlx5_core", "e1000e", "vfio-pci", "nvme"];
+pub const DRIVERS: [&str; 7] = [
+    "i40e",
+    "iavf",
+    "mlx5_core",
+    "e1000e",
+    "vfio-pci",
+    "igb_uio",
+    "nvme",
+];
 
 /// PCI address of PF `i`: each PF on its own bus from 0x3b.
 pub fn pf_pci(pf: u32) -> String {
@@ -124,18 +143,42 @@ fn numa_node(spec: &SimSpec, pf: u32) -> i32 {
     }
 }
 
-/// The VFs PF `pf` gets when `n` are enabled: the last `spec.vfio` go to vfio-pci.
+/// Stable per (PF, VF), like [`iommu_group`]: `/dev/uioN` of an igb_uio VF.
+pub fn uio_number(pf: u32, vf: u32) -> u32 {
+    pf * 256 + vf
+}
+
+/// Stable per (PF, VF): the RDMA device of a kernel VF of a Mellanox PF (`mlx5_N`), whose
+/// character devices are `uverbsN`, `umadN` and `issmN`.
+pub fn rdma_number(pf: u32, vf: u32) -> u32 {
+    pf * 256 + vf
+}
+
+/// The VFs PF `pf` gets when `n` are enabled: the last `spec.vfio` go to vfio-pci, the
+/// `spec.uio` before them to igb_uio.
 pub fn make_vfs(spec: &SimSpec, pf: u32, nic: NicModel, n: u32) -> Vec<VfDescription> {
     let first_vfio = n.saturating_sub(spec.vfio);
+    let first_uio = first_vfio.saturating_sub(spec.uio);
     (0..n)
         .map(|k| {
             let vfio = k >= first_vfio;
+            let uio = !vfio && k >= first_uio;
+            let kernel = !vfio && !uio;
             VfDescription {
                 index: k,
                 pci: vf_pci(pf, k),
-                netdev: (!vfio).then(|| vf_netdev(pf, k)),
-                driver: if vfio { VFIO_DRIVER } else { nic.vf_driver() }.to_string(),
+                netdev: kernel.then(|| vf_netdev(pf, k)),
+                driver: match (vfio, uio) {
+                    (true, _) => VFIO_DRIVER,
+                    (_, true) => UIO_DRIVER,
+                    _ => nic.vf_driver(),
+                }
+                .to_string(),
                 iommu_group: vfio.then(|| iommu_group(pf, k)),
+                uio_device: uio.then(|| format!("uio{}", uio_number(pf, k))),
+                rdma_device: (kernel && spec.rdma && nic == NicModel::Mellanox)
+                    .then(|| format!("mlx5_{}", rdma_number(pf, k))),
+                noiommu: vfio && spec.noiommu,
             }
         })
         .collect()

@@ -24,8 +24,9 @@ mod sysfs_tree;
 mod teardown;
 
 pub use description::{
-    bridge_name, iommu_group, peer_netdev, pf_netdev, pf_pci, vf_netdev, vf_pci, LabDescription,
-    PfDescription, PlainNic, VfDescription, NVME_PCI, PLAIN_NIC_NETDEV, PLAIN_NIC_PCI, VFIO_DRIVER,
+    bridge_name, iommu_group, peer_netdev, pf_netdev, pf_pci, rdma_number, uio_number, vf_netdev,
+    vf_pci, LabDescription, PfDescription, PlainNic, VfDescription, NVME_PCI, PLAIN_NIC_NETDEV,
+    PLAIN_NIC_PCI, UIO_DRIVER, VFIO_DRIVER,
 };
 pub use error::{Result, SimError};
 pub use kernel_emulator::{KernelEmulator, NumVfsWrite};

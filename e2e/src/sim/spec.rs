@@ -119,6 +119,17 @@ pub struct SimSpec {
     pub numa: bool,
     /// The last `vfio` VFs of every PF are bound to vfio-pci.
     pub vfio: u32,
+    /// The `uio` VFs before those are bound to igb_uio (`uio/uioN`, `/dev/uioN`).
+    #[serde(default)]
+    pub uio: u32,
+    /// The vfio groups are no-IOMMU groups (`name` is `vfio-noiommu`, `/dev/vfio/noiommu-N`),
+    /// as in a VM without a virtual IOMMU.
+    #[serde(default)]
+    pub noiommu: bool,
+    /// Kernel VFs of Mellanox PFs have an RDMA device (`infiniband/mlx5_N`) with its
+    /// character devices (`infiniband_verbs`, `infiniband_mad` classes, `/dev/infiniband`).
+    #[serde(default)]
+    pub rdma: bool,
     /// NIC family.
     pub model: Model,
     /// Real veth/bridge links in the node netns (false: static `net/` files).
@@ -134,6 +145,9 @@ impl Default for SimSpec {
             total_vfs: None,
             numa: false,
             vfio: 0,
+            uio: 0,
+            noiommu: false,
+            rdma: false,
             model: Model::Intel,
             links: true,
         }
@@ -166,6 +180,18 @@ impl SimSpec {
     }
     pub fn vfio(mut self, vfio: u32) -> Self {
         self.vfio = vfio;
+        self
+    }
+    pub fn uio(mut self, uio: u32) -> Self {
+        self.uio = uio;
+        self
+    }
+    pub fn noiommu(mut self, noiommu: bool) -> Self {
+        self.noiommu = noiommu;
+        self
+    }
+    pub fn rdma(mut self, rdma: bool) -> Self {
+        self.rdma = rdma;
         self
     }
     pub fn model(mut self, model: Model) -> Self {
@@ -206,8 +232,11 @@ impl SimSpec {
             format!("vfs ({}) exceeds total_vfs ({total})", self.vfs),
         )?;
         check(
-            self.vfio <= self.vfs,
-            format!("vfio ({}) exceeds vfs ({})", self.vfio, self.vfs),
+            self.vfio + self.uio <= self.vfs,
+            format!(
+                "vfio + uio ({} + {}) exceeds vfs ({})",
+                self.vfio, self.uio, self.vfs
+            ),
         )
     }
 }

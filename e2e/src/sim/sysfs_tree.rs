@@ -170,8 +170,23 @@ pub(crate) fn build(paths: &LabPaths, desc: &LabDescription) -> Result<()> {
         mkdir(&sys.join(dir))?;
     }
     mkdir(&paths.dev().join("vfio"))?;
-    // Stand-in for the vfio container device every vfio user opens.
+    // Stand-in for the vfio container device every vfio user opens, and for the nodes a
+    // needVhostNet pool hands out (tests remove them to emulate a node without vhost-net).
     write(&paths.dev().join("vfio/vfio"), "")?;
+    write(&paths.dev().join("vhost-net"), "")?;
+    mkdir(&paths.dev().join("net"))?;
+    write(&paths.dev().join("net/tun"), "")?;
+    if desc.spec.rdma {
+        for dir in [
+            "class/infiniband_verbs",
+            "class/infiniband_mad",
+            "class/infiniband",
+        ] {
+            mkdir(&sys.join(dir))?;
+        }
+        mkdir(&paths.dev().join("infiniband"))?;
+        write(&paths.dev().join("infiniband/rdma_cm"), "")?;
+    }
     for driver in DRIVERS {
         let dir = sys.join("bus/pci/drivers").join(driver);
         mkdir(&dir)?;
@@ -270,6 +285,28 @@ pub(crate) fn add_vfs(
                 &staging.join("iommu_group"),
             )?;
         }
+        if let Some(uio) = &vf.uio_device {
+            mkdir(&staging.join("uio").join(uio))?;
+            write(
+                &staging.join("uio").join(uio).join("name"),
+                "uio_pci_generic\n",
+            )?;
+        }
+        if let Some(rdma) = &vf.rdma_device {
+            // The layout mlx5 gives a VF: its RDMA device, and the character devices of its
+            // port as class devices under the PCI device (each naming it in `ibdev`).
+            let n = rdma.trim_start_matches("mlx5_");
+            mkdir(&staging.join("infiniband").join(rdma).join("ports/1"))?;
+            for (class, name) in [
+                ("infiniband_verbs", format!("uverbs{n}")),
+                ("infiniband_mad", format!("umad{n}")),
+                ("infiniband_mad", format!("issm{n}")),
+            ] {
+                let dir = staging.join(class).join(&name);
+                mkdir(&dir)?;
+                write(&dir.join("ibdev"), &format!("{rdma}\n"))?;
+            }
+        }
         let dir = paths.pci_dir(&vf.pci);
         fs::rename(&staging, &dir).map_err(SimError::io("rename into place", &dir))?;
 
@@ -286,7 +323,37 @@ pub(crate) fn add_vfs(
                 format!("../../../../{PCI_ROOT}/{}", vf.pci),
                 &devices.join(&vf.pci),
             )?;
-            write(&paths.dev().join(format!("vfio/{group}")), "")?;
+            if vf.noiommu {
+                write(
+                    &paths
+                        .sys()
+                        .join(format!("kernel/iommu_groups/{group}/name")),
+                    "vfio-noiommu\n",
+                )?;
+            }
+            write(&paths.dev().join(vfio_node(vf, group)), "")?;
+        }
+        if let Some(uio) = &vf.uio_device {
+            write(&paths.dev().join(uio), "")?;
+        }
+        if let Some(rdma) = &vf.rdma_device {
+            let n = rdma.trim_start_matches("mlx5_");
+            let class = paths.sys().join("class");
+            link(
+                format!("../../{PCI_ROOT}/{}/infiniband/{rdma}", vf.pci),
+                &class.join("infiniband").join(rdma),
+            )?;
+            for (class_name, name) in [
+                ("infiniband_verbs", format!("uverbs{n}")),
+                ("infiniband_mad", format!("umad{n}")),
+                ("infiniband_mad", format!("issm{n}")),
+            ] {
+                link(
+                    format!("../../{PCI_ROOT}/{}/{class_name}/{name}", vf.pci),
+                    &class.join(class_name).join(&name),
+                )?;
+                write(&paths.dev().join("infiniband").join(&name), "")?;
+            }
         }
         link(
             format!("../{}", vf.pci),
@@ -294,6 +361,15 @@ pub(crate) fn add_vfs(
         )?;
     }
     Ok(())
+}
+
+/// The VFIO group node of a vfio VF under the lab's `/dev`.
+fn vfio_node(vf: &VfDescription, group: u32) -> String {
+    if vf.noiommu {
+        format!("vfio/noiommu-{group}")
+    } else {
+        format!("vfio/{group}")
+    }
 }
 
 /// Removes VFs as the kernel does when `0` is written: `virtfn` links first,
@@ -310,7 +386,23 @@ pub(crate) fn remove_vfs(paths: &LabPaths, pf: &PfDescription) -> Result<()> {
         }
         if let Some(group) = vf.iommu_group {
             remove_dir(&paths.sys().join(format!("kernel/iommu_groups/{group}")))?;
-            remove_file(&paths.dev().join(format!("vfio/{group}")))?;
+            remove_file(&paths.dev().join(vfio_node(vf, group)))?;
+        }
+        if let Some(uio) = &vf.uio_device {
+            remove_file(&paths.dev().join(uio))?;
+        }
+        if let Some(rdma) = &vf.rdma_device {
+            let n = rdma.trim_start_matches("mlx5_");
+            let class = paths.sys().join("class");
+            remove_file(&class.join("infiniband").join(rdma))?;
+            for (class_name, name) in [
+                ("infiniband_verbs", format!("uverbs{n}")),
+                ("infiniband_mad", format!("umad{n}")),
+                ("infiniband_mad", format!("issm{n}")),
+            ] {
+                remove_file(&class.join(class_name).join(&name))?;
+                remove_file(&paths.dev().join("infiniband").join(&name))?;
+            }
         }
         remove_dir(&paths.pci_dir(&vf.pci))?;
     }

@@ -19,6 +19,7 @@
 mod addr;
 mod attrs;
 mod error;
+pub mod genl;
 mod link;
 mod link_ops;
 mod netns;
@@ -30,6 +31,7 @@ mod vf_ops;
 
 pub use addr::AddressInfo;
 pub use error::{NetlinkError, Result, VfSetting, VfSettingError};
+pub use genl::{Devlink, DevlinkInfo, GenlSocket};
 pub use link::{LinkInfo, MacAddr, OperState};
 pub use link_ops::time_in_netns_moves;
 pub use netns::Netns;
