@@ -47,6 +47,8 @@ pub struct NetConf {
     pub log_file: Option<PathBuf>,
     /// A pool to take a VF from when no deviceID is given.
     pub resource_name: Option<String>,
+    /// `claimName` (ours): the pod's DRA ResourceClaim whose prepared VF to take.
+    pub claim_name: Option<String>,
     /// `runtimeConfig.CNIDeviceInfoFile` (Multus): checked against the node's device-info
     /// folder before ADD writes it.
     pub device_info_file: Option<PathBuf>,
@@ -299,6 +301,7 @@ impl NetConf {
             }
         }
         let resource_name = opt_str(&obj, "resourceName", "")?;
+        let claim_name = opt_str(&obj, "claimName", "")?;
         let device_info_file =
             opt_str(rc, "CNIDeviceInfoFile", "runtimeConfig.")?.map(PathBuf::from);
         Ok(NetConf {
@@ -322,6 +325,7 @@ impl NetConf {
             log_level: opt_str(&obj, "logLevel", "")?,
             log_file: opt_str(&obj, "logFile", "")?.map(PathBuf::from),
             resource_name,
+            claim_name,
             device_info_file,
             prev_result: obj.get("prevResult").cloned().filter(|v| !v.is_null()),
             raw: obj,

@@ -32,6 +32,8 @@ const KEYS: &[(&str, &str)] = &[
     ("deviceInfoDir", "/var/run/k8s.cni.cncf.io/devinfo"),
     ("logDir", "/var/log"),
     ("upstreamStateDir", "/var/lib/cni/sriov"),
+    // The daemon's DRA state (`--dra-state-dir`): its records of prepared claims.
+    ("draStateDir", sriov::dra_record::DEFAULT_DRA_STATE_DIR),
     // Not a path: MACs for attachments whose config names none; unset by default.
     ("macPrefix", ""),
 ];
@@ -58,6 +60,8 @@ pub struct NodeConfig {
     /// `upstreamStateDir`: upstream sriov-cni's data folder, whose attachments (made before the
     /// node switched) DEL, CHECK and GC take over ([`crate::upstream`]).
     pub upstream_state_dir: PathBuf,
+    /// `draStateDir`: the node daemon's records of prepared DRA claims (a pod's DRA VF).
+    pub dra_state_dir: PathBuf,
     /// `macPrefix`: attachments whose network config names no MAC get one from this prefix
     /// ([`sriov::platform_mac`]); `None`: their VF keeps its MAC.
     pub mac_prefix: Option<sriov::platform_mac::MacPrefix>,
@@ -81,6 +85,7 @@ impl Default for NodeConfig {
             device_info_dir: d("deviceInfoDir"),
             log_dir: d("logDir"),
             upstream_state_dir: d("upstreamStateDir"),
+            dra_state_dir: d("draStateDir"),
             mac_prefix: None,
         }
     }
@@ -142,6 +147,7 @@ impl NodeConfig {
                 "deviceInfoDir" => &mut conf.device_info_dir,
                 "logDir" => &mut conf.log_dir,
                 "upstreamStateDir" => &mut conf.upstream_state_dir,
+                "draStateDir" => &mut conf.dra_state_dir,
                 other => {
                     return Err(format!(
                         "{other}: unknown key (known: {})",

@@ -1,9 +1,12 @@
 //! Which VF an ADD gets:
 //!
 //! 1. `deviceID` / `runtimeConfig.deviceID` / `pciBusID` (Multus, or a NAD naming one VF);
-//! 2. `resourceName` with `K8S_POD_NAME` and `K8S_POD_NAMESPACE`: the pod's VFs of that resource
+//! 2. a pod (`K8S_POD_UID`) with DRA claims the node daemon prepared: the VF its record
+//!    ([`sriov::dra_record`]) gives the pod, of `resourceName` and/or of the claim `claimName`
+//!    when the config names them, the first one not yet attached (works without Multus);
+//! 3. `resourceName` with `K8S_POD_NAME` and `K8S_POD_NAMESPACE`: the pod's VFs of that resource
 //!    from kubelet's pod resources API (works without Multus), the first one not yet attached;
-//! 3. `resourceName` without Kubernetes (podman): a free VF of that pool of the device plugin
+//! 4. `resourceName` without Kubernetes (podman): a free VF of that pool of the device plugin
 //!    config (the node-local `poolConfig`), claimed under its lock so parallel ADDs never pick the
 //!    same VF.
 //!
@@ -26,6 +29,9 @@ pub fn select(ctx: &Ctx) -> Result<(PciAddress, VfLock), CniError> {
     if let Some(pci) = conf.device_id {
         return Ok((pci, state.lock_vf(pci).map_err(state_err)?));
     }
+    if let Some(picked) = from_dra_records(ctx)? {
+        return Ok(picked);
+    }
     let Some(resource) = conf.resource_name.as_deref() else {
         return Err(CniError::config(
             "deviceID: no VF given: set deviceID (Multus passes it as runtimeConfig.deviceID), or resourceName",
@@ -36,6 +42,65 @@ pub fn select(ctx: &Ctx) -> Result<(PciAddress, VfLock), CniError> {
         return pick_for_pod(state, env, &ids, resource, pod, namespace);
     }
     claim_from_pool(ctx, resource)
+}
+
+/// The pod's VFs from the daemon's DRA records, if it has a records folder and the pod
+/// (`K8S_POD_UID`) has prepared claims; `claimName` without a match is an error (the config
+/// asked for a claim), anything else without a match falls through to the other ways.
+fn from_dra_records(ctx: &Ctx) -> Result<Option<(PciAddress, VfLock)>, CniError> {
+    let Some(pod_uid) = ctx.env.args.pod_uid.as_deref() else {
+        return Ok(None);
+    };
+    let claim = ctx.conf.claim_name.as_deref();
+    let records = match sriov::dra_record::Records::open(&ctx.node.dra_state_dir, false) {
+        Ok(r) => r,
+        Err(sriov::dra_record::RecordError::File(e))
+            if e.errno() == Some(nix::errno::Errno::ENOENT) && claim.is_none() =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(CniError::new(ErrorCode::Io, format!("draStateDir: {e}"))),
+    };
+    let found = records
+        .devices_for_pod(pod_uid, ctx.conf.resource_name.as_deref(), claim)
+        .map_err(|e| CniError::new(ErrorCode::Io, format!("draStateDir: {e}")))?;
+    let ids: Vec<PciAddress> = found
+        .iter()
+        .filter_map(|(_, d)| PciAddress::parse(&d.pci).ok())
+        .collect();
+    if ids.is_empty() {
+        return match claim {
+            Some(c) => Err(CniError::config(format!(
+                "claimName: pod {pod_uid} has no prepared VF of claim {c:?}"
+            ))),
+            None => Ok(None),
+        };
+    }
+    let what = claim.map_or_else(
+        || {
+            ctx.conf
+                .resource_name
+                .clone()
+                .unwrap_or_else(|| "its DRA claims".into())
+        },
+        |c| format!("claim {c}"),
+    );
+    let (state, env) = (&ctx.state, &ctx.env);
+    for &pci in &ids {
+        let lock = state.lock_vf(pci).map_err(state_err)?;
+        match state.load(&pci).map_err(state_err)? {
+            None => return Ok(Some((pci, lock))),
+            Some(r) if r.owner.is(&env.container_id, &env.ifname) => return Ok(Some((pci, lock))),
+            Some(_) => continue,
+        }
+    }
+    Err(CniError::new(
+        ErrorCode::VfBusy,
+        format!(
+            "pod {pod_uid} has {} prepared VF(s) of {what}, all already attached",
+            ids.len()
+        ),
+    ))
 }
 
 /// Multus' order: the pod's device IDs of the resource, sorted; the first one without a record

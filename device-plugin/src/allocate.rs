@@ -31,11 +31,14 @@ pub enum AllocateError {
     /// Writing a device-information file failed (every file of the call was removed again).
     #[error("{0}")]
     Write(DevInfoError),
+    /// `--use-cdi`: the pool's CDI spec could not be brought up to date for these devices.
+    #[error("{0}")]
+    Cdi(sriov::cdi::CdiError),
 }
 
 impl AllocateError {
     /// Every [`AllocateError::reason`], for metrics at 0 from the start.
-    pub const REASONS: [&'static str; 7] = [
+    pub const REASONS: [&'static str; 8] = [
         "unknown_device",
         "unhealthy",
         "no_iommu_group",
@@ -43,6 +46,7 @@ impl AllocateError {
         "device_gone",
         "sysfs",
         "devinfo",
+        "cdi",
     ];
 
     /// A short label for metrics.
@@ -55,6 +59,7 @@ impl AllocateError {
             AllocateError::Resolve(DevInfoError::Gone { .. }) => "device_gone",
             AllocateError::Resolve(_) => "sysfs",
             AllocateError::Write(_) => "devinfo",
+            AllocateError::Cdi(_) => "cdi",
         }
     }
 
@@ -106,6 +111,13 @@ pub fn plan(
                 pool: pool.clone(),
                 id: id.clone(),
                 reason: why.to_string(),
+            });
+        }
+        if ctx.dra_prepared.borrow().contains(&tracked.device.pci) {
+            return Err(AllocateError::Unhealthy {
+                pool: pool.clone(),
+                id: id.clone(),
+                reason: "it is prepared for a DRA claim".into(),
             });
         }
         let t = &tracked.device;
@@ -175,6 +187,9 @@ pub fn allocate(
         .iter()
         .map(|ids| plan(&snapshot, &pool.ctx, ids))
         .collect::<Result<Vec<_>, _>>()?;
+    // The spec must describe the devices as they are now before a runtime reads it.
+    let fresh: Vec<AllocatedDevice> = plans.iter().flat_map(|p| p.devinfo.clone()).collect();
+    crate::cdi::sync(pool, &fresh).map_err(AllocateError::Cdi)?;
     let mut written: Vec<PathBuf> = Vec::new();
     let files = plans
         .iter()
@@ -373,6 +388,8 @@ mod tests {
             devinfo_dir: tmp.path().join("devinfo"),
             metrics: Default::default(),
             events,
+            cdi: None,
+            dra_prepared: tokio::sync::watch::channel(Default::default()).0,
         };
         let ids = ["0000:3b:02.0".to_string(), "0000:3b:02.1".to_string()];
         let p = plan(&snapshot, &ctx, &ids).unwrap();

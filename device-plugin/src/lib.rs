@@ -6,6 +6,9 @@
 //! - [`registration`]: registration through `kubelet.sock`, retried;
 //! - [`fswatch`]: inotify on kubelet's folders, the config folder and sysfs;
 //! - [`uevent`]: kernel uevents (VFs and drivers the kernel changes by itself);
+//! - [`cdi`]: `--use-cdi`, one CDI spec per pool;
+//! - [`dra`]: the DRA kubelet plugin (`--mode dra | both`): registration, prepare/unprepare,
+//!   health, the DRA devices file;
 //! - [`pool`]: the snapshot shared by the daemon and the servers;
 //! - [`mtu_locks`]: enforcing the CNI's MTU locks in pods;
 //! - [`node_state`]: the SriovNodeState object, when running in a cluster;
@@ -16,7 +19,9 @@
 //!   (logging is `sriov::logging`).
 
 pub mod allocate;
+pub mod cdi;
 pub mod daemon;
+pub mod dra;
 pub mod fault;
 pub mod fswatch;
 pub mod http;

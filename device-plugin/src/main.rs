@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use sriov::config::{Config, DEFAULT_RESOURCE_PREFIX};
 use sriov::report::StatusReport;
 use sriov::sysfs::Sysfs;
+use sriov_device_plugin::options::Mode;
 use sriov_device_plugin::{LogFormat, Options, RegistrationMode};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -117,6 +118,56 @@ struct RunArgs {
     /// when a pool selects by ddpProfiles [default: not run].
     #[arg(long)]
     ddptool: Option<PathBuf>,
+    /// Write a CDI spec per pool and have Allocate return CDI devices (the `cdi.k8s.io/`
+    /// annotation and `cdi_devices`) instead of device specs, as upstream's --use-cdi.
+    #[arg(long)]
+    use_cdi: bool,
+    /// Where CDI specs are written (the runtime's dynamic CDI folder).
+    #[arg(long, default_value = sriov::cdi::DEFAULT_CDI_DIR)]
+    cdi_dir: PathBuf,
+    /// The CDI specification version written: 0.5.0 as upstream, or a newer one (0.6.0-0.8.0,
+    /// 1.0.0, 1.1.0) for runtimes that want it.
+    #[arg(long, default_value = "0.5.0", value_parser = parse_cdi_version)]
+    cdi_spec_version: sriov::cdi::Version,
+    /// What to serve to kubelet: a device plugin per pool, a DRA kubelet plugin, or both.
+    #[arg(long, value_enum, default_value = "device-plugin")]
+    mode: ModeArg,
+    /// The DRA driver name (DRA mode).
+    #[arg(long, default_value = sriov_node_state::dra::DEFAULT_DRIVER)]
+    dra_driver_name: String,
+    /// This node's name, the name of its DRA pool (DRA mode; the downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// The sidecar's node-local claim service (its --dra-claims-socket).
+    #[arg(long, default_value = "/run/sriov-rs/node-state/claims.sock")]
+    dra_claims_socket: PathBuf,
+    /// Where prepared claims are recorded (DRA mode).
+    #[arg(long, default_value = sriov::dra_record::DEFAULT_DRA_STATE_DIR)]
+    dra_state_dir: PathBuf,
+    /// The DRA devices file for the sidecar (its --dra-devices-file).
+    #[arg(long, default_value = "/run/sriov-rs/daemon/dra-devices.json")]
+    dra_devices_file: PathBuf,
+    /// Unhealthy devices carry a NoSchedule device taint in the ResourceSlices (clusters with
+    /// DRADeviceTaints).
+    #[arg(long)]
+    dra_taints: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    DevicePlugin,
+    Dra,
+    Both,
+}
+
+fn parse_cdi_version(s: &str) -> Result<sriov::cdi::Version, String> {
+    let v = sriov::cdi::Version::parse(s).map_err(|e| e.to_string())?;
+    if v < sriov::cdi::Version::V0_5_0 {
+        return Err(format!(
+            "{s}: device names that start with a digit (PCI addresses) and host paths need CDI 0.5.0 or newer"
+        ));
+    }
+    Ok(v)
 }
 
 fn run(args: RunArgs) -> Result<()> {
@@ -145,7 +196,38 @@ fn run(args: RunArgs) -> Result<()> {
         cni_state_dir: args.cni_state_dir,
         node_state_file: args.node_state_file,
         ddptool: args.ddptool,
+        cdi: args
+            .use_cdi
+            .then(|| sriov_device_plugin::options::CdiOptions {
+                dir: args.cdi_dir.clone(),
+                version: args.cdi_spec_version,
+            }),
+        cdi_dir: args.cdi_dir,
+        cdi_version: args.cdi_spec_version,
+        mode: match args.mode {
+            ModeArg::DevicePlugin => Mode::DevicePlugin,
+            ModeArg::Dra => Mode::Dra,
+            ModeArg::Both => Mode::Both,
+        },
+        dra: None,
     };
+    let mut opts = opts;
+    if opts.mode.dra() {
+        let node_name = args
+            .node_name
+            .context("--mode dra/both needs --node-name (or NODE_NAME): the node's DRA pool is named after it")?;
+        sriov::names::validate_node_name(&node_name)?;
+        sriov::names::validate_resource_prefix(&args.dra_driver_name)
+            .context("--dra-driver-name must be a DNS subdomain")?;
+        opts.dra = Some(sriov_device_plugin::options::DraOptions {
+            driver: args.dra_driver_name,
+            node_name,
+            claims_socket: args.dra_claims_socket,
+            state_dir: args.dra_state_dir,
+            devices_file: args.dra_devices_file,
+            taints: args.dra_taints,
+        });
+    }
     // One thread runs every task: the daemon does little work per event, and fewer threads means
     // fewer malloc arenas and stacks (the idle daemon stays under 10 MiB resident). Discovery and
     // provisioning run on blocking threads.

@@ -48,10 +48,14 @@ pub enum ErrorKind {
     Inotify,
     /// The kernel uevent listener stopped (it restarts).
     Uevent,
+    /// A CDI spec could not be written or removed.
+    Cdi,
+    /// The DRA kubelet plugin: its server, registration, devices file or a claim's preparation.
+    Dra,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 16] = [
+    pub const ALL: [ErrorKind; 18] = [
         ErrorKind::ConfigRead,
         ErrorKind::Discovery,
         ErrorKind::Uplink,
@@ -68,6 +72,8 @@ impl ErrorKind {
         ErrorKind::Devinfo,
         ErrorKind::Inotify,
         ErrorKind::Uevent,
+        ErrorKind::Cdi,
+        ErrorKind::Dra,
     ];
 
     /// The label value.
@@ -89,6 +95,8 @@ impl ErrorKind {
             ErrorKind::Devinfo => "devinfo",
             ErrorKind::Inotify => "inotify",
             ErrorKind::Uevent => "uevent",
+            ErrorKind::Cdi => "cdi",
+            ErrorKind::Dra => "dra",
         }
     }
 }

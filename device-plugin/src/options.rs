@@ -46,6 +46,61 @@ pub struct Options {
     pub node_state_file: Option<PathBuf>,
     /// ddptool, the fallback for DDP profiles devlink does not report (none = not run).
     pub ddptool: Option<PathBuf>,
+    /// `--use-cdi`: one CDI spec per pool in this folder, in this spec version.
+    pub cdi: Option<CdiOptions>,
+    /// Where CDI specs go (`--cdi-dir`): the pools' with `--use-cdi`, the DRA claims' always.
+    pub cdi_dir: PathBuf,
+    /// The CDI spec version written.
+    pub cdi_version: sriov::cdi::Version,
+    /// What the daemon serves.
+    pub mode: Mode,
+    /// The DRA driver's settings (`--mode dra | both`).
+    pub dra: Option<DraOptions>,
+}
+
+/// What the daemon serves to kubelet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// A device plugin per pool (as upstream).
+    #[default]
+    DevicePlugin,
+    /// A DRA kubelet plugin for the node's pools.
+    Dra,
+    /// Both, for the same pools.
+    Both,
+}
+
+impl Mode {
+    pub fn device_plugin(self) -> bool {
+        self != Mode::Dra
+    }
+
+    pub fn dra(self) -> bool {
+        self != Mode::DevicePlugin
+    }
+}
+
+/// The DRA driver.
+#[derive(Debug, Clone)]
+pub struct DraOptions {
+    /// The driver name (a DNS subdomain): `spec.driver` of the slices, the socket names.
+    pub driver: String,
+    /// This node's name: its DRA pool's name.
+    pub node_name: String,
+    /// The sidecar's claim service.
+    pub claims_socket: PathBuf,
+    /// Records of prepared claims (`<state_dir>/claims`).
+    pub state_dir: PathBuf,
+    /// The DRA devices file the sidecar publishes.
+    pub devices_file: PathBuf,
+    /// Unhealthy devices carry a NoSchedule taint in the slices.
+    pub taints: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CdiOptions {
+    pub dir: PathBuf,
+    pub version: sriov::cdi::Version,
 }
 
 impl Options {

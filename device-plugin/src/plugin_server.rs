@@ -31,7 +31,9 @@ impl From<AllocateError> for Status {
             | AllocateError::Resolve(DevInfoError::Gone { .. }) => {
                 Status::failed_precondition(e.to_string())
             }
-            AllocateError::Resolve(_) | AllocateError::Write(_) => Status::internal(e.to_string()),
+            AllocateError::Resolve(_) | AllocateError::Write(_) | AllocateError::Cdi(_) => {
+                Status::internal(e.to_string())
+            }
         }
     }
 }
@@ -65,6 +67,7 @@ impl dp::device_plugin_server::DevicePlugin for PluginService {
         _: Request<dp::Empty>,
     ) -> Result<Response<Self::ListAndWatchStream>, Status> {
         let mut snapshots = self.pool.snapshot.clone();
+        let mut prepared = self.pool.ctx.dra_prepared.subscribe();
         let stop = self.stop.clone();
         let pool = self.pool.clone();
         let (tx, rx) = mpsc::channel(4);
@@ -73,7 +76,9 @@ impl dp::device_plugin_server::DevicePlugin for PluginService {
             let stop = stopped(stop);
             tokio::pin!(stop);
             loop {
-                let response = snapshots.borrow_and_update().list_response();
+                let response = snapshots
+                    .borrow_and_update()
+                    .list_response(&prepared.borrow_and_update());
                 if last.as_ref() != Some(&response) {
                     if tx.send(Ok(response.clone())).await.is_err() {
                         return;
@@ -83,6 +88,7 @@ impl dp::device_plugin_server::DevicePlugin for PluginService {
                 }
                 tokio::select! {
                     changed = snapshots.changed() => if changed.is_err() { return },
+                    changed = prepared.changed() => if changed.is_err() { return },
                     _ = &mut stop => return,
                     _ = tx.closed() => return,
                 }
@@ -129,6 +135,8 @@ impl dp::device_plugin_server::DevicePlugin for PluginService {
             .into_iter()
             .map(|c| c.devices_ids)
             .collect();
+        let use_cdi = ctx.cdi.is_some();
+        let snapshot = self.pool.current();
         let allocations = allocate::allocate(&self.pool, &containers).map_err(|e| {
             ctx.metrics.allocation_error(name, e.reason());
             tracing::warn!(pool = %name, "Allocate refused: {e}");
@@ -143,10 +151,11 @@ impl dp::device_plugin_server::DevicePlugin for PluginService {
         })?;
         let container_responses = allocations
             .into_iter()
-            .map(|plan| {
+            .zip(&containers)
+            .map(|(plan, ids)| {
                 ctx.metrics.allocation(name, plan.devinfo.len() as u64);
                 tracing::info!(pool = %name, devices = %plan.envs.get(&sriov::devinfo::env_name(name)).map(String::as_str).unwrap_or(""), "allocated");
-                dp::ContainerAllocateResponse {
+                let mut response = dp::ContainerAllocateResponse {
                     envs: plan.envs.into_iter().collect(),
                     mounts: vec![],
                     devices: plan
@@ -160,7 +169,21 @@ impl dp::device_plugin_server::DevicePlugin for PluginService {
                         .collect(),
                     annotations: Default::default(),
                     cdi_devices: vec![],
+                };
+                if use_cdi {
+                    // As upstream: the runtime takes the device nodes from the CDI spec.
+                    let (annotations, names, problem) = crate::cdi::allocation(&snapshot, ids);
+                    if let Some(e) = problem {
+                        tracing::warn!(pool = %name, "no CDI annotation (cdi_devices only): {e}");
+                    }
+                    response.devices.clear();
+                    response.annotations = annotations.into_iter().collect();
+                    response.cdi_devices = names
+                        .into_iter()
+                        .map(|name| dp::CdiDevice { name })
+                        .collect();
                 }
+                response
             })
             .collect();
         Ok(Response::new(dp::AllocateResponse {

@@ -5,6 +5,7 @@ use crate::daemon::Event;
 use crate::metrics::{ErrorKind, Metrics};
 use sriov::config::ResourceConfig;
 use sriov::health::{Health, TrackedDevice};
+use sriov::names::PciAddress;
 use sriov::sysfs::Sysfs;
 use sriov_proto::deviceplugin::v1beta1 as dp;
 use std::collections::BTreeSet;
@@ -49,17 +50,19 @@ impl PoolSnapshot {
         (healthy, self.devices.len() as u64 - healthy)
     }
 
-    /// What ListAndWatch sends: every device, its health and (unless `excludeTopology`) its NUMA
-    /// node.
-    pub fn list_response(&self) -> dp::ListAndWatchResponse {
+    /// What ListAndWatch sends: every device, its health (Unhealthy too when it is prepared for
+    /// a DRA claim, one of `dra_prepared`) and (unless `excludeTopology`) its NUMA node.
+    pub fn list_response(&self, dra_prepared: &BTreeSet<PciAddress>) -> dp::ListAndWatchResponse {
         let devices = self
             .devices
             .iter()
             .map(|t| dp::Device {
                 id: t.device.id(),
                 health: match t.health {
-                    Health::Healthy => sriov_proto::HEALTHY,
-                    Health::Unhealthy(_) => sriov_proto::UNHEALTHY,
+                    Health::Healthy if !dra_prepared.contains(&t.device.pci) => {
+                        sriov_proto::HEALTHY
+                    }
+                    _ => sriov_proto::UNHEALTHY,
                 }
                 .to_string(),
                 topology: match (self.config.exclude_topology, t.device.numa_node) {
@@ -82,6 +85,11 @@ pub struct Context {
     pub devinfo_dir: PathBuf,
     pub metrics: Arc<Metrics>,
     pub events: mpsc::UnboundedSender<Event>,
+    /// `--use-cdi`: where pool specs go.
+    pub cdi: Option<crate::cdi::CdiSettings>,
+    /// Devices prepared for DRA claims (`--mode both`): Unhealthy at the device plugin, never
+    /// allocated by it.
+    pub dra_prepared: watch::Sender<BTreeSet<PciAddress>>,
 }
 
 /// A pool's live state shared between the daemon (writer) and its plugin servers (readers).
@@ -90,6 +98,8 @@ pub struct PoolShared {
     pub snapshot: watch::Receiver<Arc<PoolSnapshot>>,
     /// Device-information files written by Allocate, removed when the pool stops.
     pub devinfo_files: Mutex<BTreeSet<PathBuf>>,
+    /// The CDI spec file on disk and what it says (`--use-cdi`).
+    pub cdi_spec: Mutex<Option<(String, sriov::cdi::Spec)>>,
     pub ctx: Arc<Context>,
 }
 
@@ -208,12 +218,15 @@ pub(crate) mod tests {
             devinfo_dir: tmp.path().join("devinfo"),
             metrics: Arc::new(Metrics::default()),
             events,
+            cdi: None,
+            dra_prepared: watch::channel(BTreeSet::new()).0,
         });
         let (_tx, snapshot) = watch::channel(Arc::new(snapshot));
         let pool = PoolShared {
             name: "intel.com/net".into(),
             snapshot,
             devinfo_files: Default::default(),
+            cdi_spec: Default::default(),
             ctx,
         };
         (tmp, pool, rx)

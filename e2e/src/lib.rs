@@ -3,6 +3,7 @@
 
 pub mod apiserver;
 pub mod bins;
+pub mod cdi_check;
 pub mod cni;
 pub mod containerd17;
 pub mod cri;

@@ -14,7 +14,9 @@
 //!
 //! The same split serves Dynamic Resource Allocation: the daemon builds the node's DRA devices
 //! ([`dra`], no I/O) and writes them to a second file; the sidecar cuts them into ResourceSlices
-//! and keeps the node's slices matching ([`slice_publisher`]).
+//! and keeps the node's slices matching ([`slice_publisher`]). To prepare a claim the daemon
+//! asks the sidecar's node-local claim service ([`claim_service`], a Unix socket) for the
+//! claim's status.
 //!
 //! [`crd`] is the custom resource type (its CRD is generated from it and shipped in the chart).
 //!
@@ -22,6 +24,8 @@
 //! `kube::Client` at an in-test HTTP server that checks every request (path, verb, content
 //! type, `fieldManager`, `force`, body) and answers as the API server does.
 
+#[cfg(feature = "api")]
+pub mod claim_service;
 #[cfg(feature = "api")]
 pub mod crd;
 pub mod dra;

@@ -23,6 +23,10 @@ struct Args {
     /// ResourceSlices (off without it).
     #[arg(long)]
     dra_devices_file: Option<PathBuf>,
+    /// Serve the node-local claim service here: the daemon (DRA mode, its
+    /// --dra-claims-socket) asks it for the claims kubelet wants prepared.
+    #[arg(long)]
+    dra_claims_socket: Option<PathBuf>,
     /// This node's name (the object's name; the downward API's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
@@ -66,6 +70,7 @@ fn run(args: Args) -> Result<()> {
         dra_devices_file: args.dra_devices_file,
         publisher,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
+        dra_claims_socket: args.dra_claims_socket,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -30,6 +30,8 @@ pub struct SidecarOptions {
     pub publisher: PublisherConfig,
     /// Backstop re-read of the file.
     pub resync: Duration,
+    /// Serve the node-local claim service on this socket (the daemon's DRA mode).
+    pub dra_claims_socket: Option<PathBuf>,
 }
 
 /// Runs until SIGTERM or SIGINT; fails only when a file's folder cannot be watched.
@@ -49,9 +51,17 @@ pub async fn run(client: kube::Client, opts: SidecarOptions) -> Result<()> {
         Some(file) => {
             tracing::info!(file = %file.display(), "publishing the node's ResourceSlices");
             tokio::spawn(crate::publisher::run(
-                SlicePublisher::new(client, opts.publisher.clone()),
+                SlicePublisher::new(client.clone(), opts.publisher.clone()),
                 dra_rx,
             ))
+        }
+        None => tokio::spawn(std::future::pending()),
+    };
+    let mut claims = match &opts.dra_claims_socket {
+        Some(path) => {
+            let listener = bind_claims_socket(path)?;
+            tracing::info!(socket = %path.display(), "serving the claim service");
+            tokio::spawn(crate::claim_service::serve(listener, client.clone()))
         }
         None => tokio::spawn(std::future::pending()),
     };
@@ -71,12 +81,37 @@ pub async fn run(client: kube::Client, opts: SidecarOptions) -> Result<()> {
         // They only end if they panicked: exit, so the kubelet restarts the container.
         r = &mut publisher => Err(anyhow::anyhow!("the publisher stopped: {r:?}")),
         r = &mut slices => Err(anyhow::anyhow!("the ResourceSlice publisher stopped: {r:?}")),
+        r = &mut claims => Err(anyhow::anyhow!("the claim service stopped: {r:?}")),
         _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
         _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); Ok(()) }
     };
     publisher.abort();
     slices.abort();
+    claims.abort();
+    if let Some(path) = &opts.dra_claims_socket {
+        let _ = std::fs::remove_file(path);
+    }
     result
+}
+
+/// Binds the claim service's socket in its folder (created 0755 if missing; a stale socket of
+/// an earlier run replaced). The socket is 0600: only our user (the daemon runs as root) may
+/// connect.
+fn bind_claims_socket(path: &Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    Ok(listener)
 }
 
 /// Feeds `tx` with every new value found in `path` (a JSON hand-over file holding a `what`).

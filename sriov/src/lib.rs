@@ -11,7 +11,10 @@
 //! - [`pools`]: assigning discovered VFs to resource pools (first match wins).
 //! - [`report`]: the "physical adapters" status view.
 //! - [`allocation`]: GetPreferredAllocation (must-include, NUMA, pack or spread across PFs).
+//! - [`cdi`]: Container Device Interface specs (values, the specification's rules, atomic writes).
 //! - [`devinfo`]: what a container gets: envs, device nodes, device-information files.
+//! - [`dra_claim`]: a DRA claim's allocation and its merged, checked `VfConfig`s.
+//! - [`dra_record`]: the node-local, crash-safe record of prepared DRA claims.
 //! - [`health`]: device health from discovery and link state.
 //! - [`linkwatch`]: rtnetlink link notifications in a given network namespace.
 //! - [`netlink`]: a small synchronous rtnetlink socket (links, netns moves, VF settings).
@@ -25,10 +28,13 @@
 pub mod accelerator;
 pub mod allocation;
 pub mod aux_device;
+pub mod cdi;
 pub mod config;
 pub mod ddp;
 pub mod devinfo;
 pub mod discovery;
+pub mod dra_claim;
+pub mod dra_record;
 pub mod health;
 pub mod linkwatch;
 pub mod logging;

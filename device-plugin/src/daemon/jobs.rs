@@ -29,6 +29,11 @@ impl Daemon {
             Job::Uevent => self.start_uevents(),
             Job::Http(metrics) => self.start_listener(metrics).await,
             job @ (Job::StartServer(_) | Job::Register(_)) => self.retry_pool(job).await,
+            Job::DraServer => self.check_dra_sockets().await,
+            Job::DraDevices => {
+                self.write_dra_devices();
+                return false;
+            }
         }
         true
     }
@@ -45,6 +50,7 @@ impl Daemon {
         for name in stale {
             self.restart_server(&name).await;
         }
+        self.check_dra_sockets().await;
         self.check_config();
         self.sched.schedule(Job::Discovery, Duration::ZERO);
         self.check_mtu_locks();

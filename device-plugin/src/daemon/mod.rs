@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
 mod config;
+mod dra;
 mod jobs;
 mod links;
 mod node;
@@ -53,6 +54,10 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("DRA: {0}")]
+    Dra(String),
+    #[error("cannot use the CDI folder: {0}")]
+    Cdi(#[source] sriov::cdi::CdiError),
     #[error("cannot start: {what}: {source}")]
     Start {
         what: &'static str,
@@ -106,6 +111,8 @@ pub enum Event {
         metrics: bool,
         why: String,
     },
+    /// From the DRA servers.
+    Dra(crate::dra::server::DraEvent),
 }
 
 pub struct Discovered {
@@ -135,6 +142,10 @@ pub enum Job {
     Http(bool),
     StartServer(String),
     Register(String),
+    /// (Re)start the DRA servers.
+    DraServer,
+    /// Write the DRA devices file.
+    DraDevices,
 }
 
 struct PoolRuntime {
@@ -147,6 +158,8 @@ struct PoolRuntime {
     /// The registration whose outcome counts (older ones are superseded).
     reg_generation: u64,
     registered: bool,
+    /// Served as a device plugin (`--mode device-plugin | both`).
+    dp: bool,
 }
 
 /// The daemon's state, owned by the main loop.
@@ -180,6 +193,8 @@ pub struct Daemon {
     stalled: bool,
     /// Stops the metrics and probe listeners.
     http_stop: watch::Sender<bool>,
+    /// The DRA kubelet plugin (`--mode dra | both`).
+    dra: Option<dra::DraRuntime>,
 }
 
 impl Daemon {
@@ -188,15 +203,34 @@ impl Daemon {
         for w in &config.warnings {
             tracing::warn!("config: {w}");
         }
+        let cdi = match &opts.cdi {
+            Some(c) => Some(crate::cdi::CdiSettings {
+                dir: sriov::cdi::SpecDir::open(&c.dir).map_err(DaemonError::Cdi)?,
+                version: c.version,
+            }),
+            None => None,
+        };
         let ctx = Arc::new(Context {
             sysfs: Sysfs::new(&opts.sysfs_root),
             dev_root: opts.dev_root.clone(),
             devinfo_dir: opts.devinfo_dir.clone(),
             metrics: Arc::new(Metrics::default()),
             events: tx.clone(),
+            cdi,
+            dra_prepared: watch::channel(Default::default()).0,
         });
         let mtu_locks =
             crate::mtu_locks::MtuLocks::new(&opts.cni_state_dir, ctx.metrics.clone(), tx.clone());
+        let dra = match &opts.dra {
+            Some(d) if opts.mode.dra() => Some(dra::DraRuntime::new(
+                d,
+                &opts.cdi_dir,
+                opts.cdi_version,
+                &opts.kubelet_dir,
+                ctx.clone(),
+            )?),
+            _ => None,
+        };
         Ok(Daemon {
             mode: opts.effective_registration(),
             probes: Arc::new(Probes::new(opts.liveness_timeout)),
@@ -219,6 +253,7 @@ impl Daemon {
             generation: 0,
             stalled: false,
             http_stop: watch::channel(false).0,
+            dra,
         })
     }
 
@@ -234,8 +269,12 @@ impl Daemon {
                 what: "watching the device plugin folder",
                 source,
             })?;
-        if self.mode == RegistrationMode::PluginWatcher {
+        if self.mode == RegistrationMode::PluginWatcher || self.dra.is_some() {
             let dir = self.opts.plugins_registry_dir();
+            std::fs::create_dir_all(&dir).map_err(|source| DaemonError::Start {
+                what: "creating the plugins_registry folder",
+                source,
+            })?;
             fs.watch_registry_sockets(&dir)
                 .map_err(|source| DaemonError::Start {
                     what: "watching the plugins_registry folder",
@@ -310,6 +349,7 @@ impl Daemon {
                 tracing::warn!(pool = %pool, device = %pci, "Allocate found the device gone: rediscovering");
                 self.sched.schedule(Job::Discovery, Duration::ZERO);
             }
+            Event::Dra(e) => self.on_dra_event(e),
             Event::MtuLock(ended) => {
                 if self.mtu_locks.ended(ended) {
                     self.sched.finish(&Job::MtuLocks, false);
@@ -330,6 +370,7 @@ impl Daemon {
 
     async fn shutdown(&mut self) {
         self.mtu_locks.stop();
+        self.stop_dra().await;
         let pools = std::mem::take(&mut self.pools);
         for (name, rt) in pools {
             tracing::info!(pool = %name, "stopping");
@@ -383,6 +424,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     for metrics in [true, false] {
         d.start_listener(metrics).await;
     }
+    d.start_dra().await;
 
     let mut first = true;
     loop {
@@ -411,6 +453,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         };
         if changed {
             d.node_state_soon();
+            d.dra_publish();
         }
     }
     d.shutdown().await;

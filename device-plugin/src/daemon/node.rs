@@ -307,5 +307,29 @@ impl Daemon {
                 }
             }
         }
+        self.remove_cdi_orphans();
+    }
+
+    /// `--use-cdi`: `sriov-dp-*` specs no running pool owns go (a previous run's, upstream's).
+    fn remove_cdi_orphans(&mut self) {
+        let Some(settings) = &self.ctx.cdi else {
+            return;
+        };
+        let keep: Vec<String> = self
+            .pools
+            .values()
+            .map(|rt| crate::cdi::file_name(&rt.current()))
+            .collect();
+        match crate::cdi::remove_orphans(settings, &keep) {
+            Ok(removed) => {
+                for f in removed {
+                    tracing::info!("removed CDI spec {f}: no pool of ours has it");
+                }
+            }
+            Err(e) => {
+                self.ctx.metrics.error(ErrorKind::Cdi);
+                tracing::warn!("{e}");
+            }
+        }
     }
 }

@@ -19,6 +19,16 @@ impl PoolRuntime {
         metrics.set_pool_devices(&self.shared.name, healthy, unhealthy);
         if **self.tx.borrow() != snapshot {
             self.tx.send_replace(Arc::new(snapshot));
+            self.sync_cdi();
+        }
+    }
+
+    /// `--use-cdi`: the pool's spec follows its snapshot. A failure is counted and logged; the
+    /// next Allocate of the pool tries again (and fails if it cannot).
+    pub(super) fn sync_cdi(&self) {
+        if let Err(e) = crate::cdi::sync(&self.shared, &[]) {
+            self.shared.ctx.metrics.error(ErrorKind::Cdi);
+            tracing::error!(pool = %self.shared.name, "{e}");
         }
     }
 
@@ -51,6 +61,7 @@ impl Daemon {
             name: name.clone(),
             snapshot: rx,
             devinfo_files: Default::default(),
+            cdi_spec: Default::default(),
             ctx: self.ctx.clone(),
         });
         let mut rt = PoolRuntime {
@@ -62,8 +73,10 @@ impl Daemon {
             registration: None,
             reg_generation: 0,
             registered: false,
+            dp: self.opts.mode.device_plugin(),
         };
         tracing::info!(pool = %name, healthy, unhealthy, socket = %rt.socket.display(), "pool started");
+        rt.sync_cdi();
         self.start_server(&mut rt);
         self.register(&mut rt);
         self.pools.insert(name, rt);
@@ -75,6 +88,9 @@ impl Daemon {
     }
 
     fn start_server(&mut self, rt: &mut PoolRuntime) {
+        if !rt.dp {
+            return;
+        }
         let generation = self.next_generation();
         let watcher = self.mode == RegistrationMode::PluginWatcher;
         let name = rt.shared.name.clone();
@@ -105,7 +121,7 @@ impl Daemon {
     /// (Re-)registers with kubelet.sock, as a supervised task; in plugin-watcher mode kubelet
     /// finds the socket itself.
     fn register(&mut self, rt: &mut PoolRuntime) {
-        if self.mode != RegistrationMode::KubeletSocket || rt.server.is_none() {
+        if !rt.dp || self.mode != RegistrationMode::KubeletSocket || rt.server.is_none() {
             return;
         }
         if let Some(old) = rt.registration.take() {
@@ -215,7 +231,12 @@ impl Daemon {
     /// A scheduled retry of a pool's server or registration.
     pub(super) async fn retry_pool(&mut self, job: Job) {
         match job {
-            Job::StartServer(name) if self.pools.get(&name).is_some_and(|rt| !rt.served()) => {
+            Job::StartServer(name)
+                if self
+                    .pools
+                    .get(&name)
+                    .is_some_and(Self::server_needs_restart) =>
+            {
                 self.restart_server(&name).await;
             }
             Job::Register(name) => {
@@ -245,7 +266,7 @@ impl Daemon {
     }
 
     pub(super) fn server_needs_restart(rt: &PoolRuntime) -> bool {
-        !rt.served()
+        rt.dp && !rt.served()
     }
 
     pub(super) async fn stop_pool(&mut self, mut rt: PoolRuntime) {
@@ -256,6 +277,10 @@ impl Daemon {
             s.stop().await;
         }
         rt.shared.remove_files();
+        if let Err(e) = crate::cdi::remove(&rt.shared) {
+            self.ctx.metrics.error(ErrorKind::Cdi);
+            tracing::warn!(pool = %rt.shared.name, "{e}");
+        }
         let name = &rt.shared.name;
         self.ctx.metrics.remove_pool(name);
         for job in [Job::StartServer(name.clone()), Job::Register(name.clone())] {
@@ -286,6 +311,10 @@ impl Daemon {
     }
 
     pub(super) async fn on_socket_removed(&mut self, path: &Path) {
+        if self.dra.as_ref().is_some_and(|d| d.reg_socket() == path) {
+            self.check_dra_sockets().await;
+            return;
+        }
         let name = self
             .pools
             .iter()
@@ -304,15 +333,23 @@ impl Daemon {
 
     /// Tells the readiness probe how the pools stand.
     pub(super) fn publish_readiness(&self) {
-        let pools: Vec<PoolReadiness> = self
+        let mut pools: Vec<PoolReadiness> = self
             .pools
             .iter()
+            .filter(|(_, rt)| rt.dp)
             .map(|(name, rt)| PoolReadiness {
                 name: name.clone(),
                 served: rt.served(),
                 registered: rt.registered,
             })
             .collect();
+        if let Some(ready) = self.dra_ready() {
+            pools.push(PoolReadiness {
+                name: "the DRA driver".into(),
+                served: ready,
+                registered: ready,
+            });
+        }
         self.probes.set_ready(readiness(self.discovered, &pools));
     }
 }

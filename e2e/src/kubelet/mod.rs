@@ -13,6 +13,7 @@
 //! The emulator runs its own tokio runtime, so tests call it from plain `#[test]` functions.
 
 mod daemon;
+pub mod dra;
 mod plugins;
 mod pod_resources;
 pub mod raw_h2;
