@@ -606,7 +606,7 @@ fn dra_mode_needs_the_sidecar_and_a_known_mode() {
         ),
         (
             "dra.mode=drab",
-            "dra.mode must be device-plugin, dra or both",
+            "must be device-plugin, dra or both, not \"drab\"",
         ),
     ] {
         let out = std::process::Command::new(common::helm::helm())
@@ -623,4 +623,66 @@ fn dra_mode_needs_the_sidecar_and_a_known_mode() {
     assert!(objs.device_classes.is_empty());
     let yaml = helm_ok(&["template", "sriov-rs", CHART]);
     assert!(!yaml.contains("--mode=") && !yaml.contains("resource.k8s.io"));
+}
+
+/// `dra.nodeModes`: one node moves to DRA while the others stay device plugins. That node gets
+/// a DaemonSet of its own (reading the shared config.json, as it has no nodeConfigs entry) with
+/// the DRA flags; the main one skips it and has none; the DRA RBAC is rendered for it.
+#[test]
+fn one_node_can_serve_dra_while_the_others_stay_device_plugins() {
+    let yaml = helm_ok(&[
+        "template",
+        "sriov-rs",
+        CHART,
+        "--namespace",
+        "sriov-rs",
+        "--set-json",
+        r#"dra.nodeModes={"worker-7":"both"}"#,
+    ]);
+    let objs = parse_stream(&yaml, "helm template (nodeModes)");
+    assert_eq!(objs.daemon_sets.len(), 2);
+    check_rbac(&objs, "sriov-rs", "sriov-rs", true);
+    let pod = |name: &str| objs.daemon_set(name).spec.template.spec.clone().unwrap();
+    let (main, worker) = (pod("sriov-rs"), pod("sriov-rs-worker-7"));
+    let args = |p: &k8s_openapi::api::core::v1::PodSpec| p.containers[0].args.clone().unwrap();
+    assert!(args(&worker).contains(&"--mode=both".to_string()));
+    assert!(!args(&main)
+        .iter()
+        .any(|a| a.starts_with("--mode") || a.starts_with("--dra")));
+    let affinity = |p: &k8s_openapi::api::core::v1::PodSpec| {
+        let term = &p
+            .affinity
+            .as_ref()
+            .unwrap()
+            .node_affinity
+            .as_ref()
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .as_ref()
+            .unwrap()
+            .node_selector_terms[0];
+        let f = &term.match_fields.as_ref().unwrap()[0];
+        (f.operator.clone(), f.values.clone().unwrap())
+    };
+    assert_eq!(
+        affinity(&main),
+        ("NotIn".to_string(), vec!["worker-7".to_string()])
+    );
+    assert_eq!(
+        affinity(&worker),
+        ("In".to_string(), vec!["worker-7".to_string()])
+    );
+    let config_key = |p: &k8s_openapi::api::core::v1::PodSpec| {
+        let v = p
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "config")
+            .unwrap();
+        v.config_map.as_ref().unwrap().items.as_ref().unwrap()[0]
+            .key
+            .clone()
+    };
+    assert_eq!(config_key(&worker), "config.json");
+    assert_eq!(config_key(&main), "config.json");
 }

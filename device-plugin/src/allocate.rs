@@ -161,7 +161,12 @@ pub fn plan(
                 .collect();
             sriov::aux_device::envs(&pool, &info, &named)
         }
-        _ => sriov::vdpa::with_info(devinfo::envs(&pool, &info, &devices), &pool, &devices, &vdpa),
+        _ => sriov::vdpa::with_info(
+            devinfo::envs(&pool, &info, &devices),
+            &pool,
+            &devices,
+            &vdpa,
+        ),
     };
     let mut nodes = devinfo::device_nodes(&info, &devices);
     sriov::vdpa::add_device_nodes(&mut nodes, &ctx.dev_root, &vdpa);

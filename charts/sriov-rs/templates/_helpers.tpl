@@ -33,8 +33,18 @@ app.kubernetes.io/component: device-plugin
 other values (kubeletDir). */}}
 {{- define "sriov-rs.cniSettings" -}}
 {{- $defaults := dict "podResourcesSocket" (printf "%s/pod-resources/kubelet.sock" .Values.kubeletDir) -}}
-{{- if ne .Values.dra.mode "device-plugin" -}}
+{{- if eq (include "sriov-rs.anyDra" .) "true" -}}
 {{- $_ := set $defaults "draStateDir" .Values.dra.stateDir -}}
 {{- end -}}
 {{- mustMergeOverwrite $defaults (deepCopy .Values.cniSettings) | toJson -}}
+{{- end -}}
+
+{{/* "true" when any node serves DRA (dra.mode or a dra.nodeModes entry other than
+device-plugin): the DRA RBAC, policy and DeviceClasses are rendered then. */}}
+{{- define "sriov-rs.anyDra" -}}
+{{- $any := ne .Values.dra.mode "device-plugin" -}}
+{{- range $n, $m := .Values.dra.nodeModes -}}
+{{- if ne $m "device-plugin" }}{{ $any = true }}{{ end -}}
+{{- end -}}
+{{- $any -}}
 {{- end -}}
