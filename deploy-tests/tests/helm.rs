@@ -106,16 +106,15 @@ fn default_values_render_the_daemon_set_and_least_privilege() {
 
 /// `helm template` with the default values but one `--set`.
 fn template_with(set: &str) -> Objects {
-    let yaml = helm_ok(&[
-        "template",
-        "sriov-rs",
-        CHART,
-        "--namespace",
-        "sriov-rs",
-        "--set",
-        set,
-    ]);
-    parse_stream(&yaml, &format!("helm template --set {set}"))
+    template_with_all(&["--set", set])
+}
+
+/// `helm template` with the default values but these options.
+fn template_with_all(options: &[&str]) -> Objects {
+    let mut args = vec!["template", "sriov-rs", CHART, "--namespace", "sriov-rs"];
+    args.extend_from_slice(options);
+    let yaml = helm_ok(&args);
+    parse_stream(&yaml, &format!("helm template {}", options.join(" ")))
 }
 
 #[test]
@@ -382,12 +381,7 @@ fn full_values_change_everything_they_name() {
 /// confines them to the node (its CEL evaluated), and the DeviceClasses select our driver.
 #[test]
 fn dra_mode_serves_the_driver_with_node_confined_rbac_and_device_classes() {
-    let yaml = helm_ok(&[
-        "template",
-        "sriov-rs",
-        CHART,
-        "--namespace",
-        "sriov-rs",
+    let objs = template_with_all(&[
         "--set",
         "dra.mode=both",
         "--set",
@@ -395,7 +389,6 @@ fn dra_mode_serves_the_driver_with_node_confined_rbac_and_device_classes() {
         "--set-json",
         r#"dra.deviceClasses=[{"name":"sriov-vf"},{"name":"sriov-dpdk","resourceName":"intel.com/sriov_dpdk","config":{"driver":"vfio-pci","vlan":100}}]"#,
     ]);
-    let objs = parse_stream(&yaml, "helm template (dra)");
     assert_eq!(
         objs.kinds(),
         kinds(&[
@@ -630,16 +623,7 @@ fn dra_mode_needs_the_sidecar_and_a_known_mode() {
 /// the DRA flags; the main one skips it and has none; the DRA RBAC is rendered for it.
 #[test]
 fn one_node_can_serve_dra_while_the_others_stay_device_plugins() {
-    let yaml = helm_ok(&[
-        "template",
-        "sriov-rs",
-        CHART,
-        "--namespace",
-        "sriov-rs",
-        "--set-json",
-        r#"dra.nodeModes={"worker-7":"both"}"#,
-    ]);
-    let objs = parse_stream(&yaml, "helm template (nodeModes)");
+    let objs = template_with_all(&["--set-json", r#"dra.nodeModes={"worker-7":"both"}"#]);
     assert_eq!(objs.daemon_sets.len(), 2);
     check_rbac(&objs, "sriov-rs", "sriov-rs", true);
     let pod = |name: &str| objs.daemon_set(name).spec.template.spec.clone().unwrap();

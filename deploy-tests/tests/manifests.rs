@@ -190,16 +190,7 @@ fn dra_manifests() {
     let base = load("deploy/rbac.yaml");
     let dra = load("deploy/dra/rbac.yaml");
     let role = &dra.cluster_roles[0];
-    let mut granted = BTreeSet::new();
-    for r in role.rules.as_ref().unwrap() {
-        for g in r.api_groups.as_ref().unwrap() {
-            for res in r.resources.as_ref().unwrap() {
-                for v in &r.verbs {
-                    granted.insert(format!("{g}/{res}:{v}"));
-                }
-            }
-        }
-    }
+    let granted = common::granted_rules(role);
     assert_eq!(
         granted,
         [

@@ -667,17 +667,7 @@ pub fn check_rbac(objs: &Objects, namespace: &str, service_account: &str, dra: b
     assert_eq!(sa.metadata.namespace.as_deref(), Some(namespace));
     assert_eq!(objs.cluster_roles.len(), 1, "one ClusterRole");
     let role = &objs.cluster_roles[0];
-    let mut granted = BTreeSet::new();
-    for r in role.rules.as_ref().unwrap() {
-        assert!(r.resource_names.is_none() && r.non_resource_urls.is_none());
-        for g in r.api_groups.as_ref().unwrap() {
-            for res in r.resources.as_ref().unwrap() {
-                for v in &r.verbs {
-                    granted.insert(format!("{g}/{res}:{v}"));
-                }
-            }
-        }
-    }
+    let granted = granted_rules(role);
     let dra_rules = [
         "resource.k8s.io/resourceslices:list",
         "resource.k8s.io/resourceslices:create",
@@ -758,23 +748,7 @@ pub fn check_own_node_policy(objs: &Objects, namespace: &str, service_account: &
     );
     let spec = policy.spec.as_ref().unwrap();
     assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
-    let mut covered = BTreeSet::new();
-    for rule in spec
-        .match_constraints
-        .as_ref()
-        .unwrap()
-        .resource_rules
-        .iter()
-        .flatten()
-    {
-        for op in rule.operations.iter().flatten() {
-            for g in rule.api_groups.iter().flatten() {
-                for r in rule.resources.iter().flatten() {
-                    covered.insert(format!("{g}/{r}:{op}"));
-                }
-            }
-        }
-    }
+    let covered = covered_requests(spec);
     for needed in [
         "/nodes:UPDATE",
         "sriov-rs.io/sriovnodestates:CREATE",
@@ -910,23 +884,7 @@ pub fn check_own_node_dra_policy(
     assert_eq!(binding.validation_actions, ["Deny"]);
     let spec = policy.spec.as_ref().unwrap();
     assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
-    let mut covered = BTreeSet::new();
-    for rule in spec
-        .match_constraints
-        .as_ref()
-        .unwrap()
-        .resource_rules
-        .iter()
-        .flatten()
-    {
-        for op in rule.operations.iter().flatten() {
-            for g in rule.api_groups.iter().flatten() {
-                for r in rule.resources.iter().flatten() {
-                    covered.insert(format!("{g}/{r}:{op}"));
-                }
-            }
-        }
-    }
+    let covered = covered_requests(spec);
     for needed in [
         "resource.k8s.io/resourceslices:CREATE",
         "resource.k8s.io/resourceslices:UPDATE",
@@ -1071,4 +1029,44 @@ pub fn check_own_node_dra_policy(
         !admitted(status(None), claim("node-a"), claim("node-a")),
         "a token without a node"
     );
+}
+
+/// What a ClusterRole grants, as `group/resource:verb` (no resource names, no URLs).
+pub fn granted_rules(role: &ClusterRole) -> BTreeSet<String> {
+    let mut granted = BTreeSet::new();
+    for r in role.rules.as_ref().unwrap() {
+        assert!(r.resource_names.is_none() && r.non_resource_urls.is_none());
+        for g in r.api_groups.as_ref().unwrap() {
+            for res in r.resources.as_ref().unwrap() {
+                for v in &r.verbs {
+                    granted.insert(format!("{g}/{res}:{v}"));
+                }
+            }
+        }
+    }
+    granted
+}
+
+/// The requests an admission policy's match constraints cover, as `group/resource:OPERATION`.
+fn covered_requests(
+    spec: &k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicySpec,
+) -> BTreeSet<String> {
+    let mut covered = BTreeSet::new();
+    for rule in spec
+        .match_constraints
+        .as_ref()
+        .unwrap()
+        .resource_rules
+        .iter()
+        .flatten()
+    {
+        for op in rule.operations.iter().flatten() {
+            for g in rule.api_groups.iter().flatten() {
+                for r in rule.resources.iter().flatten() {
+                    covered.insert(format!("{g}/{r}:{op}"));
+                }
+            }
+        }
+    }
+    covered
 }
