@@ -118,28 +118,7 @@ pub fn rfc3339_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    rfc3339(secs)
-}
-
-fn rfc3339(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    sriov::dra_claim::rfc3339(secs)
 }
 
 #[cfg(test)]
@@ -148,8 +127,11 @@ mod tests {
 
     #[test]
     fn times_and_statuses() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_709_251_199), "2024-02-29T23:59:59Z");
+        assert_eq!(sriov::dra_claim::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            sriov::dra_claim::rfc3339(1_709_251_199),
+            "2024-02-29T23:59:59Z"
+        );
         let status = json!({"allocation": {"devices": {"results": [
             {"request": "a", "driver": "d.io", "pool": "n", "device": "x"},
             {"request": "b", "driver": "other.io", "pool": "n", "device": "y"}]}}});
