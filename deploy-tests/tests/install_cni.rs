@@ -55,10 +55,18 @@ fn replaces_a_binary_that_is_running_and_cleans_stale_temp_files() {
     let dir = tmp.path();
     let target = dir.join("sriov");
     fs::copy("/bin/sleep", &target).unwrap();
-    let mut running = Command::new(&target)
-        .arg("30")
-        .spawn()
-        .expect("run the old binary");
+    // Another test thread's fork can hold the copy's write descriptor for a moment (until its
+    // child execs), and exec then fails with ETXTBSY: retry that, nothing else.
+    let mut tries = 0;
+    let mut running = loop {
+        match Command::new(&target).arg("30").spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other.expect("run the old binary"),
+        }
+    };
     fs::write(dir.join(".sriov.tmp-1-123"), b"left by a killed installer").unwrap();
     fs::write(dir.join("bridge"), b"another plugin").unwrap();
     let src = dir.join("new-sriov");
