@@ -140,6 +140,12 @@ pub enum DeviceType {
 }
 
 impl DeviceType {
+    pub const ALL: [DeviceType; 3] = [
+        DeviceType::NetDevice,
+        DeviceType::Accelerator,
+        DeviceType::AuxNetDevice,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeviceType::NetDevice => "netDevice",
@@ -240,26 +246,6 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-/// Upstream selector keys for features sriov-rs does not implement yet. Ignoring them would
-/// select more devices than the operator meant, so they are refused.
-const UNSUPPORTED_SELECTOR_KEYS: &[&str] = &[];
-/// Every selector key of any device type (for "does not apply to this device type").
-const ALL_SELECTOR_KEYS: &[&str] = &[
-    "vendors",
-    "devices",
-    "drivers",
-    "pciAddresses",
-    "acpiIndexes",
-    "pfNames",
-    "rootDevices",
-    "linkTypes",
-    "isRdma",
-    "needVhostNet",
-    "vdpaType",
-    "auxTypes",
-    "ddpProfiles",
-    "pKeys",
-];
 const NET_SELECTOR_KEYS: &[&str] = &[
     "vendors",
     "devices",
@@ -319,7 +305,7 @@ impl Config {
         let top = value
             .as_object()
             .ok_or_else(|| invalid("config", "must be a JSON object"))?;
-        let top = canonical_keys(top, &["resourceList", "provisioning"], &[], &[], "config")?;
+        let top = canonical_keys(top, &["resourceList", "provisioning"], &[], "config")?;
         let mut config = Config::default();
         if let Some(list) = top.get("resourceList") {
             let list = list
@@ -364,7 +350,6 @@ impl Config {
 fn canonical_keys(
     obj: &Map<String, Value>,
     known: &[&str],
-    unsupported: &[&str],
     ignored: &[&str],
     at: &str,
 ) -> Result<Map<String, Value>, ConfigError> {
@@ -381,13 +366,6 @@ fn canonical_keys(
                 ));
             }
             continue;
-        }
-        if unsupported.iter().any(|k| k.eq_ignore_ascii_case(key)) {
-            return Err(invalid(
-                &format!("{at}.{key}"),
-                "this upstream selector is not supported by sriov-rs yet; remove it \
-                 (ignoring it would select more devices than intended)",
-            ));
         }
         let hint = known
             .iter()
@@ -414,13 +392,7 @@ fn parse_resource(
     let obj = entry
         .as_object()
         .ok_or_else(|| wrong(at, "must be an object", entry))?;
-    let obj = &canonical_keys(
-        obj,
-        RESOURCE_KEYS,
-        &[],
-        &["SelectorObj", "SelectorObjs"],
-        at,
-    )?;
+    let obj = &canonical_keys(obj, RESOURCE_KEYS, &["SelectorObj", "SelectorObjs"], at)?;
     let name =
         get_str(obj, "resourceName", at)?.ok_or_else(|| invalid(at, "resourceName is required"))?;
     names::validate_resource_name(&name).map_err(|e| invalid(at, e.to_string()))?;
@@ -521,8 +493,10 @@ fn parse_selector(
     let keys = device_type.selector_keys();
     for key in obj.keys() {
         let applies = keys.iter().any(|k| k.eq_ignore_ascii_case(key));
-        if let Some(k) = ALL_SELECTOR_KEYS
+        // A selector of another device type.
+        if let Some(k) = DeviceType::ALL
             .iter()
+            .flat_map(|t| t.selector_keys())
             .find(|k| !applies && k.eq_ignore_ascii_case(key))
         {
             if device_type != DeviceType::NetDevice {
@@ -537,7 +511,7 @@ fn parse_selector(
             }
         }
     }
-    let obj = &canonical_keys(obj, keys, UNSUPPORTED_SELECTOR_KEYS, &[], at)?;
+    let obj = &canonical_keys(obj, keys, &[], at)?;
     let mut s = NetDeviceSelector {
         vendors: parse_ids(obj, "vendors", at)?,
         devices: parse_ids(obj, "devices", at)?,
@@ -652,7 +626,7 @@ fn parse_provisioning(entry: &Value, at: &str) -> Result<PfProvisioning, ConfigE
     let obj = entry
         .as_object()
         .ok_or_else(|| wrong(at, "must be an object", entry))?;
-    let obj = &canonical_keys(obj, PROVISIONING_KEYS, &[], &[], at)?;
+    let obj = &canonical_keys(obj, PROVISIONING_KEYS, &[], at)?;
     let mut p = PfProvisioning {
         pf_names: get_list(obj, "pfNames", at)?,
         vendors: parse_ids(obj, "vendors", at)?,

@@ -2,7 +2,7 @@
 
 use super::device_info::{self, Target};
 use super::release::{release, Problem, Problems, Whereabouts};
-use super::{attach_err, netlink_err, open_netns, owner_alive, state_err, Ctx};
+use super::{attach_err, netlink_err, open_netns, owner_alive, refuse_if_held, state_err, Ctx};
 use crate::fault;
 use crate::result::{render, Interface, IpamResult};
 use crate::spec::{CniError, ErrorCode};
@@ -38,30 +38,7 @@ pub fn add(ctx: &Ctx) -> Result<Value, CniError> {
     let mut host = NetlinkSocket::new().map_err(netlink_err("open a netlink socket"))?;
 
     if let Some(old) = ctx.state.load(&pci).map_err(state_err)? {
-        if old.owner.is(&env.container_id, &env.ifname) {
-            return Err(CniError::new(
-                ErrorCode::VfBusy,
-                format!(
-                    "deviceID: VF {pci} is already attached to container {} as {}; DEL it first",
-                    env.container_id, env.ifname
-                ),
-            ));
-        }
-        if owner_alive(&old) {
-            return Err(CniError::new(
-                ErrorCode::VfBusy,
-                format!(
-                    "deviceID: VF {pci} belongs to container {} ({} in {})",
-                    old.owner.container_id,
-                    old.owner.ifname,
-                    old.owner
-                        .netns
-                        .as_deref()
-                        .unwrap_or(Path::new("?"))
-                        .display()
-                ),
-            ));
-        }
+        refuse_if_held(&format!("VF {pci}"), &old.owner, owner_alive(&old), env)?;
         // Left behind by a pod whose namespace is gone: finish its cleanup first.
         let at = Whereabouts {
             pod_ns: None,

@@ -23,7 +23,7 @@ use crate::node_config::NodeConfig;
 use crate::spec::{CniError, CniVersion, ErrorCode};
 use serde_json::Value;
 use sriov::netlink::{NetlinkError, NetlinkSocket, Netns};
-use sriov::state::{StateDir, StateError, VfRecord};
+use sriov::state::{Owner, StateDir, StateError, VfRecord};
 use sriov::sysfs::Sysfs;
 use sriov::vf_attach::AttachError;
 
@@ -163,12 +163,48 @@ pub(crate) fn attach_code(e: &AttachError) -> ErrorCode {
 
 /// Whether the record's owner still has its namespace (a live pod owns the VF).
 pub(crate) fn owner_alive(record: &VfRecord) -> bool {
-    !record.orphaned
-        && record
-            .owner
-            .netns
-            .as_ref()
-            .is_some_and(|p| Netns::open(p).is_ok())
+    !record.orphaned && netns_alive(&record.owner)
+}
+
+/// Whether `owner`'s network namespace still exists.
+pub(crate) fn netns_alive(owner: &Owner) -> bool {
+    owner.netns.as_ref().is_some_and(|p| Netns::open(p).is_ok())
+}
+
+/// ADD of a device (`what`: `VF 0000:3b:02.1`, `SF mlx5_core.sf.4`) whose record names
+/// `owner`: code 101 when it is this very attachment (DEL it first) or a live pod's (`alive`);
+/// `Ok` when the owner is gone and its cleanup may be finished.
+pub(crate) fn refuse_if_held(
+    what: &str,
+    owner: &Owner,
+    alive: bool,
+    env: &CniEnv,
+) -> Result<(), CniError> {
+    if owner.is(&env.container_id, &env.ifname) {
+        return Err(CniError::new(
+            ErrorCode::VfBusy,
+            format!(
+                "deviceID: {what} is already attached to container {} as {}; DEL it first",
+                env.container_id, env.ifname
+            ),
+        ));
+    }
+    if alive {
+        return Err(CniError::new(
+            ErrorCode::VfBusy,
+            format!(
+                "deviceID: {what} belongs to container {} ({} in {})",
+                owner.container_id,
+                owner.ifname,
+                owner
+                    .netns
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("?"))
+                    .display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Opens `CNI_NETNS` and a netlink socket inside it: code 4 when it is missing or not a network

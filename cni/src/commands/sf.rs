@@ -4,7 +4,7 @@
 //! and DEL restore the netdev (name, MTU, MAC, down) wherever it is.
 
 use super::add::configure_pod;
-use super::{netlink_err, open_netns, Ctx};
+use super::{netlink_err, netns_alive, open_netns, refuse_if_held, Ctx};
 use crate::result::{render, Interface, IpamResult};
 use crate::spec::{CniError, ErrorCode};
 use serde_json::Value;
@@ -24,14 +24,6 @@ fn sf_err(name: &str) -> impl FnOnce(SfError) -> CniError + '_ {
     }
 }
 
-fn alive(record: &SfRecord) -> bool {
-    record
-        .owner
-        .netns
-        .as_ref()
-        .is_some_and(|p| Netns::open(p).is_ok())
-}
-
 pub fn add(ctx: &Ctx, name: &str) -> Result<Value, CniError> {
     let (env, conf) = (&ctx.env, &ctx.conf);
     let (pod_ns, mut pod_sock) = open_netns(env)?;
@@ -42,30 +34,12 @@ pub fn add(ctx: &Ctx, name: &str) -> Result<Value, CniError> {
     let lock = state.lock(name).map_err(sf_err(name))?;
     let mut host = NetlinkSocket::new().map_err(netlink_err("open a netlink socket"))?;
     if let Some(old) = state.load(name).map_err(sf_err(name))? {
-        if old.owner.is(&env.container_id, &env.ifname) {
-            return Err(CniError::new(
-                ErrorCode::VfBusy,
-                format!(
-                    "deviceID: SF {name} is already attached to container {} as {}; DEL it first",
-                    env.container_id, env.ifname
-                ),
-            ));
-        }
-        if alive(&old) {
-            return Err(CniError::new(
-                ErrorCode::VfBusy,
-                format!(
-                    "deviceID: SF {name} belongs to container {} ({} in {})",
-                    old.owner.container_id,
-                    old.owner.ifname,
-                    old.owner
-                        .netns
-                        .as_deref()
-                        .unwrap_or(Path::new("?"))
-                        .display()
-                ),
-            ));
-        }
+        refuse_if_held(
+            &format!("SF {name}"),
+            &old.owner,
+            netns_alive(&old.owner),
+            env,
+        )?;
         // Left by a pod whose namespace is gone: its netdev is back on the node.
         sf_attach::restore(&mut host, &old, None).map_err(|e| {
             CniError::new(

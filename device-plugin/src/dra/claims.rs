@@ -14,41 +14,24 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The claim's `status`, as the API server has it now.
 pub async fn fetch_status(socket: &Path, claim: &ClaimRef) -> Result<Value, String> {
-    let ask = async {
-        let mut stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
-            format!(
-                "the claim service ({}) is not reachable: {e}",
-                socket.display()
-            )
-        })?;
-        let mut line =
-            json!({"namespace": claim.namespace, "name": claim.name, "uid": claim.uid}).to_string();
-        line.push('\n');
-        stream
-            .write_all(line.as_bytes())
-            .await
-            .map_err(|e| format!("claim service: {e}"))?;
-        let mut answer = String::new();
-        BufReader::new(stream.take(MAX_ANSWER))
-            .read_line(&mut answer)
-            .await
-            .map_err(|e| format!("claim service: {e}"))?;
-        let v: Value = serde_json::from_str(answer.trim())
-            .map_err(|e| format!("claim service: unreadable answer: {e}"))?;
-        if let Some(e) = v.get("error").and_then(Value::as_str) {
-            return Err(e.to_string());
-        }
-        v.get("status")
-            .cloned()
-            .ok_or_else(|| "claim service: an answer without status".to_string())
-    };
-    tokio::time::timeout(TIMEOUT, ask)
-        .await
-        .map_err(|_| format!("the claim service did not answer within {TIMEOUT:?}"))?
+    let request = json!({"namespace": claim.namespace, "name": claim.name, "uid": claim.uid});
+    exchange(socket, request)
+        .await?
+        .get("status")
+        .cloned()
+        .ok_or_else(|| "claim service: an answer without status".to_string())
 }
 
 /// Asks the sidecar to apply `devices` (entries of the claim's `status.devices`).
 pub async fn report(socket: &Path, claim: &ClaimRef, devices: Vec<Value>) -> Result<(), String> {
+    let request = json!({"namespace": claim.namespace, "name": claim.name, "uid": claim.uid,
+                         "report": devices});
+    exchange(socket, request).await.map(drop)
+}
+
+/// One request line to the claim service and its answer (an `error` in it is the error),
+/// within [`TIMEOUT`].
+async fn exchange(socket: &Path, request: Value) -> Result<Value, String> {
     let ask = async {
         let mut stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
             format!(
@@ -56,9 +39,7 @@ pub async fn report(socket: &Path, claim: &ClaimRef, devices: Vec<Value>) -> Res
                 socket.display()
             )
         })?;
-        let mut line = json!({"namespace": claim.namespace, "name": claim.name, "uid": claim.uid,
-                              "report": devices})
-        .to_string();
+        let mut line = request.to_string();
         line.push('\n');
         stream
             .write_all(line.as_bytes())
@@ -73,7 +54,7 @@ pub async fn report(socket: &Path, claim: &ClaimRef, devices: Vec<Value>) -> Res
             .map_err(|e| format!("claim service: unreadable answer: {e}"))?;
         match v.get("error").and_then(Value::as_str) {
             Some(e) => Err(e.to_string()),
-            None => Ok(()),
+            None => Ok(v),
         }
     };
     tokio::time::timeout(TIMEOUT, ask)
