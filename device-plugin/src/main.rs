@@ -151,6 +151,22 @@ struct RunArgs {
     /// DRADeviceTaints).
     #[arg(long)]
     dra_taints: bool,
+    /// Also be a containerd NRI plugin that attaches each pod's prepared DRA VFs to its network
+    /// namespace (through the CNI plugin, --cni-plugin) and writes networkData to the claims.
+    #[arg(long)]
+    nri: bool,
+    /// The runtime's NRI socket.
+    #[arg(long, default_value = sriov_proto::nri::DEFAULT_SOCKET_PATH)]
+    nri_socket: PathBuf,
+    /// The NRI plugin's index (two digits: plugins are called in ascending order).
+    #[arg(long, default_value = "50")]
+    nri_plugin_index: String,
+    /// The CNI plugin the NRI attach runs (ours, `sriov`).
+    #[arg(long, default_value = "/opt/cni/bin/sriov")]
+    cni_plugin: PathBuf,
+    /// CNI_PATH for the NRI attach's CNI calls (where the IPAM plugins are).
+    #[arg(long, default_value = "/opt/cni/bin")]
+    cni_bin_dir: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -219,6 +235,10 @@ fn run(args: RunArgs) -> Result<()> {
         sriov::names::validate_node_name(&node_name)?;
         sriov::names::validate_resource_prefix(&args.dra_driver_name)
             .context("--dra-driver-name must be a DNS subdomain")?;
+        if args.nri {
+            sriov_proto::nri::validate_plugin_index(&args.nri_plugin_index)
+                .map_err(|e| anyhow::anyhow!("--nri-plugin-index: {e}"))?;
+        }
         opts.dra = Some(sriov_device_plugin::options::DraOptions {
             driver: args.dra_driver_name,
             node_name,
@@ -226,7 +246,19 @@ fn run(args: RunArgs) -> Result<()> {
             state_dir: args.dra_state_dir,
             devices_file: args.dra_devices_file,
             taints: args.dra_taints,
+            nri: args.nri.then(|| sriov_device_plugin::dra::nri::NriOptions {
+                socket: args.nri_socket,
+                name: "sriov-rs".into(),
+                index: args.nri_plugin_index,
+                cni: sriov_device_plugin::dra::nri::CniRunner {
+                    plugin: args.cni_plugin,
+                    cni_path: args.cni_bin_dir,
+                    node_netns: opts.netns.clone(),
+                },
+            }),
         });
+    } else if args.nri {
+        anyhow::bail!("--nri attaches DRA-prepared VFs: it needs --mode dra or both");
     }
     // One thread runs every task: the daemon does little work per event, and fewer threads means
     // fewer malloc arenas and stacks (the idle daemon stays under 10 MiB resident). Discovery and

@@ -95,6 +95,8 @@ pub struct DraOptions {
     pub devices_file: PathBuf,
     /// Unhealthy devices carry a NoSchedule taint in the slices.
     pub taints: bool,
+    /// Attach the pods' prepared VFs as a containerd NRI plugin (`--nri`).
+    pub nri: Option<crate::dra::nri::NriOptions>,
 }
 
 #[derive(Debug, Clone)]

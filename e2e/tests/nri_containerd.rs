@@ -4,11 +4,19 @@
 //! network namespace path, moves a VF's netdev (a veth of the simulated node) into that
 //! namespace, where the pod sees it, and gets StopPodSandbox (it moves the netdev back) and
 //! RemovePodSandbox. Needs root; installs what it needs (the trixie root is cached).
+//!
+//! Then the daemon's own NRI attach (`--mode dra --nri`): a claim prepared through the DRA
+//! kubelet plugin, a CRI pod sandbox of the pod it is reserved for, and the VF appears in the
+//! pod with the claim's VfConfig settings and IPAM, its interface is written to the claim's
+//! `status.devices[].networkData`, and StopPodSandbox gives the VF back as it was.
 
 use serde_json::json;
+use sriov_e2e::apiserver::Resource;
 use sriov_e2e::containerd17::Containerd17;
 use sriov_e2e::cri;
-use sriov_e2e::sim::{unique_name, SimNode, SimSpec};
+use sriov_e2e::dra_world::{dev, result, vf_config, DraWorld, WorldSpec, DRIVER};
+use sriov_e2e::kubelet::dra::claim;
+use sriov_e2e::sim::{unique_name, vf_pci, SimNode, SimSpec};
 use sriov_proto::nri::api::PodSandbox;
 use sriov_proto::nri::plugin::{self, NriError, PluginOptions, PodEvents, RuntimeInfo};
 use std::path::PathBuf;
@@ -235,4 +243,185 @@ fn containerd_1_7_nri_plugin_attaches_into_the_pod_netns() {
         rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), plugin_task).await });
     assert!(matches!(ended, Ok(Ok(Err(NriError::Closed)))), "{ended:?}");
     eprintln!("containerd 1.7 NRI test took {:?}", started.elapsed());
+}
+
+/// `ip -j link show dev <ifname>` in `netns`, parsed: (MAC, MTU, up).
+fn link_state(netns: &str, ifname: &str) -> (String, u64, bool) {
+    let out = ip(netns, &["-j", "link", "show", "dev", ifname]).unwrap_or_else(|e| panic!("{e}"));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let l = &v[0];
+    (
+        l["address"].as_str().unwrap_or_default().to_string(),
+        l["mtu"].as_u64().unwrap_or_default(),
+        l["flags"].as_array().unwrap().contains(&json!("UP")),
+    )
+}
+
+/// The claim's `status.devices` entry of `device`, when the API server has one.
+fn device_status(w: &DraWorld, name: &str, device: &str) -> Option<serde_json::Value> {
+    w.api
+        .objects(Resource::ResourceClaims)
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == name)?["status"]["devices"]
+        .as_array()?
+        .iter()
+        .find(|d| d["device"] == device)
+        .cloned()
+}
+
+#[test]
+fn the_daemons_nri_attach_gives_a_claims_vf_to_the_pod_and_back() {
+    let started = Instant::now();
+    let mut containerd = None;
+    let w = DraWorld::start_with(
+        WorldSpec {
+            sim: |s| s.pfs(1).vfs(2),
+            ..WorldSpec::new("nri-dra")
+        },
+        |lab, tmp| {
+            let conflist = json!({"cniVersion": "1.0.0", "name": "pods", "plugins": [
+                {"type": "bridge", "bridge": "cni-nri1", "isGateway": false,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.97.0.0/24"}]]}}]});
+            let c =
+                Containerd17::start(lab.netns_path(), &conflist).unwrap_or_else(|e| panic!("{e}"));
+            let socket = c.nri_socket();
+            containerd = Some(c);
+            // The CNI's node-local settings: the lab's sysfs, our folders, the daemon's claims.
+            for d in ["cni-state", "devinfo", "logs"] {
+                std::fs::create_dir_all(tmp.join(d)).unwrap();
+            }
+            let node_config = tmp.join("cni.json");
+            std::fs::write(
+                &node_config,
+                json!({"sysfsRoot": lab.sysfs_root(), "stateDir": tmp.join("cni-state"),
+                       "deviceInfoDir": tmp.join("devinfo"), "logDir": tmp.join("logs"),
+                       "draStateDir": tmp.join("dra")})
+                .to_string(),
+            )
+            .unwrap();
+            (
+                vec![
+                    "--nri".into(),
+                    format!("--nri-socket={}", socket.display()),
+                    format!(
+                        "--cni-plugin={}",
+                        sriov_e2e::workspace_binary("sriov").display()
+                    ),
+                    format!("--cni-bin-dir={}", sriov_e2e::cni::CNI_PATH),
+                ],
+                vec![(
+                    "SRIOV_CNI_NODE_CONFIG".into(),
+                    node_config.display().to_string(),
+                )],
+            )
+        },
+    );
+    let mut c = containerd.take().unwrap();
+    let node = w.lab.netns_path().display().to_string();
+    let (pci, bad_pci) = (vf_pci(0, 0), vf_pci(0, 1));
+    let vf_netdev = |i: usize| {
+        w.lab.description().pfs[0].vfs[i]
+            .netdev
+            .clone()
+            .expect("the VF has a netdev")
+    };
+    let (vf, bad_vf) = (vf_netdev(0), vf_netdev(1));
+    let before = link_state(&node, &vf);
+    let bad_before = link_state(&node, &bad_vf);
+
+    // The scheduler allocated a VF to pod web's claim; kubelet prepared it.
+    let api_version = format!("{DRIVER}/v1alpha1");
+    let uid = w.claim(
+        "web-vf",
+        json!([result("vf", &pci)]),
+        json!([vf_config(
+            "FromClaim",
+            &["vf"],
+            json!({"apiVersion": api_version, "kind": "VfConfig",
+            "ifName": "sriov1", "mac": "02:00:00:aa:bb:01", "mtu": 1400,
+            "ipam": {"type": "static", "addresses": [{"address": "10.77.0.5/24"}]}})
+        )]),
+        &["web"],
+    );
+    let prepared = w
+        .kubelet
+        .prepare(DRIVER, vec![claim("default", "web-vf", &uid)])
+        .unwrap();
+    assert_eq!(prepared.claims[&uid].error, "", "{}", w.daemon.log());
+    w.wait("the daemon's NRI registration", || {
+        w.daemon
+            .log()
+            .contains("NRI: registered with the runtime")
+            .then_some(())
+    });
+
+    // The pod's sandbox: the VF is in it, with the claim's settings.
+    let config = cri::pod_sandbox_config("web", "default", "uid-web", &std::env::temp_dir());
+    let id = c
+        .run_pod(config)
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", c.log(), w.daemon.log()));
+    let netns = c.pod_netns(&id).unwrap();
+    assert_eq!(
+        link_state(&netns, "sriov1"),
+        ("02:00:00:aa:bb:01".to_string(), 1400, true),
+        "{}",
+        w.daemon.log()
+    );
+    let addrs = ip(&netns, &["-j", "addr", "show", "dev", "sriov1"]).unwrap();
+    assert!(addrs.contains("\"local\":\"10.77.0.5\""), "{addrs}");
+    assert!(has_link(&netns, "eth0"), "the pod network is there too");
+    assert!(!has_link(&node, &vf), "the VF left the node");
+    let entry = w.wait("networkData in the claim's status", || {
+        device_status(&w, "web-vf", &dev(&pci)).filter(|e| e.get("networkData").is_some())
+    });
+    assert_eq!(
+        entry["networkData"],
+        json!({"interfaceName": "sriov1", "ips": ["10.77.0.5/24"], "hardwareAddress": "02:00:00:aa:bb:01"})
+    );
+    assert_eq!(entry["conditions"][0]["type"], "Ready");
+    assert_eq!(entry["conditions"][0]["status"], "True");
+
+    // A claim whose settings the VF cannot take: the sandbox fails, the VF is untouched.
+    let bad_uid = w.claim(
+        "db-vf",
+        json!([result("vf", &bad_pci)]),
+        json!([vf_config(
+            "FromClaim",
+            &[],
+            json!({"apiVersion": api_version, "kind": "VfConfig", "mtu": 65000})
+        )]),
+        &["db"],
+    );
+    let r = w
+        .kubelet
+        .prepare(DRIVER, vec![claim("default", "db-vf", &bad_uid)])
+        .unwrap();
+    assert_eq!(r.claims[&bad_uid].error, "");
+    let err = c
+        .run_pod(cri::pod_sandbox_config(
+            "db",
+            "default",
+            "uid-db",
+            &std::env::temp_dir(),
+        ))
+        .expect_err("a sandbox whose VF cannot be attached fails");
+    assert!(err.contains("mtu"), "{err}");
+    assert_eq!(link_state(&node, &bad_vf), bad_before, "untouched");
+
+    // StopPodSandbox: the VF is back on the node as it was; networkData is gone.
+    c.stop_pod(&id).unwrap();
+    assert_eq!(link_state(&node, &vf).0, before.0, "MAC restored");
+    assert_eq!(link_state(&node, &vf).1, before.1, "MTU restored");
+    w.wait("networkData removed", || {
+        device_status(&w, "web-vf", &dev(&pci))
+            .filter(|e| e.get("networkData").is_none() && e.get("conditions").is_some())
+    });
+    c.remove_pod(&id).unwrap();
+    let r = w
+        .kubelet
+        .unprepare(DRIVER, vec![claim("default", "web-vf", &uid)])
+        .unwrap();
+    assert_eq!(r.claims[&uid].error, "");
+    assert!(w.record(&uid).is_none());
+    eprintln!("NRI attach test took {:?}", started.elapsed());
 }

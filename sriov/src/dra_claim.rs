@@ -107,6 +107,10 @@ pub struct VfConfig {
     /// `on` | `off`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust: Option<String>,
+    /// The IPAM section of the CNI config the NRI attach runs (`{"type": "host-local", ...}`,
+    /// as in a NAD): the pod interface's addresses and routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<Value>,
 }
 
 macro_rules! merge_fields {
@@ -134,7 +138,8 @@ impl VfConfig {
             mtu,
             mtu_lock,
             spoofchk,
-            trust
+            trust,
+            ipam
         );
     }
 
@@ -241,6 +246,9 @@ impl VfConfig {
         if self.mtu_lock == Some(true) && self.mtu.is_none() {
             return Err(("mtuLock", "needs mtu".into()));
         }
+        if let Some(ipam) = &self.ipam {
+            check_ipam(ipam).map_err(|why| ("ipam", why))?;
+        }
         for (field, v) in [("spoofchk", &self.spoofchk), ("trust", &self.trust)] {
             if let Some(v) = v {
                 if v != "on" && v != "off" {
@@ -250,6 +258,31 @@ impl VfConfig {
         }
         Ok(())
     }
+}
+
+/// The longest `ipam` section accepted (serialized).
+const MAX_IPAM_BYTES: usize = 16 * 1024;
+
+/// An object whose `type` names a plugin file (no path): the CNI execs it from its CNI_PATH.
+fn check_ipam(ipam: &Value) -> Result<(), String> {
+    let Value::Object(obj) = ipam else {
+        return Err("must be an object (a CNI ipam section)".into());
+    };
+    let Some(Value::String(t)) = obj.get("type") else {
+        return Err("needs \"type\", the IPAM plugin's name".into());
+    };
+    let plain = !t.is_empty()
+        && t.len() <= 64
+        && !t.starts_with('.')
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !plain {
+        return Err(format!("type {t:?} is not a plugin name"));
+    }
+    if ipam.to_string().len() > MAX_IPAM_BYTES {
+        return Err(format!("longer than {MAX_IPAM_BYTES} bytes"));
+    }
+    Ok(())
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -460,7 +493,8 @@ mod tests {
                 {"request": "gpu", "driver": "gpu.example.com", "pool": "node1", "device": "g0"}
             ],
             "config": [
-                opaque("FromClaim", &["vf"], json!({"apiVersion": "sriov.sriov-rs.io/v1alpha1", "kind": "VfConfig", "ifName": "net1", "vlan": 10})),
+                opaque("FromClaim", &["vf"], json!({"apiVersion": "sriov.sriov-rs.io/v1alpha1", "kind": "VfConfig", "ifName": "net1", "vlan": 10,
+                    "ipam": {"type": "static", "addresses": [{"address": "10.1.0.5/24"}]}})),
                 opaque("FromClass", &[], json!({"apiVersion": "sriovnetwork.k8snetworkplumbingwg.io/v1alpha1", "kind": "VfConfig",
                     "addVhostMount": true, "netAttachDefNamespace": "infra", "ifName": "eth9", "mtu": 9000})),
                 {"source": "FromClaim", "opaque": {"driver": "gpu.example.com", "parameters": {"x": 1}}}
@@ -473,6 +507,7 @@ mod tests {
         assert_eq!(c.add_vhost_mount, Some(true), "class field kept");
         assert_eq!(c.net_attach_def_namespace.as_deref(), Some("infra"));
         assert_eq!((c.vlan, c.mtu), (Some(10), Some(9000)));
+        assert_eq!(c.ipam.as_ref().unwrap()["type"], "static");
         assert_eq!(
             a.pods.iter().map(|p| p.uid.as_str()).collect::<Vec<_>>(),
             ["u1", "u2"]
@@ -508,6 +543,17 @@ mod tests {
         assert_eq!(field_of(base(json!({"mac": "zz"}))), "mac");
         assert_eq!(field_of(base(json!({"mtuLock": true}))), "mtuLock");
         assert_eq!(field_of(base(json!({"ifName": "a/b"}))), "ifName");
+        assert_eq!(field_of(base(json!({"ipam": "static"}))), "ipam");
+        assert_eq!(field_of(base(json!({"ipam": {"subnet": "x"}}))), "ipam");
+        assert_eq!(
+            field_of(base(json!({"ipam": {"type": "../../usr/bin/x"}}))),
+            "ipam"
+        );
+        let big = "a".repeat(20_000);
+        assert_eq!(
+            field_of(base(json!({"ipam": {"type": "static", "x": big}}))),
+            "ipam"
+        );
         assert_eq!(
             field_of(json!({"apiVersion": "x/v1", "kind": "VfConfig"})),
             "apiVersion"

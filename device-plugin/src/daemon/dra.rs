@@ -20,6 +20,8 @@ pub(super) struct DraRuntime {
     devices_file: DevicesFile,
     dra_socket: PathBuf,
     reg_socket: PathBuf,
+    nri: Option<crate::dra::nri::NriOptions>,
+    nri_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl DraRuntime {
@@ -63,6 +65,8 @@ impl DraRuntime {
             reg_socket: kubelet_dir
                 .join("plugins_registry")
                 .join(sriov_proto::dra::registration_socket_name(&opts.driver)),
+            nri: opts.nri.clone(),
+            nri_task: None,
         })
     }
 
@@ -95,6 +99,15 @@ impl Daemon {
             );
         }
         self.start_dra_server().await;
+        let Some(rt) = &mut self.dra else { return };
+        if let Some(nri) = rt.nri.clone() {
+            tracing::info!(socket = %nri.socket.display(), "attaching prepared VFs as an NRI plugin");
+            let attach = Arc::new(crate::dra::nri::NriAttach::new(
+                rt.dra.clone(),
+                nri.cni.clone(),
+            ));
+            rt.nri_task = Some(tokio::spawn(crate::dra::nri::serve(nri, attach)));
+        }
     }
 
     pub(super) async fn start_dra_server(&mut self) {
@@ -222,6 +235,9 @@ impl Daemon {
         if let Some(rt) = &mut self.dra {
             if let Some(s) = rt.server.take() {
                 s.stop().await;
+            }
+            if let Some(t) = rt.nri_task.take() {
+                t.abort();
             }
         }
     }

@@ -3,13 +3,15 @@
 //! `<kubelet-dir>/plugins/<driver>/dra.sock` ([`server`]), claims prepared and unprepared
 //! ([`prepare`]) from their status, which the sidecar's claim service reads from the API server
 //! ([`claims`]: the daemon holds no API credentials), and the node's DRA devices written for the
-//! sidecar to publish as ResourceSlices ([`devices_file`]).
+//! sidecar to publish as ResourceSlices ([`devices_file`]). With `--nri`, the daemon is also a
+//! containerd NRI plugin that attaches each pod's prepared VFs to it ([`nri`]).
 //!
 //! The daemon's main loop publishes a [`DraView`] (its pools' snapshots, health included)
 //! whenever the pools change; the services read it without locks.
 
 pub mod claims;
 pub mod devices_file;
+pub mod nri;
 pub mod prepare;
 pub mod server;
 

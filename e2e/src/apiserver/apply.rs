@@ -218,6 +218,15 @@ pub fn apply(
         let shared = managers.values().any(|o| o.contains(p));
         if !shared {
             remove(object, p);
+            // A map left empty goes too (its fields were all that set it).
+            for end in (1..p.len()).rev() {
+                let parent = &p[..end];
+                if get(object, parent).is_some_and(|v| v.as_object().is_some_and(Map::is_empty)) {
+                    remove(object, parent);
+                } else {
+                    break;
+                }
+            }
         }
     }
     merge(object, applied, &vec![]);
@@ -337,5 +346,29 @@ mod tests {
         let mut v = json!({"a": {"b": 1, "c": 2}, "l": [1, 2]});
         merge_patch(&mut v, &json!({"a": {"b": null, "d": 3}, "l": [3]}));
         assert_eq!(v, json!({"a": {"c": 2, "d": 3}, "l": [3]}));
+    }
+}
+#[cfg(test)]
+mod removal_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_map_whose_fields_are_no_longer_applied_goes() {
+        let mut m = Managers::new();
+        let mut o = json!({"metadata": {"name": "c"}, "status": {"allocation": {"x": 1}}});
+        let e1 = json!({"status": {"devices": [{"driver": "d", "pool": "p", "device": "x", "conditions": [{"type": "Ready", "status": "True"}]}]}});
+        apply(&mut o, &e1, "sc", true, &mut m).unwrap();
+        let e2 = json!({"status": {"devices": [{"driver": "d", "pool": "p", "device": "x", "conditions": [{"type": "Ready", "status": "True"}], "networkData": {"interfaceName": "n", "ips": ["1.2.3.4/24"]}}]}});
+        apply(&mut o, &e2, "sc", true, &mut m).unwrap();
+        assert_eq!(
+            o["status"]["devices"][0]["networkData"]["interfaceName"],
+            "n"
+        );
+        apply(&mut o, &e1, "sc", true, &mut m).unwrap();
+        assert!(
+            o["status"]["devices"][0].get("networkData").is_none(),
+            "{o}"
+        );
     }
 }
