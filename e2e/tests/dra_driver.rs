@@ -5,46 +5,37 @@
 //! scheduler: it writes each claim's `status.allocation`. Needs root.
 
 use serde_json::{json, Value};
-use sriov_e2e::apiserver::{ApiServer, Resource};
+use sriov_e2e::apiserver::Resource;
 use sriov_e2e::cdi_check::check_spec;
-use sriov_e2e::kubelet::dra::{claim, DraKubelet};
-use sriov_e2e::kubelet::{DaemonArgs, DaemonProcess};
-use sriov_e2e::sim::{self, vf_pci, SimNode, SimSpec};
+use sriov_e2e::dra_node::{dev, result, vf_config, DraNode, DraNodeSpec, DRIVER, NODE, WAIT};
+use sriov_e2e::kubelet::dra::claim;
+use sriov_e2e::sim::{self, vf_pci, BindEmulator, SimNode, SimSpec};
 use sriov_proto::dra::health::v1 as hv1;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const NODE: &str = "worker-1";
-const DRIVER: &str = "sriov.sriov-rs.io";
-const WAIT: Duration = Duration::from_secs(15);
 const POOLS: &str = r#"{"resourceList": [
     {"resourceName": "net", "selectors": {"drivers": ["iavf"]}},
     {"resourceName": "dpdk", "selectors": {"drivers": ["vfio-pci"]}}
 ]}"#;
 
-fn dev(pci: &str) -> String {
-    pci.replace([':', '.'], "-")
+/// One test's world; fields drop in order (the node's processes first).
+struct World {
+    node: DraNode,
+    lab: SimNode,
+    tmp: tempfile::TempDir,
 }
 
-struct Sidecar(Child);
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl std::ops::Deref for World {
+    type Target = DraNode;
+    fn deref(&self) -> &DraNode {
+        &self.node
     }
 }
 
-/// One test's world; fields drop in order (daemon first).
-struct World {
-    daemon: DaemonProcess,
-    kubelet: DraKubelet,
-    _sidecar: Sidecar,
-    api: ApiServer,
-    lab: SimNode,
-    tmp: tempfile::TempDir,
-    _rt: tokio::runtime::Runtime,
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut DraNode {
+        &mut self.node
+    }
 }
 
 impl World {
@@ -61,139 +52,23 @@ impl World {
         let lab = SimNode::up(&SimSpec::new(sim::unique_name(prefix)).pfs(2).vfs(4).vfio(1))
             .unwrap_or_else(|e| panic!("lab up: {e}"));
         let tmp = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let api = rt.block_on(ApiServer::start()).unwrap();
-        api.insert(Resource::Nodes, json!({"metadata": {"name": NODE}}));
-        let addr = api.url().trim_start_matches("http://").parse().unwrap();
-        let kubeconfig = sriov_e2e::local::write_kubeconfig(tmp.path(), addr);
-        let log = std::fs::File::create(tmp.path().join("sidecar.log")).unwrap();
-        let sidecar = Command::new(sriov_e2e::workspace_binary("sriov-node-state"))
-            .arg("--status-file")
-            .arg(tmp.path().join("daemon/node-state.json"))
-            .arg("--dra-devices-file")
-            .arg(tmp.path().join("daemon/dra-devices.json"))
-            .arg("--dra-claims-socket")
-            .arg(tmp.path().join("sidecar/claims.sock"))
-            .args(["--min-interval-seconds", "1", "--resync-seconds", "1"])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("NODE_NAME", NODE)
-            .env("RUST_LOG", "debug")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let kubelet = DraKubelet::start(&tmp.path().join("kubelet")).unwrap();
-        std::fs::write(tmp.path().join("config.json"), POOLS).unwrap();
-        let daemon = spawn_daemon(&lab, tmp.path(), fault, mode);
-        let w = World {
-            daemon,
-            kubelet,
-            _sidecar: Sidecar(sidecar),
-            api,
-            lab,
-            tmp,
-            _rt: rt,
-        };
-        let socket = w.tmp.path().join("sidecar/claims.sock");
-        w.wait("the sidecar's claim service", || {
-            socket.exists().then_some(())
-        });
-        w.kubelet
-            .wait_for("the driver's registration", WAIT, |s| {
-                s.registrations
-                    .iter()
-                    .any(|r| r.driver == DRIVER)
-                    .then_some(())
-            })
-            .unwrap_or_else(|e| panic!("{e}\n{}", w.daemon.log()));
-        w
-    }
-
-    fn cdi_dir(&self) -> PathBuf {
-        self.tmp.path().join("cdi")
-    }
-
-    fn record(&self, uid: &str) -> Option<Value> {
-        let p = self.tmp.path().join(format!("dra/claims/{uid}.json"));
-        std::fs::read(p)
-            .ok()
-            .map(|b| serde_json::from_slice(&b).unwrap())
+        let mut spec = DraNodeSpec::on_lab(&lab, tmp.path(), POOLS);
+        spec.mode = mode.into();
+        let node = DraNode::start(spec, fault).unwrap_or_else(|e| panic!("{e}"));
+        World { node, lab, tmp }
     }
 
     fn cdi_spec(&self, uid: &str) -> Option<Value> {
-        let p = self.cdi_dir().join(format!("{DRIVER}-vf_{uid}.json"));
-        std::fs::read(p).ok().map(|b| {
+        std::fs::read(self.cdi_spec_path(uid)).ok().map(|b| {
             check_spec(&b).unwrap_or_else(|e| panic!("claim spec breaks the CDI rules: {e}"))
         })
     }
 
-    /// Stores a claim allocated (by the "scheduler") to `results`, with `config`; its uid.
-    fn claim(&self, name: &str, results: Value, config: Value, pods: &[&str]) -> String {
-        let reserved: Vec<Value> = pods
-            .iter()
-            .map(|p| json!({"resource": "pods", "name": p, "uid": format!("uid-{p}")}))
-            .collect();
-        let c = self.api.insert(
-            Resource::ResourceClaims,
-            json!({"metadata": {"name": name, "namespace": "default"},
-                   "spec": {"devices": {"requests": [{"name": "vf", "exactly": {"deviceClassName": "sriov"}}]}},
-                   "status": {"allocation": {"devices": {"results": results, "config": config}},
-                              "reservedFor": reserved}}),
-        );
-        c["metadata"]["uid"].as_str().unwrap().to_string()
-    }
-
     fn wait<T>(&self, what: &str, f: impl Fn() -> Option<T>) -> T {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never {what}\n{}",
-                self.daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.node
+            .wait(what, WAIT, f)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
-}
-
-fn spawn_daemon(lab: &SimNode, tmp: &Path, fault: Option<&str>, mode: &str) -> DaemonProcess {
-    let mut args = DaemonArgs::on_lab(lab, tmp, tmp.join("config.json"));
-    args.extra = [
-        format!("--mode={mode}"),
-        "--registration=kubelet-socket".to_string(),
-        format!("--node-name={NODE}"),
-        format!(
-            "--dra-claims-socket={}",
-            tmp.join("sidecar/claims.sock").display()
-        ),
-        format!("--dra-state-dir={}", tmp.join("dra").display()),
-        format!(
-            "--dra-devices-file={}",
-            tmp.join("daemon/dra-devices.json").display()
-        ),
-        format!("--cdi-dir={}", tmp.join("cdi").display()),
-    ]
-    .to_vec();
-    let bin = sriov_e2e::workspace_binary("sriov-device-plugin");
-    let env: Vec<(&str, &str)> = fault.map(|f| ("SRIOV_DP_FAULT", f)).into_iter().collect();
-    DaemonProcess::spawn_with_env(&bin, &args, &tmp.join("daemon.log"), &env).unwrap()
-}
-
-fn result(request: &str, pci: &str) -> Value {
-    json!({"request": request, "driver": DRIVER, "pool": NODE, "device": dev(pci)})
-}
-
-fn vf_config(source: &str, requests: &[&str], params: Value) -> Value {
-    json!({"source": source, "requests": requests, "opaque": {"driver": DRIVER, "parameters": params}})
 }
 
 #[test]
@@ -536,7 +411,7 @@ fn kill_during_prepare_is_undone_at_start() {
     w.daemon.terminate(Duration::from_secs(5));
     assert!(w.record(&uid).is_some(), "a kill leaves the record");
 
-    w.daemon = spawn_daemon(&w.lab, w.tmp.path(), None, "dra");
+    w.daemon = w.spec.spawn_daemon(None).unwrap();
     w.wait("the unfinished prepare undone", || {
         (w.record(&uid).is_none() && w.cdi_spec(&uid).is_none()).then_some(())
     });
@@ -553,82 +428,13 @@ fn kill_during_prepare_is_undone_at_start() {
     assert_eq!(w.record(&uid).unwrap()["phase"], "Prepared");
 }
 
-/// Plays the kernel's PCI core for driver binds on the simulated tree: a write of a device's
-/// address to `bus/pci/drivers_probe` binds it to its `driver_override` (the `driver` link; a
-/// vfio-pci device gets IOMMU group 900 and `/dev/vfio/900`). Stops when dropped.
-struct BindEmulator {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl BindEmulator {
-    fn start(lab: &SimNode, pcis: &[String]) -> BindEmulator {
-        let sys = lab.sysfs_root().to_path_buf();
-        let dev = lab.paths().dev();
-        std::fs::write(sys.join("bus/pci/drivers_probe"), "").unwrap();
-        for pci in pcis {
-            std::fs::write(
-                sys.join("bus/pci/devices")
-                    .join(pci)
-                    .join("driver_override"),
-                "",
-            )
-            .unwrap();
-        }
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let probe = sys.join("bus/pci/drivers_probe");
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let pci = std::fs::read_to_string(&probe).unwrap_or_default();
-                let pci = pci.trim();
-                if !pci.is_empty() {
-                    let dir = sys.join("bus/pci/devices").join(pci);
-                    let driver = std::fs::read_to_string(dir.join("driver_override")).unwrap();
-                    let driver = driver.trim();
-                    let _ = std::fs::remove_file(dir.join("driver"));
-                    std::os::unix::fs::symlink(
-                        format!("../../../bus/pci/drivers/{driver}"),
-                        dir.join("driver"),
-                    )
-                    .unwrap();
-                    if driver == "vfio-pci" && !dir.join("iommu_group").exists() {
-                        std::fs::create_dir_all(sys.join("kernel/iommu_groups/900/devices"))
-                            .unwrap();
-                        let _ = std::os::unix::fs::symlink(
-                            "../../../kernel/iommu_groups/900",
-                            dir.join("iommu_group"),
-                        );
-                        std::fs::write(dev.join("vfio/900"), "").unwrap();
-                    }
-                    std::fs::write(&probe, "").unwrap();
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        BindEmulator {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for BindEmulator {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// `driver: vfio-pci` binds a kernel VF to vfio-pci at prepare (its VFIO nodes in the claim's
 /// spec) and back to its driver at unprepare.
 #[test]
 fn vfio_pci_config_binds_and_unprepare_gives_the_driver_back() {
     let w = World::start("dra-vfio", None);
     let pci = vf_pci(0, 1);
-    let _kernel = BindEmulator::start(&w.lab, std::slice::from_ref(&pci));
+    let _kernel = BindEmulator::start(&w.lab, std::slice::from_ref(&pci)).unwrap();
     let driver = || {
         std::fs::read_link(
             w.lab
