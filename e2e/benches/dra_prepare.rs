@@ -170,9 +170,9 @@ fn main() {
         None => DraNodeSpec::on_lab(&lab, &work.0, POOLS),
     };
     println!(
-        "daemon binary: {}, sidecar: {}",
+        "daemon binary: {}, sidecar: {:?}",
         spec.daemon_bin.display(),
-        spec.sidecar_bin.display()
+        spec.sidecar
     );
     let vfio_vfs: Vec<String> = (0..VFS).map(|v| vf_pci(1, v)).collect();
     let _binds = BindEmulator::start(&lab, &vfio_vfs).unwrap_or_else(|e| panic!("{e}"));

@@ -30,13 +30,15 @@ pub struct DraNodeSpec {
     /// The daemon's `config.json`.
     pub pools: String,
     pub daemon_bin: PathBuf,
-    pub sidecar_bin: PathBuf,
+    pub sidecar: SidecarMode,
     pub sysfs_root: PathBuf,
     pub dev_root: PathBuf,
     /// The node's netns (a simulated node's), for link notifications.
     pub netns: Option<PathBuf>,
     /// `dra` or `both`.
     pub mode: String,
+    /// How long to wait for the claim service and the registration at start.
+    pub start_timeout: Duration,
 }
 
 impl DraNodeSpec {
@@ -53,25 +55,28 @@ impl DraNodeSpec {
             dir: dir.to_path_buf(),
             pools: pools.to_string(),
             daemon_bin: bins.join("sriov-device-plugin"),
-            sidecar_bin: bins.join("sriov-node-state"),
+            sidecar: SidecarMode::Process(bins.join("sriov-node-state")),
             sysfs_root: lab.sysfs_root().to_path_buf(),
             dev_root: lab.paths().dev(),
             netns: Some(lab.netns_path().to_path_buf()),
             mode: "dra".into(),
+            start_timeout: WAIT,
         }
     }
 
-    /// On this machine's `/sys` and `/dev`, with the binaries found in `bins`.
+    /// On this machine's `/sys` and `/dev`, with the daemon found in `bins` and the sidecar's
+    /// code run in this process.
     pub fn on_host(bins: &Path, dir: &Path, pools: &str) -> DraNodeSpec {
         DraNodeSpec {
             dir: dir.to_path_buf(),
             pools: pools.to_string(),
             daemon_bin: bins.join("sriov-device-plugin"),
-            sidecar_bin: bins.join("sriov-node-state"),
+            sidecar: SidecarMode::InProcess,
             sysfs_root: "/sys".into(),
             dev_root: "/dev".into(),
             netns: None,
             mode: "dra".into(),
+            start_timeout: WAIT,
         }
     }
 
@@ -122,6 +127,17 @@ impl DraNodeSpec {
     }
 }
 
+/// How the sidecar runs.
+#[derive(Debug, Clone)]
+pub enum SidecarMode {
+    /// The `sriov-node-state` binary at this path, as deployed.
+    Process(PathBuf),
+    /// Its code ([`sriov_node_state::sidecar::run`]) on this process's runtime, with a client
+    /// of the API server emulator: no second process to start, which under the QEMU lab's TCG
+    /// takes seconds. It then handles this process's SIGTERM and SIGINT.
+    InProcess,
+}
+
 /// The sidecar process, killed when dropped.
 struct Sidecar(Child);
 
@@ -136,7 +152,7 @@ impl Drop for Sidecar {
 pub struct DraNode {
     pub daemon: DaemonProcess,
     pub kubelet: DraKubelet,
-    _sidecar: Sidecar,
+    _sidecar: Option<Sidecar>,
     pub api: ApiServer,
     pub spec: DraNodeSpec,
     _rt: tokio::runtime::Runtime,
@@ -162,27 +178,52 @@ impl DraNode {
             .trim_start_matches("http://")
             .parse()
             .map_err(|e| format!("the API server's address: {e}"))?;
-        let kubeconfig = crate::local::write_kubeconfig(&spec.dir, addr);
-        let log = std::fs::File::create(spec.dir.join("sidecar.log"))
-            .map_err(|e| io("the sidecar log", e))?;
-        let sidecar = Command::new(&spec.sidecar_bin)
-            .arg("--status-file")
-            .arg(spec.dir.join("daemon/node-state.json"))
-            .arg("--dra-devices-file")
-            .arg(spec.dir.join("daemon/dra-devices.json"))
-            .arg("--dra-claims-socket")
-            .arg(spec.claims_socket())
-            .args(["--min-interval-seconds", "1", "--resync-seconds", "1"])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("NODE_NAME", NODE)
-            .env("RUST_LOG", "debug")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", spec.sidecar_bin.display()))?;
-        let sidecar = Sidecar(sidecar);
+        let sidecar = match &spec.sidecar {
+            SidecarMode::Process(bin) => {
+                let kubeconfig = crate::local::write_kubeconfig(&spec.dir, addr);
+                let log = std::fs::File::create(spec.dir.join("sidecar.log"))
+                    .map_err(|e| io("the sidecar log", e))?;
+                let child = Command::new(bin)
+                    .arg("--status-file")
+                    .arg(spec.dir.join("daemon/node-state.json"))
+                    .arg("--dra-devices-file")
+                    .arg(spec.dir.join("daemon/dra-devices.json"))
+                    .arg("--dra-claims-socket")
+                    .arg(spec.claims_socket())
+                    .args(["--min-interval-seconds", "1", "--resync-seconds", "1"])
+                    .env("KUBECONFIG", &kubeconfig)
+                    .env("NODE_NAME", NODE)
+                    .env("RUST_LOG", "debug")
+                    .env_remove("KUBERNETES_SERVICE_HOST")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+                Some(Sidecar(child))
+            }
+            SidecarMode::InProcess => {
+                let mut publisher = sriov_node_state::PublisherConfig::new(NODE);
+                publisher.min_interval = Duration::from_secs(1);
+                let opts = sriov_node_state::sidecar::SidecarOptions {
+                    status_file: spec.dir.join("daemon/node-state.json"),
+                    dra_devices_file: Some(spec.dir.join("daemon/dra-devices.json")),
+                    publisher,
+                    resync: Duration::from_secs(1),
+                    dra_claims_socket: Some(spec.claims_socket()),
+                };
+                let client = {
+                    let _in_rt = rt.enter();
+                    api.client()
+                };
+                rt.spawn(async move {
+                    if let Err(e) = sriov_node_state::sidecar::run(client, opts).await {
+                        eprintln!("the sidecar (in process) stopped: {e:#}");
+                    }
+                });
+                None
+            }
+        };
         let kubelet =
             DraKubelet::start(&spec.dir.join("kubelet")).map_err(|e| io("kubelet (DRA)", e))?;
         std::fs::write(spec.dir.join("config.json"), &spec.pools)
@@ -197,11 +238,13 @@ impl DraNode {
             _rt: rt,
         };
         let socket = node.spec.claims_socket();
-        node.wait("the sidecar's claim service", WAIT, || {
+        let timeout = node.spec.start_timeout;
+        node.wait("the sidecar's claim service", timeout, || {
             socket.exists().then_some(())
-        })?;
+        })
+        .map_err(|e| format!("{e}\n--- sidecar log\n{}", node.sidecar_log()))?;
         node.kubelet
-            .wait_for("the driver's registration", WAIT, |s| {
+            .wait_for("the driver's registration", timeout, |s| {
                 s.registrations
                     .iter()
                     .any(|r| r.driver == DRIVER)
@@ -209,6 +252,16 @@ impl DraNode {
             })
             .map_err(|e| format!("{e}\n{}", node.daemon.log()))?;
         Ok(node)
+    }
+
+    /// The sidecar's log so far (a process's).
+    pub fn sidecar_log(&self) -> String {
+        match self.spec.sidecar {
+            SidecarMode::Process(_) => {
+                std::fs::read_to_string(self.spec.dir.join("sidecar.log")).unwrap_or_default()
+            }
+            SidecarMode::InProcess => "(the sidecar runs in this process: no log)".into(),
+        }
     }
 
     pub fn cdi_dir(&self) -> PathBuf {

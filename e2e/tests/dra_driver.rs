@@ -464,6 +464,7 @@ fn vfio_pci_config_binds_and_unprepare_gives_the_driver_back() {
     assert_eq!(driver(), "vfio-pci");
     let rec = w.record(&uid).unwrap();
     assert_eq!(rec["devices"][0]["originalDriver"], "iavf");
+    assert_eq!(rec["devices"][0]["originalDriverOverride"], "");
     let spec = w.cdi_spec(&uid).unwrap();
     let nodes: Vec<&str> = spec["devices"][0]["containerEdits"]["deviceNodes"]
         .as_array()
@@ -478,6 +479,15 @@ fn vfio_pci_config_binds_and_unprepare_gives_the_driver_back() {
         .unwrap();
     assert_eq!(u.claims[&uid].error, "");
     assert_eq!(driver(), "iavf", "the driver it had");
+    let over = std::fs::read_to_string(
+        w.lab
+            .sysfs_root()
+            .join("bus/pci/devices")
+            .join(&pci)
+            .join("driver_override"),
+    )
+    .unwrap();
+    assert_eq!(over.trim(), "", "the override it had (none), not iavf");
     assert!(w.record(&uid).is_none() && w.cdi_spec(&uid).is_none());
 }
 

@@ -14,7 +14,6 @@ fn igb_scenarios_in_one_guest() {
     let bin = sriov_e2e::workspace_binary("sriov-guest-check");
     // Run inside the guest from the same folder.
     sriov_e2e::workspace_binary("sriov-device-plugin");
-    sriov_e2e::workspace_binary("sriov-node-state");
     let spec = VmSpec {
         pfs: 2,
         vfs: 4,

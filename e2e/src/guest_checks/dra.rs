@@ -1,6 +1,7 @@
 //! The daemon as a DRA driver against a real igb VF (guest booted with --iommu): the real
-//! `sriov-device-plugin run --mode dra` and `sriov-node-state` (claim service) next to this
-//! binary, the API server emulator in this process, kubelet's DRA side emulated. A claim with
+//! `sriov-device-plugin run --mode dra` next to this binary; in this process the sidecar's code
+//! (claim service, slice publisher: a second process costs seconds under TCG), the API server
+//! emulator and kubelet's DRA side. A claim with
 //! `driver: vfio-pci` is prepared: the VF is bound to vfio-pci by the kernel (sysfs `driver`
 //! link), its IOMMU group's `/dev/vfio/N` exists as a character device and is what the claim's
 //! CDI spec names, the record keeps igbvf, the claim gets `Ready`. Unprepare gives the VF back
@@ -9,7 +10,7 @@
 
 use super::{ensure, igb_pfs, pf_up};
 use crate::cdi_check::check_spec;
-use crate::dra_node::{dev, result, vfio_config, DraNode, DraNodeSpec, DRIVER, WAIT};
+use crate::dra_node::{dev, result, vfio_config, DraNode, DraNodeSpec, DRIVER};
 use crate::kubelet::dra::claim;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
@@ -18,10 +19,12 @@ use sriov::netlink::NetlinkSocket;
 use sriov::provision::{bind_driver, WaitPolicy};
 use sriov::sysfs::Sysfs;
 use std::os::unix::fs::FileTypeExt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const POOLS: &str = r#"{"resourceList": [{"resourceName": "igb", "selectors": {"vendors": ["8086"], "devices": ["10ca"]}}]}"#;
 const HEALTHY: i32 = 1;
+/// Waits in the guest (debug binaries under TCG are slow).
+const GUEST_WAIT: Duration = Duration::from_secs(60);
 
 pub fn run() -> Result<()> {
     let sysfs = Sysfs::new("/sys");
@@ -40,16 +43,21 @@ pub fn run() -> Result<()> {
         .parent()
         .context("binary folder")?
         .to_path_buf();
-    let result = DraNode::start(DraNodeSpec::on_host(&bins, &dir, POOLS), None)
+    let mut spec = DraNodeSpec::on_host(&bins, &dir, POOLS);
+    // Debug binaries under TCG: the daemon alone takes seconds to start.
+    spec.start_timeout = GUEST_WAIT;
+    let started = Instant::now();
+    let result = DraNode::start(spec, None)
         .map_err(|e| anyhow!(e))
         .and_then(|n| {
+            println!(
+                "dra: daemon, sidecar and kubelet up in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
             let r = scenario(&n, &sysfs, &mut nl, vf.pci, total);
-            if r.is_err() {
+            if r.is_err() || std::env::var_os("SRIOV_GUEST_DRA_LOGS").is_some() {
                 eprintln!("--- daemon log\n{}", n.daemon.log());
-                eprintln!(
-                    "--- sidecar log\n{}",
-                    std::fs::read_to_string(dir.join("sidecar.log")).unwrap_or_default()
-                );
+                eprintln!("--- sidecar log\n{}", n.sidecar_log());
             }
             r
         });
@@ -76,7 +84,7 @@ fn netdevs(sysfs: &Sysfs, pci: &PciAddress) -> Result<Vec<String>> {
 
 fn wait_healthy(node: &DraNode, devices: usize, what: &str) -> Result<()> {
     node.kubelet
-        .wait_for(what, WAIT, |s| {
+        .wait_for(what, GUEST_WAIT, |s| {
             let h = s.last_health()?;
             (h.len() == devices && h.iter().all(|d| d.1 == HEALTHY)).then_some(())
         })
@@ -197,7 +205,7 @@ fn scenario(
         rec["phase"] == "Prepared" && rec["devices"][0]["originalDriver"] == "igbvf",
         || format!("record {rec}"),
     )?;
-    node.wait("the claim's Ready condition", WAIT, || {
+    node.wait("the claim's Ready condition", GUEST_WAIT, || {
         node.ready_condition("vfio", &dev(&id))
             .filter(|c| c == &("True".to_string(), "Prepared".to_string()))
     })
