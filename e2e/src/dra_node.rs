@@ -332,7 +332,7 @@ impl DraNode {
             if Instant::now() >= deadline {
                 return Err(format!("never {what}\n{}", self.daemon.log()));
             }
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

@@ -48,8 +48,12 @@ pub fn run(scenario: &str, expect: &GuestShape) -> Result<()> {
                     continue;
                 }
                 println!("== scenario {s}");
+                let start = std::time::Instant::now();
                 run(s, expect).with_context(|| format!("scenario {s}"))?;
-                println!("== scenario {s}: ok");
+                println!(
+                    "== scenario {s}: ok ({:.1} s)",
+                    start.elapsed().as_secs_f64()
+                );
             }
             Ok(())
         }
