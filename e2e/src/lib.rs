@@ -9,7 +9,7 @@ pub mod containerd17;
 pub mod cri;
 pub mod demo;
 pub mod dra;
-pub mod dra_world;
+pub mod dra_node;
 pub mod guest_checks;
 pub mod kubelet;
 pub mod local;

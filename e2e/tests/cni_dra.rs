@@ -28,6 +28,7 @@ fn record(uid: &str, claim: &str, pods: &[&str], pcis: &[String]) -> ClaimRecord
                 pci: pci.clone(),
                 resource_name: "intel.com/net".into(),
                 original_driver: Some("iavf".into()),
+                original_driver_override: None,
                 config: VfConfig::default(),
                 cdi_device_id: format!("sriov.sriov-rs.io/vf={uid}-x"),
             })

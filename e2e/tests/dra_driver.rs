@@ -4,17 +4,76 @@
 //! NodePrepareResources / NodeUnprepareResources, NodeWatchResources). The test plays the
 //! scheduler: it writes each claim's `status.allocation`. Needs root.
 
-use serde_json::json;
+use serde_json::{json, Value};
 use sriov_e2e::apiserver::Resource;
-use sriov_e2e::dra_world::{dev, result, vf_config, DraWorld, WorldSpec, DRIVER, NODE, WAIT};
+use sriov_e2e::cdi_check::check_spec;
+use sriov_e2e::dra_node::{dev, result, vf_config, DraNode, DraNodeSpec, DRIVER, NODE, WAIT};
 use sriov_e2e::kubelet::dra::claim;
-use sriov_e2e::sim::{self, vf_pci, SimNode};
+use sriov_e2e::sim::{self, vf_pci, BindEmulator, SimNode, SimSpec};
 use sriov_proto::dra::health::v1 as hv1;
 use std::time::Duration;
 
+const POOLS: &str = r#"{"resourceList": [
+    {"resourceName": "net", "selectors": {"drivers": ["iavf"]}},
+    {"resourceName": "dpdk", "selectors": {"drivers": ["vfio-pci"]}}
+]}"#;
+
+/// One test's world; fields drop in order (the node's processes first).
+struct World {
+    node: DraNode,
+    lab: SimNode,
+    tmp: tempfile::TempDir,
+}
+
+impl std::ops::Deref for World {
+    type Target = DraNode;
+    fn deref(&self) -> &DraNode {
+        &self.node
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut DraNode {
+        &mut self.node
+    }
+}
+
+impl World {
+    fn start(prefix: &str, fault: Option<&str>) -> World {
+        World::start_in(prefix, fault, "dra")
+    }
+
+    fn start_in(prefix: &str, fault: Option<&str>, mode: &str) -> World {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root (a simulated node)"
+        );
+        sim::gc().expect("gc of dead labs");
+        let lab = SimNode::up(&SimSpec::new(sim::unique_name(prefix)).pfs(2).vfs(4).vfio(1))
+            .unwrap_or_else(|e| panic!("lab up: {e}"));
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spec = DraNodeSpec::on_lab(&lab, tmp.path(), POOLS);
+        spec.mode = mode.into();
+        let node = DraNode::start(spec, fault).unwrap_or_else(|e| panic!("{e}"));
+        World { node, lab, tmp }
+    }
+
+    fn cdi_spec(&self, uid: &str) -> Option<Value> {
+        std::fs::read(self.cdi_spec_path(uid)).ok().map(|b| {
+            check_spec(&b).unwrap_or_else(|e| panic!("claim spec breaks the CDI rules: {e}"))
+        })
+    }
+
+    fn wait<T>(&self, what: &str, f: impl Fn() -> Option<T>) -> T {
+        self.node
+            .wait(what, WAIT, f)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
 #[test]
 fn prepare_unprepare_shared_claims_configs_and_health() {
-    let w = DraWorld::start(WorldSpec::new("dra-drv"));
+    let w = World::start("dra-drv", None);
     let reg = w.kubelet.with_state(|s| s.registrations[0].clone());
     assert_eq!(reg.versions, ["v1.DRAPlugin", "v1beta1.DRAPlugin"]);
     assert_eq!(
@@ -330,10 +389,7 @@ fn prepare_unprepare_shared_claims_configs_and_health() {
 /// there; the next start undoes both, and the next prepare succeeds.
 #[test]
 fn kill_during_prepare_is_undone_at_start() {
-    let mut w = DraWorld::start(WorldSpec {
-        fault: Some("dra-hang-before-prepared".into()),
-        ..WorldSpec::new("dra-kill")
-    });
+    let mut w = World::start("dra-kill", Some("dra-hang-before-prepared"));
     let uid = w.claim(
         "k1",
         json!([result("vf", &vf_pci(0, 0))]),
@@ -355,7 +411,7 @@ fn kill_during_prepare_is_undone_at_start() {
     w.daemon.terminate(Duration::from_secs(5));
     assert!(w.record(&uid).is_some(), "a kill leaves the record");
 
-    w.restart_daemon("dra");
+    w.daemon = w.spec.spawn_daemon(None).unwrap();
     w.wait("the unfinished prepare undone", || {
         (w.record(&uid).is_none() && w.cdi_spec(&uid).is_none()).then_some(())
     });
@@ -372,82 +428,13 @@ fn kill_during_prepare_is_undone_at_start() {
     assert_eq!(w.record(&uid).unwrap()["phase"], "Prepared");
 }
 
-/// Plays the kernel's PCI core for driver binds on the simulated tree: a write of a device's
-/// address to `bus/pci/drivers_probe` binds it to its `driver_override` (the `driver` link; a
-/// vfio-pci device gets IOMMU group 900 and `/dev/vfio/900`). Stops when dropped.
-struct BindEmulator {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl BindEmulator {
-    fn start(lab: &SimNode, pcis: &[String]) -> BindEmulator {
-        let sys = lab.sysfs_root().to_path_buf();
-        let dev = lab.paths().dev();
-        std::fs::write(sys.join("bus/pci/drivers_probe"), "").unwrap();
-        for pci in pcis {
-            std::fs::write(
-                sys.join("bus/pci/devices")
-                    .join(pci)
-                    .join("driver_override"),
-                "",
-            )
-            .unwrap();
-        }
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let probe = sys.join("bus/pci/drivers_probe");
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let pci = std::fs::read_to_string(&probe).unwrap_or_default();
-                let pci = pci.trim();
-                if !pci.is_empty() {
-                    let dir = sys.join("bus/pci/devices").join(pci);
-                    let driver = std::fs::read_to_string(dir.join("driver_override")).unwrap();
-                    let driver = driver.trim();
-                    let _ = std::fs::remove_file(dir.join("driver"));
-                    std::os::unix::fs::symlink(
-                        format!("../../../bus/pci/drivers/{driver}"),
-                        dir.join("driver"),
-                    )
-                    .unwrap();
-                    if driver == "vfio-pci" && !dir.join("iommu_group").exists() {
-                        std::fs::create_dir_all(sys.join("kernel/iommu_groups/900/devices"))
-                            .unwrap();
-                        let _ = std::os::unix::fs::symlink(
-                            "../../../kernel/iommu_groups/900",
-                            dir.join("iommu_group"),
-                        );
-                        std::fs::write(dev.join("vfio/900"), "").unwrap();
-                    }
-                    std::fs::write(&probe, "").unwrap();
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        BindEmulator {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for BindEmulator {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// `driver: vfio-pci` binds a kernel VF to vfio-pci at prepare (its VFIO nodes in the claim's
 /// spec) and back to its driver at unprepare.
 #[test]
 fn vfio_pci_config_binds_and_unprepare_gives_the_driver_back() {
-    let w = DraWorld::start(WorldSpec::new("dra-vfio"));
+    let w = World::start("dra-vfio", None);
     let pci = vf_pci(0, 1);
-    let _kernel = BindEmulator::start(&w.lab, std::slice::from_ref(&pci));
+    let _kernel = BindEmulator::start(&w.lab, std::slice::from_ref(&pci)).unwrap();
     let driver = || {
         std::fs::read_link(
             w.lab
@@ -477,6 +464,7 @@ fn vfio_pci_config_binds_and_unprepare_gives_the_driver_back() {
     assert_eq!(driver(), "vfio-pci");
     let rec = w.record(&uid).unwrap();
     assert_eq!(rec["devices"][0]["originalDriver"], "iavf");
+    assert_eq!(rec["devices"][0]["originalDriverOverride"], "");
     let spec = w.cdi_spec(&uid).unwrap();
     let nodes: Vec<&str> = spec["devices"][0]["containerEdits"]["deviceNodes"]
         .as_array()
@@ -491,6 +479,15 @@ fn vfio_pci_config_binds_and_unprepare_gives_the_driver_back() {
         .unwrap();
     assert_eq!(u.claims[&uid].error, "");
     assert_eq!(driver(), "iavf", "the driver it had");
+    let over = std::fs::read_to_string(
+        w.lab
+            .sysfs_root()
+            .join("bus/pci/devices")
+            .join(&pci)
+            .join("driver_override"),
+    )
+    .unwrap();
+    assert_eq!(over.trim(), "", "the override it had (none), not iavf");
     assert!(w.record(&uid).is_none() && w.cdi_spec(&uid).is_none());
 }
 
@@ -498,10 +495,7 @@ fn vfio_pci_config_binds_and_unprepare_gives_the_driver_back() {
 /// Unhealthy at the device plugin and its Allocate refused, until the claim is unprepared.
 #[test]
 fn both_modes_never_hand_out_a_prepared_vf_twice() {
-    let w = DraWorld::start(WorldSpec {
-        mode: "both".into(),
-        ..WorldSpec::new("dra-both")
-    });
+    let w = World::start_in("dra-both", None, "both");
     let dp = sriov_e2e::kubelet::KubeletEmulator::start(
         &w.tmp.path().join("kubelet"),
         sriov_e2e::kubelet::RegistrationMode::KubeletSocket,

@@ -14,7 +14,7 @@ use serde_json::json;
 use sriov_e2e::apiserver::Resource;
 use sriov_e2e::containerd17::Containerd17;
 use sriov_e2e::cri;
-use sriov_e2e::dra_world::{dev, result, vf_config, DraWorld, WorldSpec, DRIVER};
+use sriov_e2e::dra_node::{dev, result, vf_config, DraNode, DraNodeSpec, DRIVER, WAIT};
 use sriov_e2e::kubelet::dra::claim;
 use sriov_e2e::sim::{unique_name, vf_pci, SimNode, SimSpec};
 use sriov_proto::nri::api::PodSandbox;
@@ -245,6 +245,10 @@ fn containerd_1_7_nri_plugin_attaches_into_the_pod_netns() {
     eprintln!("containerd 1.7 NRI test took {:?}", started.elapsed());
 }
 
+/// The daemon's pools: `intel.com/net`, the simulated node's iavf VFs.
+const POOLS: &str =
+    r#"{"resourceList": [{"resourceName": "net", "selectors": {"drivers": ["iavf"]}}]}"#;
+
 /// `ip -j link show dev <ifname>` in `netns`, parsed: (MAC, MTU, up).
 fn link_state(netns: &str, ifname: &str) -> (String, u64, bool) {
     let out = ip(netns, &["-j", "link", "show", "dev", ifname]).unwrap_or_else(|e| panic!("{e}"));
@@ -258,7 +262,7 @@ fn link_state(netns: &str, ifname: &str) -> (String, u64, bool) {
 }
 
 /// The claim's `status.devices` entry of `device`, when the API server has one.
-fn device_status(w: &DraWorld, name: &str, device: &str) -> Option<serde_json::Value> {
+fn device_status(w: &DraNode, name: &str, device: &str) -> Option<serde_json::Value> {
     w.api
         .objects(Resource::ResourceClaims)
         .into_iter()
@@ -272,55 +276,45 @@ fn device_status(w: &DraWorld, name: &str, device: &str) -> Option<serde_json::V
 #[test]
 fn the_daemons_nri_attach_gives_a_claims_vf_to_the_pod_and_back() {
     let started = Instant::now();
-    let mut containerd = None;
-    let w = DraWorld::start_with(
-        WorldSpec {
-            sim: |s| s.pfs(1).vfs(2),
-            ..WorldSpec::new("nri-dra")
-        },
-        |lab, tmp| {
-            let conflist = json!({"cniVersion": "1.0.0", "name": "pods", "plugins": [
-                {"type": "bridge", "bridge": "cni-nri1", "isGateway": false,
-                 "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.97.0.0/24"}]]}}]});
-            let c =
-                Containerd17::start(lab.netns_path(), &conflist).unwrap_or_else(|e| panic!("{e}"));
-            let socket = c.nri_socket();
-            containerd = Some(c);
-            // The CNI's node-local settings: the lab's sysfs, our folders, the daemon's claims.
-            for d in ["cni-state", "devinfo", "logs"] {
-                std::fs::create_dir_all(tmp.join(d)).unwrap();
-            }
-            let node_config = tmp.join("cni.json");
-            std::fs::write(
-                &node_config,
-                json!({"sysfsRoot": lab.sysfs_root(), "stateDir": tmp.join("cni-state"),
-                       "deviceInfoDir": tmp.join("devinfo"), "logDir": tmp.join("logs"),
-                       "draStateDir": tmp.join("dra")})
-                .to_string(),
-            )
-            .unwrap();
-            (
-                vec![
-                    "--nri".into(),
-                    format!("--nri-socket={}", socket.display()),
-                    format!(
-                        "--cni-plugin={}",
-                        sriov_e2e::workspace_binary("sriov").display()
-                    ),
-                    format!("--cni-bin-dir={}", sriov_e2e::cni::CNI_PATH),
-                ],
-                vec![(
-                    "SRIOV_CNI_NODE_CONFIG".into(),
-                    node_config.display().to_string(),
-                )],
-            )
-        },
-    );
-    let mut c = containerd.take().unwrap();
-    let node = w.lab.netns_path().display().to_string();
+    let lab = SimNode::up(&SimSpec::new(unique_name("nri-dra")).pfs(1).vfs(2)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let conflist = json!({"cniVersion": "1.0.0", "name": "pods", "plugins": [
+        {"type": "bridge", "bridge": "cni-nri1", "isGateway": false,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.97.0.0/24"}]]}}]});
+    let mut c = Containerd17::start(lab.netns_path(), &conflist).unwrap_or_else(|e| panic!("{e}"));
+    // The CNI's node-local settings: the lab's sysfs, our folders, the daemon's claims.
+    let dir = tmp.path();
+    for d in ["cni-state", "cni-devinfo", "logs"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let node_config = dir.join("cni.json");
+    std::fs::write(
+        &node_config,
+        json!({"sysfsRoot": lab.sysfs_root(), "stateDir": dir.join("cni-state"),
+               "deviceInfoDir": dir.join("cni-devinfo"), "logDir": dir.join("logs"),
+               "draStateDir": dir.join("dra")})
+        .to_string(),
+    )
+    .unwrap();
+    let mut spec = DraNodeSpec::on_lab(&lab, dir, POOLS);
+    spec.extra_args = vec![
+        "--nri".into(),
+        format!("--nri-socket={}", c.nri_socket().display()),
+        format!(
+            "--cni-plugin={}",
+            sriov_e2e::workspace_binary("sriov").display()
+        ),
+        format!("--cni-bin-dir={}", sriov_e2e::cni::CNI_PATH),
+    ];
+    spec.env = vec![(
+        "SRIOV_CNI_NODE_CONFIG".into(),
+        node_config.display().to_string(),
+    )];
+    let w = DraNode::start(spec, None).unwrap_or_else(|e| panic!("{e}"));
+    let node = lab.netns_path().display().to_string();
     let (pci, bad_pci) = (vf_pci(0, 0), vf_pci(0, 1));
     let vf_netdev = |i: usize| {
-        w.lab.description().pfs[0].vfs[i]
+        lab.description().pfs[0].vfs[i]
             .netdev
             .clone()
             .expect("the VF has a netdev")
@@ -348,12 +342,13 @@ fn the_daemons_nri_attach_gives_a_claims_vf_to_the_pod_and_back() {
         .prepare(DRIVER, vec![claim("default", "web-vf", &uid)])
         .unwrap();
     assert_eq!(prepared.claims[&uid].error, "", "{}", w.daemon.log());
-    w.wait("the daemon's NRI registration", || {
+    w.wait("the daemon's NRI registration", WAIT, || {
         w.daemon
             .log()
             .contains("NRI: registered with the runtime")
             .then_some(())
-    });
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
 
     // The pod's sandbox: the VF is in it, with the claim's settings.
     let config = cri::pod_sandbox_config("web", "default", "uid-web", &std::env::temp_dir());
@@ -371,9 +366,11 @@ fn the_daemons_nri_attach_gives_a_claims_vf_to_the_pod_and_back() {
     assert!(addrs.contains("\"local\":\"10.77.0.5\""), "{addrs}");
     assert!(has_link(&netns, "eth0"), "the pod network is there too");
     assert!(!has_link(&node, &vf), "the VF left the node");
-    let entry = w.wait("networkData in the claim's status", || {
-        device_status(&w, "web-vf", &dev(&pci)).filter(|e| e.get("networkData").is_some())
-    });
+    let entry = w
+        .wait("networkData in the claim's status", WAIT, || {
+            device_status(&w, "web-vf", &dev(&pci)).filter(|e| e.get("networkData").is_some())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         entry["networkData"],
         json!({"interfaceName": "sriov1", "ips": ["10.77.0.5/24"], "hardwareAddress": "02:00:00:aa:bb:01"})
@@ -412,10 +409,11 @@ fn the_daemons_nri_attach_gives_a_claims_vf_to_the_pod_and_back() {
     c.stop_pod(&id).unwrap();
     assert_eq!(link_state(&node, &vf).0, before.0, "MAC restored");
     assert_eq!(link_state(&node, &vf).1, before.1, "MTU restored");
-    w.wait("networkData removed", || {
+    w.wait("networkData removed", WAIT, || {
         device_status(&w, "web-vf", &dev(&pci))
             .filter(|e| e.get("networkData").is_none() && e.get("conditions").is_some())
-    });
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     c.remove_pod(&id).unwrap();
     let r = w
         .kubelet

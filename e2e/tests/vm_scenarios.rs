@@ -1,5 +1,6 @@
 //! The QEMU lab scenarios (issue: real SR-IOV in CI): discovery, VF settings through the PF,
-//! two pods on VLANs, vfio-pci binding and provisioning, all with the library's own code
+//! two pods on VLANs, vfio-pci binding, the daemon (device plugin, and DRA prepare binding a
+//! VF to vfio-pci) and provisioning, all with the library's own code
 //! against real igb/igbvf in one guest (2 PFs x 4 VFs, NUMA, vIOMMU).
 
 use sriov_e2e::vm::{run_vm, VmSpec};
@@ -50,6 +51,7 @@ fn igb_scenarios_in_one_guest() {
         "pods",
         "vfio",
         "daemon",
+        "dra",
         "provisioning",
     ] {
         assert!(

@@ -40,6 +40,10 @@ pub struct PreparedDevice {
     /// The driver bound before prepare (restored at unprepare when prepare changed it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_driver: Option<String>,
+    /// Its `driver_override` before prepare (`""`: none), put back at unprepare when prepare
+    /// bound another driver (binding leaves the override set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_driver_override: Option<String>,
     pub config: VfConfig,
     pub cdi_device_id: String,
 }

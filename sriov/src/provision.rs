@@ -203,6 +203,50 @@ pub fn set_pf_mtu(sysfs: &Sysfs, pf: &PciAddress, mtu: u32) -> Result<bool, Prov
     Ok(true)
 }
 
+/// A device's `driver_override`: `Some("")` when unset (the kernel shows `(null)`), `None` when
+/// the file does not exist.
+pub fn driver_override(sysfs: &Sysfs, dev: &PciAddress) -> Result<Option<String>, ProvisionError> {
+    let path = sysfs.pci_device(dev).join("driver_override");
+    let value = sysfs
+        .read_opt(&path)
+        .map_err(|source| ProvisionError::Sysfs {
+            pf: dev.to_string(),
+            source,
+        })?;
+    Ok(value.map(|v| {
+        let v = v.trim();
+        if v == "(null)" {
+            String::new()
+        } else {
+            v.to_string()
+        }
+    }))
+}
+
+/// Sets a device's `driver_override` back to `value` (empty: cleared, which the kernel takes
+/// from a lone newline). Binds nothing.
+pub fn set_driver_override(
+    sysfs: &Sysfs,
+    dev: &PciAddress,
+    value: &str,
+) -> Result<(), ProvisionError> {
+    let wrap = |source| ProvisionError::Sysfs {
+        pf: dev.to_string(),
+        source,
+    };
+    if !value.is_empty() && !crate::names::is_plain_file_name(value) {
+        return Err(wrap(SysfsError::Malformed {
+            path: "driver_override".into(),
+            content: value.to_string(),
+            expected: "a driver name",
+        }));
+    }
+    let value = if value.is_empty() { "\n" } else { value };
+    sysfs
+        .write(&sysfs.pci_device(dev).join("driver_override"), value)
+        .map_err(wrap)
+}
+
 /// Binds a device to `driver` the way the kernel documents it: set `driver_override`, unbind
 /// from the current driver, ask the PCI core to probe again; then wait (bounded) until it is
 /// bound to `driver`. Used to hand VFs to vfio-pci (DPDK) and back.
@@ -262,5 +306,33 @@ pub fn bind_driver(
             });
         }
         std::thread::sleep(wait.interval);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_override_reads_the_kernels_null_as_unset_and_clears_with_a_newline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sysfs = Sysfs::new(tmp.path());
+        let pci = PciAddress::parse("0000:01:10.0").unwrap();
+        let dir = sysfs.pci_device(&pci);
+        assert_eq!(driver_override(&sysfs, &pci).unwrap(), None, "no file");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("driver_override"), "(null)\n").unwrap();
+        assert_eq!(driver_override(&sysfs, &pci).unwrap().as_deref(), Some(""));
+        set_driver_override(&sysfs, &pci, "vfio-pci").unwrap();
+        assert_eq!(
+            driver_override(&sysfs, &pci).unwrap().as_deref(),
+            Some("vfio-pci")
+        );
+        set_driver_override(&sysfs, &pci, "").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("driver_override")).unwrap(),
+            "\n"
+        );
+        assert!(set_driver_override(&sysfs, &pci, "../x").is_err());
     }
 }

@@ -147,6 +147,12 @@ impl Dra {
                 .sysfs
                 .link_name(&self.ctx.sysfs.pci_device(&pci).join("driver"))
                 .map_err(|e| format!("device {pci}: {e}"))?;
+            let original_driver_override = if a.config.wants_vfio() {
+                provision::driver_override(&self.ctx.sysfs, &pci)
+                    .map_err(|e| format!("device {pci}: {e}"))?
+            } else {
+                None
+            };
             devices.push(PreparedDevice {
                 request: a.request.clone(),
                 pool: a.pool.clone(),
@@ -154,6 +160,7 @@ impl Dra {
                 pci: pci.to_string(),
                 resource_name: pool.full_name(),
                 original_driver,
+                original_driver_override,
                 config: a.config.clone(),
                 cdi_device_id: cdi::qualified_name(
                     &self.kind(),
@@ -323,7 +330,13 @@ impl Dra {
             };
             let result = pci(d).and_then(|p| {
                 provision::bind_driver(&self.ctx.sysfs, &p, orig, WaitPolicy::default())
-                    .map_err(|e| format!("rebinding {} to {orig}: {e}", d.pci))
+                    .map_err(|e| format!("rebinding {} to {orig}: {e}", d.pci))?;
+                // Binding left `orig` as the override: put back what the device had.
+                match &d.original_driver_override {
+                    Some(over) => provision::set_driver_override(&self.ctx.sysfs, &p, over)
+                        .map_err(|e| format!("restoring the driver_override of {}: {e}", d.pci)),
+                    None => Ok(()),
+                }
             });
             if let Err(e) = result {
                 problems.push(e);

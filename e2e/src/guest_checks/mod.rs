@@ -7,6 +7,7 @@
 
 mod daemon;
 mod discovery;
+mod dra;
 mod pods;
 mod provisioning;
 mod vf_settings;
@@ -26,6 +27,7 @@ pub const SCENARIOS: &[&str] = &[
     "pods",
     "vfio",
     "daemon",
+    "dra",
     "provisioning",
 ];
 
@@ -38,14 +40,20 @@ pub fn run(scenario: &str, expect: &GuestShape) -> Result<()> {
         "vfio" => vfio::run(),
         "provisioning" => provisioning::run(),
         "daemon" => daemon::run(expect.iommu),
+        "dra" => dra::run(),
         "all" => {
             for s in SCENARIOS {
-                if *s == "vfio" && !expect.iommu {
+                // Both bind a VF to vfio-pci: no IOMMU, no vfio-pci.
+                if (*s == "vfio" || *s == "dra") && !expect.iommu {
                     continue;
                 }
                 println!("== scenario {s}");
+                let start = std::time::Instant::now();
                 run(s, expect).with_context(|| format!("scenario {s}"))?;
-                println!("== scenario {s}: ok");
+                println!(
+                    "== scenario {s}: ok ({:.1} s)",
+                    start.elapsed().as_secs_f64()
+                );
             }
             Ok(())
         }

@@ -206,6 +206,56 @@ impl DraKubelet {
     pub fn last_health(&self) -> Option<Vec<(String, i32, String)>> {
         self.with_state(DraState::last_health)
     }
+
+    /// One connection to `driver`'s endpoint, kept for many calls as kubelet keeps it.
+    pub fn connect(&self, driver: &str) -> Result<DraConnection<'_>, tonic::Status> {
+        let endpoint = self
+            .endpoint(driver)
+            .ok_or_else(|| tonic::Status::not_found(format!("{driver} is not registered")))?;
+        let channel = self.rt.block_on(Self::channel(&endpoint))?;
+        Ok(DraConnection {
+            kubelet: self,
+            client: v1::dra_plugin_client::DraPluginClient::new(channel),
+        })
+    }
+}
+
+/// A kept connection to a DRA driver ([`DraKubelet::connect`]).
+pub struct DraConnection<'a> {
+    kubelet: &'a DraKubelet,
+    client: v1::dra_plugin_client::DraPluginClient<tonic::transport::Channel>,
+}
+
+impl DraConnection<'_> {
+    /// `NodePrepareResources` (v1).
+    pub fn prepare(
+        &mut self,
+        claims: Vec<v1::Claim>,
+    ) -> Result<v1::NodePrepareResourcesResponse, tonic::Status> {
+        let c = &mut self.client;
+        self.kubelet.rt.block_on(async {
+            Ok(
+                c.node_prepare_resources(v1::NodePrepareResourcesRequest { claims })
+                    .await?
+                    .into_inner(),
+            )
+        })
+    }
+
+    /// `NodeUnprepareResources` (v1).
+    pub fn unprepare(
+        &mut self,
+        claims: Vec<v1::Claim>,
+    ) -> Result<v1::NodeUnprepareResourcesResponse, tonic::Status> {
+        let c = &mut self.client;
+        self.kubelet.rt.block_on(async {
+            Ok(
+                c.node_unprepare_resources(v1::NodeUnprepareResourcesRequest { claims })
+                    .await?
+                    .into_inner(),
+            )
+        })
+    }
 }
 
 impl DraState {

@@ -10,8 +10,10 @@
 //!
 //! Building needs root. [`SimNode`] owns a lab for a test and removes it on
 //! drop; [`Lab`] opens an existing one by name; [`KernelEmulator`] answers
-//! writes to `sriov_numvfs` as the kernel does.
+//! writes to `sriov_numvfs` as the kernel does; [`BindEmulator`] driver binds through
+//! `driver_override` and `drivers_probe`.
 
+mod bind_emulator;
 mod description;
 mod error;
 mod kernel_emulator;
@@ -23,6 +25,7 @@ mod spec;
 mod sysfs_tree;
 mod teardown;
 
+pub use bind_emulator::{BindEmulator, FIRST_BIND_GROUP};
 pub use description::{
     accel_iommu_group, accel_vf_pci, bridge_name, iommu_group, peer_netdev, pf_netdev, pf_pci,
     rdma_number, uio_number, vf_netdev, vf_pci, AccelDescription, AccelVfDescription,
