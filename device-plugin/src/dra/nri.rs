@@ -538,6 +538,7 @@ mod tests {
                 pci: "0000:3b:02.0".into(),
                 resource_name: "intel.com/net".into(),
                 original_driver: None,
+                original_driver_override: None,
                 config,
                 cdi_device_id: String::new(),
             },
