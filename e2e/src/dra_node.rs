@@ -11,7 +11,7 @@ use crate::kubelet::{DaemonArgs, DaemonProcess};
 use crate::sim::SimNode;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// The node's name (the claims' pool).
@@ -194,23 +194,19 @@ impl DraNode {
                 let kubeconfig = crate::local::write_kubeconfig(&spec.dir, addr);
                 let log = std::fs::File::create(spec.dir.join("sidecar.log"))
                     .map_err(|e| io("the sidecar log", e))?;
-                let child = Command::new(bin)
-                    .arg("--status-file")
-                    .arg(spec.dir.join("daemon/node-state.json"))
-                    .arg("--dra-devices-file")
-                    .arg(spec.dir.join("daemon/dra-devices.json"))
-                    .arg("--dra-claims-socket")
-                    .arg(spec.claims_socket())
-                    .args(["--min-interval-seconds", "1", "--resync-seconds", "1"])
-                    .env("KUBECONFIG", &kubeconfig)
-                    .env("NODE_NAME", NODE)
-                    .env("RUST_LOG", "debug")
-                    .env_remove("KUBERNETES_SERVICE_HOST")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+                let child = crate::local::sidecar_command(
+                    bin,
+                    &spec.dir.join("daemon/node-state.json"),
+                    &kubeconfig,
+                    NODE,
+                    log,
+                )
+                .arg("--dra-devices-file")
+                .arg(spec.dir.join("daemon/dra-devices.json"))
+                .arg("--dra-claims-socket")
+                .arg(spec.claims_socket())
+                .spawn()
+                .map_err(|e| format!("starting {}: {e}", bin.display()))?;
                 Some(Sidecar(child))
             }
             SidecarMode::InProcess => {

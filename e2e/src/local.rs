@@ -1,8 +1,10 @@
-//! Local stand-ins the tests and benchmarks share: a loopback address nobody listens on, and a
-//! kubeconfig pointing a Kubernetes client at a test server.
+//! Local stand-ins the tests and benchmarks share: a loopback address nobody listens on, a
+//! kubeconfig pointing a Kubernetes client at a test server, and the node-state sidecar set up
+//! to use it.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 /// A loopback address with a port nobody listens on right now.
 pub fn unused_local_addr() -> SocketAddr {
@@ -22,4 +24,28 @@ pub fn write_kubeconfig(dir: &Path, server: SocketAddr) -> PathBuf {
     )
     .expect("write the kubeconfig");
     path
+}
+
+/// The `sriov-node-state` sidecar at `bin` as the tests run it: publishing `status_file` as
+/// `node`'s to the API server of `kubeconfig` (never a real cluster's), checking every second,
+/// logging at debug level to `log`. Callers add their own options (`--dra-*`) and spawn it.
+pub fn sidecar_command(
+    bin: &Path,
+    status_file: &Path,
+    kubeconfig: &Path,
+    node: &str,
+    log: std::fs::File,
+) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--status-file")
+        .arg(status_file)
+        .args(["--min-interval-seconds", "1", "--resync-seconds", "1"])
+        .env("KUBECONFIG", kubeconfig)
+        .env("NODE_NAME", node)
+        .env("RUST_LOG", "debug")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    cmd
 }

@@ -7,7 +7,7 @@ use sriov_e2e::apiserver::{ApiServer, Resource};
 use sriov_e2e::sim::{unique_name, SimNode, SimSpec};
 use sriov_node_state::dra::{DraDevices, DEFAULT_DRIVER};
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 const NODE: &str = "worker-1";
@@ -76,21 +76,17 @@ fn the_sidecar_publishes_the_dra_devices_file() {
 
     // The sidecar starts before the daemon's first write (the usual order).
     let _sidecar = Sidecar(
-        Command::new(sriov_e2e::workspace_binary("sriov-node-state"))
-            .arg("--status-file")
-            .arg(tmp.path().join("node-state.json"))
-            .arg("--dra-devices-file")
-            .arg(&file)
-            .args(["--min-interval-seconds", "1", "--resync-seconds", "1"])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("NODE_NAME", NODE)
-            .env("RUST_LOG", "debug")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
+        sriov_e2e::local::sidecar_command(
+            &sriov_e2e::workspace_binary("sriov-node-state"),
+            &tmp.path().join("node-state.json"),
+            &kubeconfig,
+            NODE,
+            std::fs::File::create(&log).unwrap(),
+        )
+        .arg("--dra-devices-file")
+        .arg(&file)
+        .spawn()
+        .unwrap(),
     );
     std::thread::sleep(Duration::from_millis(300));
     assert!(slices(&api).is_empty());

@@ -10,7 +10,7 @@ use sriov_e2e::sim::{unique_name, SimNode, SimSpec};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -141,19 +141,15 @@ struct Sidecar(Child);
 impl Sidecar {
     fn spawn(kubeconfig: &Path, status_file: &Path, node: &str, log: &Path) -> Sidecar {
         let log = std::fs::File::create(log).unwrap();
-        let child = Command::new(sriov_e2e::workspace_binary("sriov-node-state"))
-            .arg("--status-file")
-            .arg(status_file)
-            .args(["--min-interval-seconds", "1", "--resync-seconds", "1"])
-            .env("KUBECONFIG", kubeconfig)
-            .env("NODE_NAME", node)
-            .env("RUST_LOG", "debug")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = sriov_e2e::local::sidecar_command(
+            &sriov_e2e::workspace_binary("sriov-node-state"),
+            status_file,
+            kubeconfig,
+            node,
+            log,
+        )
+        .spawn()
+        .unwrap();
         Sidecar(child)
     }
 }

@@ -4,7 +4,7 @@
 //! VF yields `/dev/vfio/<group>` (with --iommu), and a PF link going down makes that PF's VFs
 //! Unhealthy, and Healthy again when it comes back.
 
-use super::{ensure, igb_pfs, pf_up};
+use super::{ensure, igb_pfs_up, IGB_POOLS};
 use crate::kubelet::{DaemonArgs, DaemonProcess, KubeletEmulator, RegistrationMode};
 use anyhow::{anyhow, Context, Result};
 use sriov::netlink::NetlinkSocket;
@@ -18,21 +18,10 @@ const RESOURCE: &str = "intel.com/igb";
 
 pub fn run(iommu: bool) -> Result<()> {
     let sysfs = Sysfs::new("/sys");
-    let (node, pfs) = igb_pfs(&sysfs)?;
-    let mut nl = NetlinkSocket::new()?;
-    for pf in &pfs {
-        pf_up(&mut nl, pf)?;
-    }
-    let total = node
-        .vfs()
-        .filter(|(p, _)| pfs.iter().any(|x| x.pci == p.pci))
-        .count();
+    let (pfs, total, mut nl) = igb_pfs_up(&sysfs)?;
     let work = tempdir()?;
     let config = work.join("config.json");
-    std::fs::write(
-        &config,
-        r#"{"resourceList": [{"resourceName": "igb", "selectors": {"vendors": ["8086"], "devices": ["10ca"]}}]}"#,
-    )?;
+    std::fs::write(&config, IGB_POOLS)?;
     let kubelet_dir = work.join("kubelet");
     let devinfo = work.join("devinfo");
     let kubelet = KubeletEmulator::start(&kubelet_dir, RegistrationMode::KubeletSocket)?;

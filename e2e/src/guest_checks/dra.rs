@@ -8,7 +8,7 @@
 //! to igbvf with a netdev that netlink knows, the spec and the record are gone, and the
 //! daemon's health stream reports the device Healthy again.
 
-use super::{ensure, igb_pfs, pf_up};
+use super::{ensure, igb_pfs_up, IGB_POOLS};
 use crate::cdi_check::check_spec;
 use crate::dra_node::{dev, result, vfio_config, DraNode, DraNodeSpec, DRIVER};
 use crate::kubelet::dra::claim;
@@ -21,29 +21,20 @@ use sriov::sysfs::Sysfs;
 use std::os::unix::fs::FileTypeExt;
 use std::time::{Duration, Instant};
 
-const POOLS: &str = r#"{"resourceList": [{"resourceName": "igb", "selectors": {"vendors": ["8086"], "devices": ["10ca"]}}]}"#;
 const HEALTHY: i32 = 1;
 /// Waits in the guest (debug binaries under TCG are slow).
 const GUEST_WAIT: Duration = Duration::from_secs(60);
 
 pub fn run() -> Result<()> {
     let sysfs = Sysfs::new("/sys");
-    let (node, pfs) = igb_pfs(&sysfs)?;
-    let mut nl = NetlinkSocket::new()?;
-    for pf in &pfs {
-        pf_up(&mut nl, pf)?;
-    }
-    let total = node
-        .vfs()
-        .filter(|(p, _)| pfs.iter().any(|x| x.pci == p.pci))
-        .count();
+    let (pfs, total, mut nl) = igb_pfs_up(&sysfs)?;
     let vf = pfs[0].vfs.first().context("PF 0 has no VF")?.clone();
     let dir = std::env::temp_dir().join(format!("sriov-guest-dra-{}", std::process::id()));
     let bins = std::env::current_exe()?
         .parent()
         .context("binary folder")?
         .to_path_buf();
-    let mut spec = DraNodeSpec::on_host(&bins, &dir, POOLS);
+    let mut spec = DraNodeSpec::on_host(&bins, &dir, IGB_POOLS);
     // Debug binaries under TCG: the daemon alone takes seconds to start.
     spec.start_timeout = GUEST_WAIT;
     let started = Instant::now();

@@ -79,6 +79,24 @@ fn igb_pfs(sysfs: &Sysfs) -> Result<(Node, Vec<PciNetDevice>)> {
     Ok((node, pfs))
 }
 
+/// The daemon's pool config in the guest: one pool, `igb`, of the 82576's VFs.
+const IGB_POOLS: &str = r#"{"resourceList": [{"resourceName": "igb", "selectors": {"vendors": ["8086"], "devices": ["10ca"]}}]}"#;
+
+/// The guest's igb PFs ([`igb_pfs`]), each up with carrier ([`pf_up`]), and how many VFs they
+/// have; with the netlink socket used.
+fn igb_pfs_up(sysfs: &Sysfs) -> Result<(Vec<PciNetDevice>, usize, NetlinkSocket)> {
+    let (node, pfs) = igb_pfs(sysfs)?;
+    let mut nl = NetlinkSocket::new()?;
+    for pf in &pfs {
+        pf_up(&mut nl, pf)?;
+    }
+    let total = node
+        .vfs()
+        .filter(|(p, _)| pfs.iter().any(|x| x.pci == p.pci))
+        .count();
+    Ok((pfs, total, nl))
+}
+
 /// A fresh anonymous network namespace, alive as long as the returned handle.
 fn new_netns() -> Result<Netns> {
     let fd: OwnedFd = std::thread::spawn(|| -> Result<OwnedFd> {
