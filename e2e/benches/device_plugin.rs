@@ -6,7 +6,8 @@
 //! Prints, against the targets of the daemon's issue:
 //! - cold start to the first ListAndWatch answer (< 50 ms);
 //! - Allocate latency p50 / p99, one VF per call, gRPC round trip included (p99 < 1 ms);
-//! - resident memory of the idle daemon (< 10 MiB);
+//! - resident memory of the idle daemon (< 10 MiB), also in `--mode both` (device plugins and
+//!   DRA from one daemon);
 //! - PF link down -> Unhealthy list at kubelet (< 100 ms);
 //! - kubelet restart -> every pool re-registered and listed again (< 1 s).
 
@@ -286,4 +287,37 @@ fn main() {
     }
     summary("kubelet restart -> all pools re-registered", times, "< 1 s");
     run.daemon.terminate(Duration::from_secs(5));
+    drop(run);
+
+    both_mode_rss(&bin, &lab);
+}
+
+/// `--mode both`: the same daemon serving the pools as device plugins and through DRA (the DRA
+/// kubelet plugin, its health stream, the devices file for the sidecar's ResourceSlices), with
+/// the image's sidecar in front of the in-test API server; idle once every pool is listed at
+/// kubelet and the driver is registered.
+fn both_mode_rss(bin: &Path, lab: &SimNode) {
+    use sriov_e2e::dra_node::{DraNode, DraNodeSpec};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bins = bin.parent().expect("the daemon's folder");
+    let mut spec = DraNodeSpec::on_lab_with(lab, bins, tmp.path(), CONFIG);
+    spec.mode = "both".into();
+    spec.env = vec![("RUST_LOG".into(), "warn".into())];
+    let node = DraNode::start(spec, None).unwrap_or_else(|e| panic!("both mode: {e}"));
+    let kubelet = KubeletEmulator::start(
+        &tmp.path().join("kubelet"),
+        RegistrationMode::KubeletSocket,
+    )
+    .expect("kubelet");
+    kubelet
+        .wait_devices("intel.com/kernel", WAIT, |d| d.len() == 8 * 120 - 128)
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.daemon.log()));
+    std::thread::sleep(Duration::from_secs(2));
+    print_rss(
+        "resident memory, idle, 1,024 VFs, --mode both",
+        node.daemon.pid().expect("pid"),
+        "target < 10 MiB",
+    );
+    drop(kubelet);
+    drop(node);
 }
