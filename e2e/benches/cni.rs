@@ -2,7 +2,8 @@
 //! plugin doing the same move of a VF netdev into a pod, on a simulated node, in one run.
 //!
 //! `cargo bench -p sriov-e2e --bench cni` (root; `CNI_BENCH_ROUNDS` overrides the 500 rounds).
-//! Our plugin is the image's static binary (built by `scripts/build-image.sh --binaries-only`).
+//! Our plugin is the image's static binary (built by `scripts/build-image.sh --binaries-only`),
+//! or the one `SRIOV_CNI_BENCH_BINARY` names.
 //! The benchmark process enters the node's netns itself, so both plugins are exec'ed directly
 //! (no nsenter in the measurement).
 //!
@@ -257,8 +258,12 @@ fn main() {
         "{}",
         deps.display()
     );
-    // The plugin as the image ships it (static), like Debian's statically linked Go plugins.
-    let ours = sriov_e2e::image_binary("sriov").unwrap_or_else(|e| panic!("{e}"));
+    // The plugin as the image ships it (static), like Debian's statically linked Go plugins; or
+    // another build (or a wrapper that profiles it) named by `SRIOV_CNI_BENCH_BINARY`.
+    let ours = match std::env::var_os("SRIOV_CNI_BENCH_BINARY") {
+        Some(path) => PathBuf::from(path),
+        None => sriov_e2e::image_binary("sriov").unwrap_or_else(|e| panic!("{e}")),
+    };
     let host_device = PathBuf::from(CNI_PATH).join("host-device");
     let node =
         SimNode::up(&SimSpec::new(unique_name("bench-cni")).pfs(1).vfs(4).vfio(1)).expect("lab up");
