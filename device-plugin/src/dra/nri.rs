@@ -81,20 +81,6 @@ struct Attachment {
     conf: Value,
 }
 
-impl Attachment {
-    /// The NetworkAttachmentDefinition its `VfConfig` names: (namespace, name); the namespace
-    /// defaults to the claim's.
-    fn nad(&self) -> Option<(String, String)> {
-        let c = &self.device.config;
-        let name = c.net_attach_def_name.clone()?;
-        let namespace = c
-            .net_attach_def_namespace
-            .clone()
-            .unwrap_or_else(|| self.claim.namespace.clone());
-        Some((namespace, name))
-    }
-}
-
 /// The pod's identity as the CNI sees it (`CNI_CONTAINERID`, `CNI_ARGS`).
 struct PodIds<'a> {
     sandbox: &'a str,
@@ -220,6 +206,35 @@ fn net_conf(device: &PreparedDevice, base: Option<Map<String, Value>>) -> Value 
     put("trust", c.trust.as_ref().map(|v| json!(v)));
     put("ipam", c.ipam.clone());
     Value::Object(conf)
+}
+
+/// The network config the NRI attach gives the CNI for `device` of `claim`: the NAD its
+/// `VfConfig` names (`netAttachDefNamespace`, else the claim's namespace), read now through the
+/// claim service on `socket`, under the `VfConfig`; without a NAD the `VfConfig` alone. An error
+/// names the claim and the NAD.
+pub async fn attach_config(
+    socket: &std::path::Path,
+    claim: &ClaimRef,
+    device: &PreparedDevice,
+) -> Result<Value, String> {
+    let c = &device.config;
+    let Some(name) = &c.net_attach_def_name else {
+        return Ok(net_conf(device, None));
+    };
+    let namespace = c.net_attach_def_namespace.as_ref().unwrap_or(&claim.namespace);
+    let label = format!("{namespace}/{name}");
+    let why = |e: String| format!("netAttachDefName of claim {}: {e}", claim.label());
+    let config = claims::fetch_nad(socket, namespace, name)
+        .await
+        .map_err(|e| {
+            if e.contains(&label) {
+                why(e)
+            } else {
+                why(format!("NetworkAttachmentDefinition {label}: {e}"))
+            }
+        })?;
+    let base = nad_base(&label, &config).map_err(why)?;
+    Ok(net_conf(device, Some(base)))
 }
 
 /// The pod's attachments, in a stable order (claim name, request, device), interface names
@@ -411,41 +426,10 @@ impl NriAttach {
         }
     }
 
-    /// Each attachment's config: the NAD its `VfConfig` names (read now, through the claim
-    /// service) under its `VfConfig`. The first NAD that cannot be had is the error.
+    /// Each attachment's config ([`attach_config`]); the first that cannot be had is the error.
     async fn build_confs(&self, plan: &mut [Attachment]) -> Result<(), String> {
-        let mut nads: Vec<((String, String), Map<String, Value>)> = Vec::new();
         for a in plan.iter_mut() {
-            let base = match a.nad() {
-                None => None,
-                Some(key) => {
-                    if let Some((_, b)) = nads.iter().find(|(k, _)| *k == key) {
-                        Some(b.clone())
-                    } else {
-                        let label = format!("{}/{}", key.0, key.1);
-                        let why = |e: String| {
-                            format!(
-                                "netAttachDefName of claim {}: {e}",
-                                a.claim.label()
-                            )
-                        };
-                        let config =
-                            claims::fetch_nad(&self.dra.claims_socket, &key.0, &key.1)
-                                .await
-                                .map_err(|e| {
-                                    if e.contains(&label) {
-                                        why(e)
-                                    } else {
-                                        why(format!("NetworkAttachmentDefinition {label}: {e}"))
-                                    }
-                                })?;
-                        let base = nad_base(&label, &config).map_err(why)?;
-                        nads.push((key, base.clone()));
-                        Some(base)
-                    }
-                }
-            };
-            a.conf = net_conf(&a.device, base);
+            a.conf = attach_config(&self.dra.claims_socket, &a.claim, &a.device).await?;
         }
         Ok(())
     }
@@ -895,18 +879,6 @@ mod tests {
         assert!(nad_base("apps/big", &long)
             .unwrap_err()
             .contains("longer than 65536 bytes"));
-    }
-
-    #[test]
-    fn the_nad_namespace_defaults_to_the_claims() {
-        let (claim, mut device) = found("a", "d1", VfConfig::default());
-        device.config.net_attach_def_name = Some("net-a".into());
-        let mut a = plan(vec![(claim, device)]).remove(0);
-        assert_eq!(a.nad(), Some(("default".into(), "net-a".into())));
-        a.device.config.net_attach_def_namespace = Some("infra".into());
-        assert_eq!(a.nad(), Some(("infra".into(), "net-a".into())));
-        a.device.config.net_attach_def_name = None;
-        assert_eq!(a.nad(), None);
     }
 
     #[test]
