@@ -740,7 +740,13 @@ fn dra_nri_attach_runs_the_cni_as_the_runtime_would() {
         "cniSettings.logDir=/var/log/sriov-cni,cniSettings.stateDir=/var/lib/sriov-cni",
     ]);
     check_rbac_nri(&objs, true);
-    let pod = objs.daemon_set("sriov-rs").spec.template.spec.clone().unwrap();
+    let pod = objs
+        .daemon_set("sriov-rs")
+        .spec
+        .template
+        .spec
+        .clone()
+        .unwrap();
     let (args, env, mounts) = nri_parts(&pod);
     assert_eq!(
         args,
@@ -775,7 +781,11 @@ fn dra_nri_attach_runs_the_cni_as_the_runtime_would() {
         // The daemon's own view of the CNI's records follows stateDir too.
         ("cni-state", "/var/lib/sriov-cni"),
     ] {
-        assert_eq!(host_path_of(&pod, volume).as_deref(), Some(host), "{volume}");
+        assert_eq!(
+            host_path_of(&pod, volume).as_deref(),
+            Some(host),
+            "{volume}"
+        );
     }
     // The file SRIOV_CNI_NODE_CONFIG names is the one the init container writes, with the
     // paths just mounted.
@@ -794,22 +804,27 @@ fn dra_nri_attach_runs_the_cni_as_the_runtime_would() {
     assert_eq!(settings["stateDir"], "/var/lib/sriov-cni");
     assert_eq!(settings["logDir"], "/var/log/sriov-cni");
     // The prepared claims the CNI reads: where the daemon writes them, at the same path.
-    assert!(mounts_of(&pod.containers[0]).contains(&want(
-        "dra-state",
-        "/run/sriov-rs/dra",
-        false
-    )));
+    assert!(mounts_of(&pod.containers[0]).contains(&want("dra-state", "/run/sriov-rs/dra", false)));
 
     // Default CNI settings: nothing beyond the fixed NRI mounts (stateDir, draStateDir, /sys
     // and upstreamStateDir under /var/lib/cni are already where the CNI looks), apart from
     // logDir /var/log.
     let objs = template_with("dra.mode=both,dra.nri.enabled=true");
-    let pod = objs.daemon_set("sriov-rs").spec.template.spec.clone().unwrap();
+    let pod = objs
+        .daemon_set("sriov-rs")
+        .spec
+        .template
+        .spec
+        .clone()
+        .unwrap();
     let (args, _, mounts) = nri_parts(&pod);
     assert!(args.contains(&"--nri-plugin-index=50".to_string()));
     assert_eq!(mounts.len(), 5, "{mounts:?}");
     assert_eq!(mounts[4], want("nri-host-0", "/var/log", false));
-    assert_eq!(host_path_of(&pod, "nri-socket").as_deref(), Some("/var/run/nri"));
+    assert_eq!(
+        host_path_of(&pod, "nri-socket").as_deref(),
+        Some("/var/run/nri")
+    );
 
     // Off (the default), or on a node left in device-plugin mode: none of it.
     for objs in [

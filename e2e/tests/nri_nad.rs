@@ -59,7 +59,11 @@ async fn start(dir: &Path) -> (ApiServer, PathBuf) {
     );
     api.insert(
         Resource::NetworkAttachmentDefinitions,
-        nad("apps", "broken", json!({"config": "{\"type\": \"sriov\", "})),
+        nad(
+            "apps",
+            "broken",
+            json!({"config": "{\"type\": \"sriov\", "}),
+        ),
     );
     api.insert(
         Resource::NetworkAttachmentDefinitions,
@@ -83,7 +87,10 @@ async fn start(dir: &Path) -> (ApiServer, PathBuf) {
     );
     let socket = dir.join("claims.sock");
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-    tokio::spawn(sriov_node_state::claim_service::serve(listener, api.client()));
+    tokio::spawn(sriov_node_state::claim_service::serve(
+        listener,
+        api.client(),
+    ));
     (api, socket)
 }
 
@@ -206,7 +213,11 @@ async fn a_missing_or_bad_nad_is_an_error_naming_it() {
     }
     // Names that are not the API's never reach a request path.
     api.take_requests();
-    for (namespace, name) in [("apps", "../../api/v1/secrets"), ("Apps", "net-a"), ("", "x")] {
+    for (namespace, name) in [
+        ("apps", "../../api/v1/secrets"),
+        ("Apps", "net-a"),
+        ("", "x"),
+    ] {
         let e = claims::fetch_nad(&socket, namespace, name)
             .await
             .unwrap_err();

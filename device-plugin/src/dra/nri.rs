@@ -137,8 +137,8 @@ fn nad_base(nad: &str, config: &str) -> Result<Map<String, Value>, String> {
             "spec.config is longer than {MAX_NAD_CONFIG} bytes"
         )));
     }
-    let v: Value = serde_json::from_str(config)
-        .map_err(|e| err(format!("spec.config is not JSON: {e}")))?;
+    let v: Value =
+        serde_json::from_str(config).map_err(|e| err(format!("spec.config is not JSON: {e}")))?;
     let Value::Object(mut top) = v else {
         return Err(err("spec.config is not a JSON object".into()));
     };
@@ -221,7 +221,10 @@ pub async fn attach_config(
     let Some(name) = &c.net_attach_def_name else {
         return Ok(net_conf(device, None));
     };
-    let namespace = c.net_attach_def_namespace.as_ref().unwrap_or(&claim.namespace);
+    let namespace = c
+        .net_attach_def_namespace
+        .as_ref()
+        .unwrap_or(&claim.namespace);
     let label = format!("{namespace}/{name}");
     let why = |e: String| format!("netAttachDefName of claim {}: {e}", claim.label());
     let config = claims::fetch_nad(socket, namespace, name)
@@ -861,13 +864,19 @@ mod tests {
         for (config, why) in [
             ("{", "spec.config is not JSON"),
             ("[1]", "not a JSON object"),
-            (r#"{"type": "macvlan"}"#, "its plugin type is \"macvlan\", not \"sriov\""),
+            (
+                r#"{"type": "macvlan"}"#,
+                "its plugin type is \"macvlan\", not \"sriov\"",
+            ),
             (r#"{"name": "x"}"#, "its plugin type is missing"),
             (
                 r#"{"plugins": [{"type": "sriov"}, {"type": "tuning"}]}"#,
                 "[\"sriov\", \"tuning\"]: the NRI attach runs only the sriov plugin",
             ),
-            (r#"{"plugins": {"type": "sriov"}}"#, "\"plugins\" is not a list"),
+            (
+                r#"{"plugins": {"type": "sriov"}}"#,
+                "\"plugins\" is not a list",
+            ),
         ] {
             let e = nad_base("apps/net-a", config).unwrap_err();
             assert!(
@@ -875,7 +884,10 @@ mod tests {
                 "{config}: {e}"
             );
         }
-        let long = format!(r#"{{"type": "sriov", "x": "{}"}}"#, "a".repeat(MAX_NAD_CONFIG));
+        let long = format!(
+            r#"{{"type": "sriov", "x": "{}"}}"#,
+            "a".repeat(MAX_NAD_CONFIG)
+        );
         assert!(nad_base("apps/big", &long)
             .unwrap_err()
             .contains("longer than 65536 bytes"));
