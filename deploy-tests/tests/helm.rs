@@ -671,8 +671,11 @@ fn one_node_can_serve_dra_while_the_others_stay_device_plugins() {
     assert_eq!(config_key(&main), "config.json");
 }
 
+/// A container's mount: (volume, mount path, read-only).
+type Mount = (String, String, bool);
+
 /// The daemon's container as (volume, mount path, read-only) triples.
-fn mounts_of(c: &k8s_openapi::api::core::v1::Container) -> Vec<(String, String, bool)> {
+fn mounts_of(c: &k8s_openapi::api::core::v1::Container) -> Vec<Mount> {
     c.volume_mounts
         .iter()
         .flatten()
@@ -700,7 +703,7 @@ fn host_path_of(pod: &k8s_openapi::api::core::v1::PodSpec, name: &str) -> Option
 /// mounts that exist only for it.
 fn nri_parts(
     pod: &k8s_openapi::api::core::v1::PodSpec,
-) -> (Vec<String>, Option<String>, Vec<(String, String, bool)>) {
+) -> (Vec<String>, Option<String>, Vec<Mount>) {
     let daemon = &pod.containers[0];
     let args: Vec<String> = daemon
         .args
