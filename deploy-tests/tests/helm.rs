@@ -670,3 +670,235 @@ fn one_node_can_serve_dra_while_the_others_stay_device_plugins() {
     assert_eq!(config_key(&worker), "config.json");
     assert_eq!(config_key(&main), "config.json");
 }
+
+/// A container's mount: (volume, mount path, read-only).
+type Mount = (String, String, bool);
+
+/// The daemon's container as (volume, mount path, read-only) triples.
+fn mounts_of(c: &k8s_openapi::api::core::v1::Container) -> Vec<Mount> {
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| {
+            (
+                m.name.clone(),
+                m.mount_path.clone(),
+                m.read_only == Some(true),
+            )
+        })
+        .collect()
+}
+
+/// A volume's host path, if it is one.
+fn host_path_of(pod: &k8s_openapi::api::core::v1::PodSpec, name: &str) -> Option<String> {
+    pod.volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == name)
+        .and_then(|v| v.host_path.as_ref())
+        .map(|h| h.path.clone())
+}
+
+/// The NRI part of a rendered daemon container: its flags, `SRIOV_CNI_NODE_CONFIG`, and the
+/// mounts that exist only for it.
+fn nri_parts(
+    pod: &k8s_openapi::api::core::v1::PodSpec,
+) -> (Vec<String>, Option<String>, Vec<Mount>) {
+    let daemon = &pod.containers[0];
+    let args: Vec<String> = daemon
+        .args
+        .iter()
+        .flatten()
+        .filter(|a| a.starts_with("--nri") || a.starts_with("--cni-"))
+        .cloned()
+        .collect();
+    let env = daemon
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "SRIOV_CNI_NODE_CONFIG")
+        .and_then(|e| e.value.clone());
+    let mounts = mounts_of(daemon)
+        .into_iter()
+        .filter(|(name, _, _)| {
+            ["nri-socket", "cni-bin", "cni-settings", "cni-lib"].contains(&name.as_str())
+                || name.starts_with("nri-host-")
+        })
+        .collect();
+    (args, env, mounts)
+}
+
+/// `dra.nri.enabled`: the daemon gets the NRI flags, runs the CNI plugin the init container
+/// installed with the node-local settings it wrote (both mounted read-only where the init
+/// container writes them), sees the runtime's NRI socket folder and /var/lib/cni, and every host
+/// folder the CNI's settings name at the same path (here a moved logDir and stateDir; the
+/// defaults are covered by mounts the daemon already has). The sidecar may then read
+/// NetworkAttachmentDefinitions, and only then.
+#[test]
+fn dra_nri_attach_runs_the_cni_as_the_runtime_would() {
+    let objs = template_with_all(&[
+        "--set",
+        "dra.mode=dra,dra.nri.enabled=true,dra.nri.pluginIndex=07,dra.nri.socketDir=/run/containerd/nri",
+        "--set",
+        "cniSettings.logDir=/var/log/sriov-cni,cniSettings.stateDir=/var/lib/sriov-cni",
+    ]);
+    check_rbac_nri(&objs, true);
+    let pod = objs
+        .daemon_set("sriov-rs")
+        .spec
+        .template
+        .spec
+        .clone()
+        .unwrap();
+    let (args, env, mounts) = nri_parts(&pod);
+    assert_eq!(
+        args,
+        [
+            "--nri",
+            "--nri-socket=/var/run/nri/nri.sock",
+            "--nri-plugin-index=07",
+            "--cni-plugin=/host/opt/cni/bin/sriov",
+            "--cni-bin-dir=/host/opt/cni/bin",
+        ]
+    );
+    assert_eq!(env.as_deref(), Some("/host/etc/sriov-rs/cni.json"));
+    let want = |n: &str, p: &str, ro: bool| (n.to_string(), p.to_string(), ro);
+    assert_eq!(
+        mounts,
+        [
+            want("nri-socket", "/var/run/nri", false),
+            want("cni-bin", "/host/opt/cni/bin", true),
+            want("cni-settings", "/host/etc/sriov-rs", true),
+            want("cni-lib", "/var/lib/cni", false),
+            want("nri-host-0", "/var/lib/sriov-cni", false),
+            want("nri-host-1", "/var/log/sriov-cni", false),
+        ]
+    );
+    for (volume, host) in [
+        ("nri-socket", "/run/containerd/nri"),
+        ("cni-bin", "/opt/cni/bin"),
+        ("cni-settings", "/etc/sriov-rs"),
+        ("cni-lib", "/var/lib/cni"),
+        ("nri-host-0", "/var/lib/sriov-cni"),
+        ("nri-host-1", "/var/log/sriov-cni"),
+        // The daemon's own view of the CNI's records follows stateDir too.
+        ("cni-state", "/var/lib/sriov-cni"),
+    ] {
+        assert_eq!(
+            host_path_of(&pod, volume).as_deref(),
+            Some(host),
+            "{volume}"
+        );
+    }
+    // The file SRIOV_CNI_NODE_CONFIG names is the one the init container writes, with the
+    // paths just mounted.
+    let init = &pod.init_containers.as_ref().unwrap()[0];
+    let init_args = init.args.clone().unwrap();
+    assert!(init_args.contains(&"--node-config=/host/etc/sriov-rs/cni.json".to_string()));
+    assert!(init_args.contains(&"--to=/host/opt/cni/bin/sriov".to_string()));
+    let settings: serde_json::Value = serde_json::from_str(
+        init_args
+            .iter()
+            .find_map(|a| a.strip_prefix("--node-settings="))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(settings["draStateDir"], "/run/sriov-rs/dra");
+    assert_eq!(settings["stateDir"], "/var/lib/sriov-cni");
+    assert_eq!(settings["logDir"], "/var/log/sriov-cni");
+    // The prepared claims the CNI reads: where the daemon writes them, at the same path.
+    assert!(mounts_of(&pod.containers[0]).contains(&want("dra-state", "/run/sriov-rs/dra", false)));
+
+    // Default CNI settings: nothing beyond the fixed NRI mounts (stateDir, draStateDir, /sys
+    // and upstreamStateDir under /var/lib/cni are already where the CNI looks), apart from
+    // logDir /var/log.
+    let objs = template_with("dra.mode=both,dra.nri.enabled=true");
+    let pod = objs
+        .daemon_set("sriov-rs")
+        .spec
+        .template
+        .spec
+        .clone()
+        .unwrap();
+    let (args, _, mounts) = nri_parts(&pod);
+    assert!(args.contains(&"--nri-plugin-index=50".to_string()));
+    assert_eq!(mounts.len(), 5, "{mounts:?}");
+    assert_eq!(mounts[4], want("nri-host-0", "/var/log", false));
+    assert_eq!(
+        host_path_of(&pod, "nri-socket").as_deref(),
+        Some("/var/run/nri")
+    );
+
+    // Off (the default), or on a node left in device-plugin mode: none of it.
+    for objs in [
+        template_with("dra.mode=both"),
+        template_with_all(&[
+            "--set",
+            "dra.nri.enabled=true",
+            "--set-json",
+            r#"dra.nodeModes={"worker-7":"dra"}"#,
+        ]),
+    ] {
+        for ds in &objs.daemon_sets {
+            let pod = ds.spec.template.spec.clone().unwrap();
+            let on = ds.metadata.name.as_deref() == Some("sriov-rs-worker-7");
+            let (args, env, mounts) = nri_parts(&pod);
+            assert_eq!(!args.is_empty(), on, "{:?}: {args:?}", ds.metadata.name);
+            assert_eq!(env.is_some(), on);
+            // Without NRI the daemon never sees the CNI's binaries or settings.
+            assert_eq!(!mounts.is_empty(), on, "{mounts:?}");
+            assert_eq!(host_path_of(&pod, "nri-socket").is_some(), on);
+        }
+    }
+    check_rbac_nri(&template_with("dra.mode=both"), false);
+}
+
+/// The sidecar's ClusterRole has `get` on NetworkAttachmentDefinitions exactly with NRI (the
+/// attach reads the NAD a VfConfig names), and nothing else more than the DRA rules.
+fn check_rbac_nri(objs: &Objects, nri: bool) {
+    let granted = common::granted_rules(&objs.cluster_roles[0]);
+    let nad: Vec<&String> = granted
+        .iter()
+        .filter(|r| r.starts_with("k8s.cni.cncf.io/"))
+        .collect();
+    if nri {
+        assert_eq!(nad, ["k8s.cni.cncf.io/network-attachment-definitions:get"]);
+    } else {
+        assert!(nad.is_empty(), "{nad:?}");
+    }
+}
+
+#[test]
+fn dra_nri_needs_dra_mode_and_checked_values() {
+    for (set, message) in [
+        (
+            "dra.nri.enabled=true",
+            "dra.nri.enabled attaches DRA-prepared VFs: it needs dra.mode (or a dra.nodeModes entry) dra or both",
+        ),
+        (
+            "dra.mode=dra,dra.nri.enabled=true,dra.nri.pluginIndex=5",
+            "dra.nri.pluginIndex \"5\": must be two digits",
+        ),
+        (
+            "dra.mode=dra,dra.nri.enabled=true,dra.nri.socketDir=run/nri",
+            "dra.nri.socketDir \"run/nri\": must be an absolute path",
+        ),
+        (
+            "dra.mode=dra,dra.nri.enabled=true,cniSettings.logDir=/var/../etc",
+            "cniSettings.logDir \"/var/../etc\": must be an absolute path without '..'",
+        ),
+        (
+            "dra.mode=dra,dra.nri.enabled=true,cniSettings.logDir=/var/run/nri",
+            "cniSettings.logDir \"/var/run/nri\": with dra.nri.enabled the daemon's container must see it at that path",
+        ),
+    ] {
+        let out = std::process::Command::new(common::helm::helm())
+            .args(["template", "sriov-rs", CHART, "--set", set])
+            .current_dir(common::repo_root())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{set} renders");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "{set}: {err}");
+    }
+}

@@ -38,7 +38,7 @@ fn merge(parts: Vec<Objects>) -> Objects {
 #[test]
 fn every_yaml_file_in_deploy_is_checked_here() {
     let mut files = BTreeSet::new();
-    for dir in ["deploy", "deploy/examples", "deploy/dra"] {
+    for dir in ["deploy", "deploy/examples", "deploy/dra", "deploy/dra/nri"] {
         for e in std::fs::read_dir(repo_root().join(dir)).unwrap() {
             let name = e.unwrap().file_name().to_string_lossy().into_owned();
             if name.ends_with(".yaml") || name.ends_with(".yml") {
@@ -58,6 +58,7 @@ fn every_yaml_file_in_deploy_is_checked_here() {
         "deploy/examples/dra-claim.yaml",
         "deploy/dra/rbac.yaml",
         "deploy/dra/deviceclass.yaml",
+        "deploy/dra/nri/rbac.yaml",
     ]
     .into_iter()
     .map(String::from)
@@ -246,4 +247,25 @@ fn dra_manifests() {
         .unwrap()[0]
         .name;
     assert_eq!(used, &claims[0].name);
+}
+
+/// deploy/dra/nri: get on NetworkAttachmentDefinitions, nothing else, for the same account.
+#[test]
+fn dra_nri_manifest() {
+    let base = load("deploy/rbac.yaml");
+    let nri = load("deploy/dra/nri/rbac.yaml");
+    assert_eq!(nri.cluster_roles.len(), 1);
+    assert_eq!(
+        common::granted_rules(&nri.cluster_roles[0]),
+        BTreeSet::from(["k8s.cni.cncf.io/network-attachment-definitions:get".to_string()])
+    );
+    let binding = &nri.cluster_role_bindings[0];
+    assert_eq!(
+        Some(&binding.role_ref.name),
+        nri.cluster_roles[0].metadata.name.as_ref()
+    );
+    let sa = &base.service_accounts[0];
+    let subject = &binding.subjects.as_ref().unwrap()[0];
+    assert_eq!(Some(&subject.name), sa.metadata.name.as_ref());
+    assert_eq!(subject.namespace, sa.metadata.namespace);
 }

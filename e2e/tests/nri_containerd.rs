@@ -7,8 +7,11 @@
 //!
 //! Then the daemon's own NRI attach (`--mode dra --nri`): a claim prepared through the DRA
 //! kubelet plugin, a CRI pod sandbox of the pod it is reserved for, and the VF appears in the
-//! pod with the claim's VfConfig settings and IPAM, its interface is written to the claim's
-//! `status.devices[].networkData`, and StopPodSandbox gives the VF back as it was.
+//! pod with the claim's VfConfig settings over the NetworkAttachmentDefinition it names (the
+//! NAD's IPAM, the VfConfig's MTU), its interface is written to the claim's
+//! `status.devices[].networkData`, and StopPodSandbox gives the VF back as it was. A claim
+//! naming a missing NAD, or one whose MTU the VF cannot take, fails its sandbox and leaves its
+//! VF untouched.
 
 use serde_json::json;
 use sriov_e2e::apiserver::Resource;
@@ -276,7 +279,7 @@ fn device_status(w: &DraNode, name: &str, device: &str) -> Option<serde_json::Va
 #[test]
 fn the_daemons_nri_attach_gives_a_claims_vf_to_the_pod_and_back() {
     let started = Instant::now();
-    let lab = SimNode::up(&SimSpec::new(unique_name("nri-dra")).pfs(1).vfs(2)).unwrap();
+    let lab = SimNode::up(&SimSpec::new(unique_name("nri-dra")).pfs(1).vfs(3)).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let conflist = json!({"cniVersion": "1.0.0", "name": "pods", "plugins": [
         {"type": "bridge", "bridge": "cni-nri1", "isGateway": false,
@@ -312,16 +315,27 @@ fn the_daemons_nri_attach_gives_a_claims_vf_to_the_pod_and_back() {
     )];
     let w = DraNode::start(spec, None).unwrap_or_else(|e| panic!("{e}"));
     let node = lab.netns_path().display().to_string();
-    let (pci, bad_pci) = (vf_pci(0, 0), vf_pci(0, 1));
+    let (pci, bad_pci, nad_pci) = (vf_pci(0, 0), vf_pci(0, 1), vf_pci(0, 2));
     let vf_netdev = |i: usize| {
         lab.description().pfs[0].vfs[i]
             .netdev
             .clone()
             .expect("the VF has a netdev")
     };
-    let (vf, bad_vf) = (vf_netdev(0), vf_netdev(1));
+    let (vf, bad_vf, nad_vf) = (vf_netdev(0), vf_netdev(1), vf_netdev(2));
     let before = link_state(&node, &vf);
     let bad_before = link_state(&node, &bad_vf);
+    let nad_before = link_state(&node, &nad_vf);
+
+    // The NAD the claim names: its IPAM and an MTU the claim's VfConfig overrides.
+    w.api.insert(
+        Resource::NetworkAttachmentDefinitions,
+        json!({"metadata": {"name": "sriov-static", "namespace": "default"},
+               "spec": {"config": json!({"cniVersion": "1.0.0", "name": "sriov-static",
+                   "type": "sriov", "mtu": 9000,
+                   "ipam": {"type": "static", "addresses": [{"address": "10.77.0.5/24"}]}})
+                   .to_string()}}),
+    );
 
     // The scheduler allocated a VF to pod web's claim; kubelet prepared it.
     let api_version = format!("{DRIVER}/v1alpha1");
@@ -333,7 +347,7 @@ fn the_daemons_nri_attach_gives_a_claims_vf_to_the_pod_and_back() {
             &["vf"],
             json!({"apiVersion": api_version, "kind": "VfConfig",
             "ifName": "sriov1", "mac": "02:00:00:aa:bb:01", "mtu": 1400,
-            "ipam": {"type": "static", "addresses": [{"address": "10.77.0.5/24"}]}})
+            "netAttachDefName": "sriov-static"})
         )]),
         &["web"],
     );
@@ -365,6 +379,12 @@ fn the_daemons_nri_attach_gives_a_claims_vf_to_the_pod_and_back() {
     let addrs = ip(&netns, &["-j", "addr", "show", "dev", "sriov1"]).unwrap();
     assert!(addrs.contains("\"local\":\"10.77.0.5\""), "{addrs}");
     assert!(has_link(&netns, "eth0"), "the pod network is there too");
+    // The ADD's config is kept for the DELs.
+    let kept = dir.join(format!("dra/nri/{id}_sriov1.json"));
+    let kept_conf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&kept).unwrap()).unwrap();
+    assert_eq!(kept_conf["ipam"]["type"], "static");
+    assert_eq!(kept_conf["mtu"], 1400);
     assert!(!has_link(&node, &vf), "the VF left the node");
     let entry = w
         .wait("networkData in the claim's status", WAIT, || {
@@ -405,6 +425,36 @@ fn the_daemons_nri_attach_gives_a_claims_vf_to_the_pod_and_back() {
     assert!(err.contains("mtu"), "{err}");
     assert_eq!(link_state(&node, &bad_vf), bad_before, "untouched");
 
+    // A claim naming a NAD that does not exist: the sandbox fails naming it, the VF untouched.
+    let nad_uid = w.claim(
+        "cache-vf",
+        json!([result("vf", &nad_pci)]),
+        json!([vf_config(
+            "FromClaim",
+            &[],
+            json!({"apiVersion": api_version, "kind": "VfConfig", "netAttachDefName": "gone"})
+        )]),
+        &["cache"],
+    );
+    let r = w
+        .kubelet
+        .prepare(DRIVER, vec![claim("default", "cache-vf", &nad_uid)])
+        .unwrap();
+    assert_eq!(r.claims[&nad_uid].error, "");
+    let err = c
+        .run_pod(cri::pod_sandbox_config(
+            "cache",
+            "default",
+            "uid-cache",
+            &std::env::temp_dir(),
+        ))
+        .expect_err("a sandbox whose NAD is missing fails");
+    assert!(
+        err.contains("NetworkAttachmentDefinition default/gone not found"),
+        "{err}"
+    );
+    assert_eq!(link_state(&node, &nad_vf), nad_before, "untouched");
+
     // StopPodSandbox: the VF is back on the node as it was; networkData is gone.
     c.stop_pod(&id).unwrap();
     assert_eq!(link_state(&node, &vf).0, before.0, "MAC restored");
@@ -414,7 +464,9 @@ fn the_daemons_nri_attach_gives_a_claims_vf_to_the_pod_and_back() {
             .filter(|e| e.get("networkData").is_none() && e.get("conditions").is_some())
     })
     .unwrap_or_else(|e| panic!("{e}"));
+    assert!(kept.exists(), "kept until the sandbox is removed");
     c.remove_pod(&id).unwrap();
+    assert!(!kept.exists(), "{}", w.daemon.log());
     let r = w
         .kubelet
         .unprepare(DRIVER, vec![claim("default", "web-vf", &uid)])

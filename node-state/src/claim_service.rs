@@ -10,6 +10,13 @@
 //! The claim is read from the API server (GET, nothing cached, so a repeated prepare sees the
 //! current `reservedFor`); a claim whose UID differs from the one kubelet named (deleted and
 //! created again under the same name) is an error, never another claim's allocation.
+//!
+//! For the NRI attach, `{"nad": {"namespace", "name"}}` → `{"config": <the
+//! NetworkAttachmentDefinition's spec.config, a string>}`: the NAD a claim's `VfConfig` names
+//! (`netAttachDefName`), read with a GET (RBAC: get on `network-attachment-definitions`, only
+//! with NRI on). Both names are checked as the API's names before they reach the request path;
+//! a config longer than [`MAX_NAD_CONFIG`] is refused. The config is not interpreted here: the
+//! daemon takes it apart and the CNI plugin checks every field.
 
 use k8s_openapi::api::resource::v1::ResourceClaim;
 use kube::api::{Api, ApiResource, DynamicObject};
@@ -26,6 +33,8 @@ const MAX_REQUEST: usize = 256 * 1024;
 pub const FIELD_MANAGER: &str = "sriov-rs-dra";
 /// How long one request may take, API call included.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest NetworkAttachmentDefinition `spec.config` handed to the daemon.
+pub const MAX_NAD_CONFIG: usize = 64 * 1024;
 
 /// Serves the claim service on `listener` until the task is dropped.
 pub async fn serve(listener: UnixListener, client: Client) {
@@ -57,6 +66,19 @@ async fn answer(stream: UnixStream, client: Client) {
     let reply = match reader.read_line(&mut line).await {
         Ok(_) => {
             let request: Value = serde_json::from_str(line.trim()).unwrap_or(Value::Null);
+            if let Some(nad) = request.get("nad") {
+                let reply = match nad_config(&client, nad).await {
+                    Ok(config) => json!({ "config": config }),
+                    Err(e) => {
+                        tracing::warn!("claim service: {e}");
+                        json!({ "error": e })
+                    }
+                };
+                let mut body = reply.to_string();
+                body.push('\n');
+                let _ = write.write_all(body.as_bytes()).await;
+                return;
+            }
             match serde_json::from_value::<ClaimRef>(request.clone()) {
                 Ok(claim) => {
                     let result = match request.get("report") {
@@ -128,4 +150,48 @@ pub async fn lookup(client: &Client, claim: &ClaimRef) -> Result<Value, String> 
         ));
     }
     Ok(object.data.get("status").cloned().unwrap_or(Value::Null))
+}
+
+/// The `spec.config` of the NetworkAttachmentDefinition `{"namespace", "name"}` names.
+pub async fn nad_config(client: &Client, nad: &Value) -> Result<String, String> {
+    let field = |k: &str| nad.get(k).and_then(Value::as_str).unwrap_or_default();
+    let (namespace, name) = (field("namespace"), field("name"));
+    // The same checks as the VfConfig fields these come from: names, never path segments.
+    let names = sriov::dra_claim::VfConfig {
+        net_attach_def_name: Some(name.to_string()),
+        net_attach_def_namespace: Some(namespace.to_string()),
+        ..Default::default()
+    };
+    names
+        .check()
+        .map_err(|(f, why)| format!("bad NetworkAttachmentDefinition request: {f}: {why}"))?;
+    let label = format!("NetworkAttachmentDefinition {namespace}/{name}");
+    let resource = ApiResource {
+        group: "k8s.cni.cncf.io".into(),
+        version: "v1".into(),
+        api_version: "k8s.cni.cncf.io/v1".into(),
+        kind: "NetworkAttachmentDefinition".into(),
+        plural: "network-attachment-definitions".into(),
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let object = match api.get(name).await {
+        Ok(o) => o,
+        Err(kube::Error::Api(e)) if e.code == 404 => return Err(format!("{label} not found")),
+        Err(e) => return Err(format!("reading {label}: {e}")),
+    };
+    let config = match object.data.pointer("/spec/config") {
+        Some(Value::String(c)) if !c.trim().is_empty() => c.clone(),
+        Some(Value::String(_)) | None => {
+            return Err(format!(
+                "{label} has no spec.config (a NAD whose config is a file on the node is not supported)"
+            ))
+        }
+        Some(_) => return Err(format!("{label}: spec.config is not a string")),
+    };
+    if config.len() > MAX_NAD_CONFIG {
+        return Err(format!(
+            "{label}: spec.config is longer than {MAX_NAD_CONFIG} bytes"
+        ));
+    }
+    Ok(config)
 }

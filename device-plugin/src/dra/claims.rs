@@ -22,6 +22,16 @@ pub async fn fetch_status(socket: &Path, claim: &ClaimRef) -> Result<Value, Stri
         .ok_or_else(|| "claim service: an answer without status".to_string())
 }
 
+/// The `spec.config` of NetworkAttachmentDefinition `namespace/name`, as the API server has it
+/// now (the NRI attach's base config when a `VfConfig` names a NAD).
+pub async fn fetch_nad(socket: &Path, namespace: &str, name: &str) -> Result<String, String> {
+    let request = json!({"nad": {"namespace": namespace, "name": name}});
+    match exchange(socket, request).await?.get("config") {
+        Some(Value::String(c)) => Ok(c.clone()),
+        _ => Err("claim service: an answer without the NAD's config".into()),
+    }
+}
+
 /// Asks the sidecar to apply `devices` (entries of the claim's `status.devices`).
 pub async fn report(socket: &Path, claim: &ClaimRef, devices: Vec<Value>) -> Result<(), String> {
     let request = json!({"namespace": claim.namespace, "name": claim.name, "uid": claim.uid,

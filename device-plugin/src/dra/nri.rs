@@ -12,9 +12,23 @@
 //! interface (name, IPs, MAC) is written to each claim's `status.devices[].networkData` through
 //! the sidecar's claim service.
 //!
+//! When a `VfConfig` names a NetworkAttachmentDefinition (`netAttachDefName`, in
+//! `netAttachDefNamespace`, else the claim's namespace), its `spec.config`, read through the
+//! sidecar's claim service (the daemon holds no API credentials), is the base of that config:
+//! a single plugin config of `type: sriov`, or a conflist whose only plugin is `sriov` (its
+//! `cniVersion` and `name` from the list; a chain with other plugins is refused, as the attach
+//! would not run them). `deviceID`, `resourceName` and `claimName` are the claim's to decide
+//! and dropped from it; the `VfConfig`'s fields override the NAD's. The NAD is hostile input:
+//! at most [`MAX_NAD_CONFIG`] bytes, and everything in it goes to our CNI, which refuses
+//! node-local keys and checks every field. A missing NAD or a config that is not one of the
+//! above fails the sandbox before any VF is touched, naming the NAD.
+//!
 //! On `StopPodSandbox` (and again, idempotently, on `RemovePodSandbox`) the same attachments get
-//! a CNI DEL, which restores the VF and releases its IPAM, and `networkData` is removed. VFs of
-//! `driver: vfio-pci` configs have no netdev and are skipped.
+//! a CNI DEL, which restores the VF and releases its IPAM, and `networkData` is removed. The DEL
+//! gets the config the ADD got (as CNI requires, so IPAM releases what it gave even when the NAD
+//! changed or went away): it is kept in `<dra-state-dir>/nri/<sandbox>_<ifname>.json`, written
+//! before the ADD, removed after the DEL at `RemovePodSandbox`. VFs of `driver: vfio-pci`
+//! configs have no netdev and are skipped.
 //!
 //! Every value that reaches the CNI's environment is checked first: the sandbox ID as a CNI
 //! container ID, the pod's name and namespace without `;`, `=` or control characters.
@@ -24,6 +38,7 @@ use super::Dra;
 use serde_json::{json, Map, Value};
 use sriov::dra_claim::ClaimRef;
 use sriov::dra_record::PreparedDevice;
+use sriov::owned_dir::{Access, OwnedDir};
 use sriov_proto::nri::api::PodSandbox;
 use sriov_proto::nri::plugin::{self, PluginOptions, PodEvents, RuntimeInfo};
 use std::io::Write;
@@ -53,12 +68,17 @@ pub struct NriOptions {
     pub cni: CniRunner,
 }
 
+/// The longest NAD `spec.config` taken (the sidecar has the same limit).
+pub const MAX_NAD_CONFIG: usize = 64 * 1024;
+
 /// One VF to attach to a pod.
 #[derive(Debug, Clone, PartialEq)]
 struct Attachment {
     claim: ClaimRef,
     device: PreparedDevice,
     ifname: String,
+    /// The network config its CNI calls get (filled before they run).
+    conf: Value,
 }
 
 /// The pod's identity as the CNI sees it (`CNI_CONTAINERID`, `CNI_ARGS`).
@@ -107,12 +127,69 @@ impl<'a> PodIds<'a> {
     }
 }
 
-/// The network config of one attachment: the CNI's keys from the device's `VfConfig`.
-fn net_conf(device: &PreparedDevice) -> Value {
+/// The plugin config a NAD's `spec.config` gives the attach (`nad` names it in errors): a
+/// single `sriov` config, or a conflist whose only plugin is `sriov`, with the list's
+/// `cniVersion` and `name`.
+fn nad_base(nad: &str, config: &str) -> Result<Map<String, Value>, String> {
+    let err = |why: String| format!("NetworkAttachmentDefinition {nad}: {why}");
+    if config.len() > MAX_NAD_CONFIG {
+        return Err(err(format!(
+            "spec.config is longer than {MAX_NAD_CONFIG} bytes"
+        )));
+    }
+    let v: Value =
+        serde_json::from_str(config).map_err(|e| err(format!("spec.config is not JSON: {e}")))?;
+    let Value::Object(mut top) = v else {
+        return Err(err("spec.config is not a JSON object".into()));
+    };
+    let mut plugin = match top.remove("plugins") {
+        None => top,
+        Some(Value::Array(plugins)) => {
+            let types: Vec<String> = plugins
+                .iter()
+                .map(|p| match p.get("type") {
+                    Some(Value::String(t)) => t.clone(),
+                    _ => "(no type)".into(),
+                })
+                .collect();
+            let [Value::Object(only)] = plugins.as_slice() else {
+                return Err(err(format!(
+                    "its conflist has the plugins {types:?}: the NRI attach runs only the sriov plugin, so a conflist must hold just that one"
+                )));
+            };
+            let mut plugin = only.clone();
+            for key in ["cniVersion", "name"] {
+                if let Some(v) = top.get(key) {
+                    plugin.insert(key.into(), v.clone());
+                }
+            }
+            plugin
+        }
+        Some(_) => return Err(err("\"plugins\" is not a list".into())),
+    };
+    match plugin.get("type") {
+        Some(Value::String(t)) if t == "sriov" => {}
+        other => {
+            return Err(err(format!(
+                "its plugin type is {}, not \"sriov\"",
+                other.map_or("missing".to_string(), Value::to_string)
+            )))
+        }
+    }
+    // The claim decides which VF.
+    for key in ["deviceID", "resourceName", "claimName"] {
+        plugin.remove(key);
+    }
+    Ok(plugin)
+}
+
+/// The network config of one attachment: the NAD's config (`base`) if the `VfConfig` names one,
+/// with the CNI's keys from the device's `VfConfig` over it.
+fn net_conf(device: &PreparedDevice, base: Option<Map<String, Value>>) -> Value {
     let c = &device.config;
-    let mut conf = Map::new();
-    conf.insert("cniVersion".into(), json!("1.0.0"));
-    conf.insert("name".into(), json!("sriov-dra"));
+    let mut conf = base.unwrap_or_default();
+    conf.entry("cniVersion").or_insert_with(|| json!("1.0.0"));
+    conf.entry("name").or_insert_with(|| json!("sriov-dra"));
     conf.insert("type".into(), json!("sriov"));
     conf.insert("deviceID".into(), json!(device.pci));
     let mut put = |key: &str, v: Option<Value>| {
@@ -129,6 +206,38 @@ fn net_conf(device: &PreparedDevice) -> Value {
     put("trust", c.trust.as_ref().map(|v| json!(v)));
     put("ipam", c.ipam.clone());
     Value::Object(conf)
+}
+
+/// The network config the NRI attach gives the CNI for `device` of `claim`: the NAD its
+/// `VfConfig` names (`netAttachDefNamespace`, else the claim's namespace), read now through the
+/// claim service on `socket`, under the `VfConfig`; without a NAD the `VfConfig` alone. An error
+/// names the claim and the NAD.
+pub async fn attach_config(
+    socket: &std::path::Path,
+    claim: &ClaimRef,
+    device: &PreparedDevice,
+) -> Result<Value, String> {
+    let c = &device.config;
+    let Some(name) = &c.net_attach_def_name else {
+        return Ok(net_conf(device, None));
+    };
+    let namespace = c
+        .net_attach_def_namespace
+        .as_ref()
+        .unwrap_or(&claim.namespace);
+    let label = format!("{namespace}/{name}");
+    let why = |e: String| format!("netAttachDefName of claim {}: {e}", claim.label());
+    let config = claims::fetch_nad(socket, namespace, name)
+        .await
+        .map_err(|e| {
+            if e.contains(&label) {
+                why(e)
+            } else {
+                why(format!("NetworkAttachmentDefinition {label}: {e}"))
+            }
+        })?;
+    let base = nad_base(&label, &config).map_err(why)?;
+    Ok(net_conf(device, Some(base)))
 }
 
 /// The pod's attachments, in a stable order (claim name, request, device), interface names
@@ -168,6 +277,7 @@ fn plan(found: Vec<(ClaimRef, PreparedDevice)>) -> Vec<Attachment> {
                 claim,
                 device,
                 ifname,
+                conf: Value::Null,
             }
         })
         .collect()
@@ -234,7 +344,7 @@ impl CniRunner {
         netns: &str,
         a: &Attachment,
     ) -> Result<Value, String> {
-        let conf = net_conf(&a.device).to_string();
+        let conf = a.conf.to_string();
         let mut cmd = Command::new(&self.plugin);
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("CNI_") {
@@ -284,14 +394,105 @@ pub struct NriAttach {
     cni: CniRunner,
     /// One claim status report at a time (each rewrites all of a claim's device entries).
     reports: tokio::sync::Mutex<()>,
+    /// `<dra-state-dir>/nri`: each attachment's config from its ADD until its last DEL.
+    confs: Option<OwnedDir>,
+}
+
+/// The file keeping an attachment's config: `<sandbox>_<ifname>.json` (both checked names).
+fn conf_file(sandbox: &str, a: &Attachment) -> String {
+    format!("{sandbox}_{}.json", a.ifname)
 }
 
 impl NriAttach {
     pub fn new(dra: Arc<Dra>, cni: CniRunner) -> NriAttach {
+        let confs = dra
+            .records
+            .path()
+            .parent()
+            .ok_or_else(|| "the DRA state folder has no parent".to_string())
+            .and_then(|top| {
+                OwnedDir::open(top, Access::Private, true)
+                    .and_then(|d| d.subdir("nri", Access::Private, true))
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|e| {
+                tracing::error!(
+                    "NRI: cannot keep the attachments' configs ({e}): a DEL gets a config built again"
+                )
+            })
+            .ok();
         NriAttach {
             dra,
             cni,
             reports: tokio::sync::Mutex::new(()),
+            confs,
+        }
+    }
+
+    /// Each attachment's config ([`attach_config`]); the first that cannot be had is the error.
+    async fn build_confs(&self, plan: &mut [Attachment]) -> Result<(), String> {
+        for a in plan.iter_mut() {
+            a.conf = attach_config(&self.dra.claims_socket, &a.claim, &a.device).await?;
+        }
+        Ok(())
+    }
+
+    /// The configs the pod's ADDs got, where kept; the others built again (a NAD that cannot
+    /// be read any more leaves the `VfConfig` alone: the DEL still gives the VF back).
+    async fn kept_confs(&self, sandbox: &str, plan: &mut [Attachment]) {
+        for a in plan.iter_mut() {
+            let kept = self.confs.as_ref().and_then(|d| {
+                let bytes = d.read(&conf_file(sandbox, a)).ok()??;
+                serde_json::from_slice::<Value>(&bytes).ok()
+            });
+            a.conf = match kept {
+                Some(c) => c,
+                None => {
+                    let mut one = [a.clone()];
+                    match self.build_confs(&mut one).await {
+                        Ok(()) => one[0].conf.clone(),
+                        Err(e) => {
+                            tracing::warn!(vf = %a.device.pci, "NRI: DEL without the NAD's config: {e}");
+                            net_conf(&a.device, None)
+                        }
+                    }
+                }
+            };
+        }
+    }
+
+    /// Keeps each attachment's config for its DELs.
+    fn keep_confs(&self, sandbox: &str, plan: &[Attachment]) -> Result<(), String> {
+        let Some(dir) = &self.confs else {
+            return Ok(());
+        };
+        for a in plan {
+            dir.write_atomic(&conf_file(sandbox, a), a.conf.to_string().as_bytes(), 0o600)
+                .map_err(|e| format!("keeping the CNI config of VF {}: {e}", a.device.pci))?;
+        }
+        Ok(())
+    }
+
+    /// Every config kept for this sandbox.
+    fn forget_sandbox(&self, pod: &PodSandbox) {
+        let (Some(dir), Ok(ids)) = (&self.confs, PodIds::of(pod)) else {
+            return;
+        };
+        let prefix = format!("{}_", ids.sandbox);
+        for name in dir.names().unwrap_or_default() {
+            if name.starts_with(&prefix) && name.ends_with(".json") {
+                let _ = dir.remove(&name);
+            }
+        }
+    }
+
+    fn forget_confs(&self, sandbox: &str, plan: &[Attachment]) {
+        if let Some(dir) = &self.confs {
+            for a in plan {
+                if let Err(e) = dir.remove(&conf_file(sandbox, a)) {
+                    tracing::warn!(vf = %a.device.pci, "NRI: removing a kept CNI config: {e}");
+                }
+            }
         }
     }
 
@@ -415,7 +616,7 @@ impl PodEvents for NriAttach {
     }
 
     async fn run_pod_sandbox(&self, pod: PodSandbox) -> Result<(), String> {
-        let plan = self.attachments(&pod)?;
+        let mut plan = self.attachments(&pod)?;
         if plan.is_empty() {
             return Ok(());
         }
@@ -423,6 +624,18 @@ impl PodEvents for NriAttach {
             .network_namespace()
             .ok_or("the pod has DRA VFs to attach but no network namespace (host network?)")?
             .to_string();
+        // Nothing is touched before every config is had and kept.
+        let sandbox = PodIds::of(&pod)?.sandbox.to_string();
+        let prepared = match self.build_confs(&mut plan).await {
+            Ok(()) => self.keep_confs(&sandbox, &plan),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = prepared {
+            self.forget_confs(&sandbox, &plan);
+            tracing::error!(pod = %pod.name, namespace = %pod.namespace, "NRI: {e}");
+            return Err(format!("sriov-rs: {e}"));
+        }
+        let all = plan.clone();
         let results = self.run_cni("ADD", &pod, netns.clone(), plan).await;
         if let Some((a, Err(e))) = results.iter().find(|(_, r)| r.is_err()) {
             // Undo the ones that went in, newest first.
@@ -432,10 +645,15 @@ impl PodEvents for NriAttach {
                 .map(|(a, _)| a.clone())
                 .rev()
                 .collect();
+            let mut undone = true;
             for (b, undo) in self.run_cni("DEL", &pod, netns, attached).await {
                 if let Err(u) = undo {
+                    undone = false;
                     tracing::error!(vf = %b.device.pci, "NRI: rollback: {u}");
                 }
+            }
+            if undone {
+                self.forget_confs(&sandbox, &all);
             }
             tracing::error!(pod = %pod.name, namespace = %pod.namespace, vf = %a.device.pci, "NRI: {e}");
             return Err(format!("sriov-rs: {e}"));
@@ -454,23 +672,39 @@ impl PodEvents for NriAttach {
     }
 
     async fn stop_pod_sandbox(&self, pod: PodSandbox) -> Result<(), String> {
-        self.detach(&pod).await
+        self.detach(&pod, false).await
     }
 
     async fn remove_pod_sandbox(&self, pod: PodSandbox) -> Result<(), String> {
         // A DEL is idempotent: this one finishes what a failed stop left.
-        self.detach(&pod).await
+        self.detach(&pod, true).await
     }
 }
 
 impl NriAttach {
-    async fn detach(&self, pod: &PodSandbox) -> Result<(), String> {
-        let plan = self.attachments(pod)?;
+    /// DEL for each of the pod's attachments with the config its ADD got; `last` (the sandbox
+    /// is removed): the kept configs go once their DEL succeeded.
+    async fn detach(&self, pod: &PodSandbox, last: bool) -> Result<(), String> {
+        let mut plan = self.attachments(pod)?;
         if plan.is_empty() {
+            if last {
+                // The claims were unprepared before the sandbox went: nothing to DEL any more.
+                self.forget_sandbox(pod);
+            }
             return Ok(());
         }
+        let sandbox = PodIds::of(pod)?.sandbox.to_string();
+        self.kept_confs(&sandbox, &mut plan).await;
         let netns = pod.network_namespace().unwrap_or("").to_string();
         let results = self.run_cni("DEL", pod, netns, plan).await;
+        if last {
+            let gone: Vec<Attachment> = results
+                .iter()
+                .filter(|(_, r)| r.is_ok())
+                .map(|(a, _)| a.clone())
+                .collect();
+            self.forget_confs(&sandbox, &gone);
+        }
         let errors: Vec<String> = results
             .iter()
             .filter_map(|(_, r)| r.as_ref().err().cloned())
@@ -579,7 +813,7 @@ mod tests {
             ipam: Some(json!({"type": "static"})),
             ..Default::default()
         };
-        let c = net_conf(&d);
+        let c = net_conf(&d, None);
         assert_eq!(c["deviceID"], "0000:3b:02.0");
         assert_eq!(c["type"], "sriov");
         assert_eq!(
@@ -589,6 +823,74 @@ mod tests {
         assert_eq!(c["mtuLock"], true);
         assert_eq!(c["ipam"]["type"], "static");
         assert!(c.get("trust").is_none());
+    }
+
+    /// A NAD's config is the base: its ipam and keys stay unless the VfConfig sets them, the
+    /// claim's VF replaces any device the NAD names.
+    #[test]
+    fn a_nad_config_under_the_vf_config() {
+        let nad = r#"{"cniVersion": "0.4.0", "name": "net-a", "type": "sriov", "vlan": 100,
+            "spoofchk": "off", "deviceID": "0000:99:00.1", "resourceName": "intel.com/x",
+            "ipam": {"type": "host-local", "subnet": "10.9.0.0/24"}}"#;
+        let base = nad_base("apps/net-a", nad).unwrap();
+        let (_, mut d) = found("a", "d1", VfConfig::default());
+        d.config = VfConfig {
+            vlan: Some(20),
+            mtu: Some(1400),
+            ..Default::default()
+        };
+        let c = net_conf(&d, Some(base));
+        assert_eq!(
+            c,
+            json!({"cniVersion": "0.4.0", "name": "net-a", "type": "sriov", "vlan": 20,
+                   "mtu": 1400, "spoofchk": "off", "deviceID": "0000:3b:02.0",
+                   "ipam": {"type": "host-local", "subnet": "10.9.0.0/24"}})
+        );
+        // The VfConfig's ipam replaces the NAD's whole.
+        d.config.ipam = Some(json!({"type": "static"}));
+        let c = net_conf(&d, Some(nad_base("apps/net-a", nad).unwrap()));
+        assert_eq!(c["ipam"], json!({"type": "static"}));
+
+        // A conflist of just sriov: the list's version and name.
+        let list = r#"{"cniVersion": "1.0.0", "name": "chain", "plugins": [{"type": "sriov", "vlan": 7}]}"#;
+        let b = nad_base("apps/chain", list).unwrap();
+        assert_eq!(b["name"], "chain");
+        assert_eq!(b["cniVersion"], "1.0.0");
+        assert_eq!(b["vlan"], 7);
+    }
+
+    #[test]
+    fn bad_nad_configs_are_refused_naming_the_nad() {
+        for (config, why) in [
+            ("{", "spec.config is not JSON"),
+            ("[1]", "not a JSON object"),
+            (
+                r#"{"type": "macvlan"}"#,
+                "its plugin type is \"macvlan\", not \"sriov\"",
+            ),
+            (r#"{"name": "x"}"#, "its plugin type is missing"),
+            (
+                r#"{"plugins": [{"type": "sriov"}, {"type": "tuning"}]}"#,
+                "[\"sriov\", \"tuning\"]: the NRI attach runs only the sriov plugin",
+            ),
+            (
+                r#"{"plugins": {"type": "sriov"}}"#,
+                "\"plugins\" is not a list",
+            ),
+        ] {
+            let e = nad_base("apps/net-a", config).unwrap_err();
+            assert!(
+                e.starts_with("NetworkAttachmentDefinition apps/net-a: ") && e.contains(why),
+                "{config}: {e}"
+            );
+        }
+        let long = format!(
+            r#"{{"type": "sriov", "x": "{}"}}"#,
+            "a".repeat(MAX_NAD_CONFIG)
+        );
+        assert!(nad_base("apps/big", &long)
+            .unwrap_err()
+            .contains("longer than 65536 bytes"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! An in-test Kubernetes API server: `resource.k8s.io/v1` ResourceSlices (cluster-scoped) and
-//! ResourceClaims (namespaced, with a status subresource), and core/v1 Nodes, over HTTP on a
+//! ResourceClaims (namespaced, with a status subresource), core/v1 Nodes, and Multus'
+//! `k8s.cni.cncf.io/v1` NetworkAttachmentDefinitions (namespaced), over HTTP on a
 //! loopback port, answering as the real server does. There is no API server on the machines
 //! this project is tested on; a `kube::Client` pointed at [`ApiServer::url`] cannot tell.
 //!
@@ -41,6 +42,7 @@ pub enum Resource {
     Nodes,
     ResourceSlices,
     ResourceClaims,
+    NetworkAttachmentDefinitions,
 }
 
 impl Resource {
@@ -49,17 +51,20 @@ impl Resource {
             Resource::Nodes => "nodes",
             Resource::ResourceSlices => "resourceslices",
             Resource::ResourceClaims => "resourceclaims",
+            Resource::NetworkAttachmentDefinitions => "network-attachment-definitions",
         }
     }
     fn group(self) -> &'static str {
         match self {
             Resource::Nodes => "",
+            Resource::NetworkAttachmentDefinitions => "k8s.cni.cncf.io",
             _ => "resource.k8s.io",
         }
     }
     fn api_version(self) -> &'static str {
         match self {
             Resource::Nodes => "v1",
+            Resource::NetworkAttachmentDefinitions => "k8s.cni.cncf.io/v1",
             _ => "resource.k8s.io/v1",
         }
     }
@@ -68,13 +73,20 @@ impl Resource {
             Resource::Nodes => "Node",
             Resource::ResourceSlices => "ResourceSlice",
             Resource::ResourceClaims => "ResourceClaim",
+            Resource::NetworkAttachmentDefinitions => "NetworkAttachmentDefinition",
         }
     }
     fn namespaced(self) -> bool {
-        self == Resource::ResourceClaims
+        matches!(
+            self,
+            Resource::ResourceClaims | Resource::NetworkAttachmentDefinitions
+        )
     }
     fn has_status(self) -> bool {
-        self != Resource::ResourceSlices
+        !matches!(
+            self,
+            Resource::ResourceSlices | Resource::NetworkAttachmentDefinitions
+        )
     }
     fn field_selectors(self) -> &'static [&'static str] {
         match self {
@@ -84,7 +96,9 @@ impl Resource {
                 "spec.driver",
                 "spec.pool.name",
             ],
-            Resource::ResourceClaims => &["metadata.name", "metadata.namespace"],
+            Resource::ResourceClaims | Resource::NetworkAttachmentDefinitions => {
+                &["metadata.name", "metadata.namespace"]
+            }
             Resource::Nodes => &["metadata.name", "spec.unschedulable"],
         }
     }
@@ -329,7 +343,8 @@ fn invalid(r: Resource, name: &str, causes: Vec<validate::Cause>) -> ApiError {
 }
 
 /// `/api/v1/nodes[/NAME]`, `/apis/resource.k8s.io/v1/resourceslices[/NAME]`,
-/// `/apis/resource.k8s.io/v1/[namespaces/NS/]resourceclaims[/NAME[/status]]`.
+/// `/apis/resource.k8s.io/v1/[namespaces/NS/]resourceclaims[/NAME[/status]]`,
+/// `/apis/k8s.cni.cncf.io/v1/[namespaces/NS/]network-attachment-definitions[/NAME]`.
 struct Route {
     resource: Resource,
     namespace: Option<String>,
@@ -339,20 +354,22 @@ struct Route {
 
 fn route(path: &str) -> Option<Route> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let rest: &[&str] = match parts.as_slice() {
-        ["api", "v1", rest @ ..] => rest,
-        ["apis", "resource.k8s.io", "v1", rest @ ..] => rest,
+    let (group, rest): (&str, &[&str]) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", g @ ("resource.k8s.io" | "k8s.cni.cncf.io"), "v1", rest @ ..] => (g, rest),
         _ => return None,
     };
-    let core = parts[0] == "api";
     let (namespace, rest) = match rest {
         ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
         _ => (None, rest),
     };
-    let resource = match (core, rest.first()?) {
-        (true, &"nodes") => Resource::Nodes,
-        (false, &"resourceslices") => Resource::ResourceSlices,
-        (false, &"resourceclaims") => Resource::ResourceClaims,
+    let resource = match (group, rest.first()?) {
+        ("", &"nodes") => Resource::Nodes,
+        ("resource.k8s.io", &"resourceslices") => Resource::ResourceSlices,
+        ("resource.k8s.io", &"resourceclaims") => Resource::ResourceClaims,
+        ("k8s.cni.cncf.io", &"network-attachment-definitions") => {
+            Resource::NetworkAttachmentDefinitions
+        }
         _ => return None,
     };
     if namespace.is_some() && !resource.namespaced() {
