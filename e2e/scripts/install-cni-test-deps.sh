@@ -15,6 +15,8 @@ command -v runc >/dev/null 2>&1 || missing+=(runc)
 # Static: a dynamically linked busybox (Debian's `busybox`) cannot run in an empty rootfs.
 if [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then missing+=(busybox-static); fi
 if [ ${#missing[@]} -gt 0 ]; then
+    # Tests install in parallel: one apt at a time (apt itself refuses, not waits).
+    exec 8>/var/lock/sriov-rs-apt.lock && flock 8
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

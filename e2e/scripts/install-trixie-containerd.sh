@@ -31,6 +31,8 @@ if [ -f "$root/.complete" ]; then
 fi
 
 if ! command -v debootstrap >/dev/null 2>&1; then
+    # Tests install in parallel: one apt at a time (apt itself refuses, not waits).
+    exec 8>/var/lock/sriov-rs-apt.lock && flock 8
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
 fi
