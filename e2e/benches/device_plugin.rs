@@ -304,11 +304,9 @@ fn both_mode_rss(bin: &Path, lab: &SimNode) {
     spec.mode = "both".into();
     spec.env = vec![("RUST_LOG".into(), "warn".into())];
     let node = DraNode::start(spec, None).unwrap_or_else(|e| panic!("both mode: {e}"));
-    let kubelet = KubeletEmulator::start(
-        &tmp.path().join("kubelet"),
-        RegistrationMode::KubeletSocket,
-    )
-    .expect("kubelet");
+    let kubelet =
+        KubeletEmulator::start(&tmp.path().join("kubelet"), RegistrationMode::KubeletSocket)
+            .expect("kubelet");
     kubelet
         .wait_devices("intel.com/kernel", WAIT, |d| d.len() == 8 * 120 - 128)
         .unwrap_or_else(|e| panic!("{e}\n{}", node.daemon.log()));

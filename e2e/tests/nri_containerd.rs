@@ -22,6 +22,7 @@ use sriov_e2e::kubelet::dra::claim;
 use sriov_e2e::sim::{unique_name, vf_pci, SimNode, SimSpec};
 use sriov_proto::nri::api::PodSandbox;
 use sriov_proto::nri::plugin::{self, NriError, PluginOptions, PodEvents, RuntimeInfo};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -313,7 +314,21 @@ fn the_daemons_nri_attach_gives_a_claims_vf_to_the_pod_and_back() {
         "SRIOV_CNI_NODE_CONFIG".into(),
         node_config.display().to_string(),
     )];
+    // A config kept for a sandbox removed while the daemon was away: gone at Synchronize.
+    let stale = dir.join("dra/nri/5a1e@net1.json");
+    for d in ["dra", "dra/nri"] {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir.join(d))
+            .unwrap();
+    }
+    std::fs::write(&stale, "{}").unwrap();
     let w = DraNode::start(spec, None).unwrap_or_else(|e| panic!("{e}"));
+    wait_for(
+        "the stale kept config removed",
+        Duration::from_secs(20),
+        || !stale.exists(),
+    );
     let node = lab.netns_path().display().to_string();
     let (pci, bad_pci, nad_pci) = (vf_pci(0, 0), vf_pci(0, 1), vf_pci(0, 2));
     let vf_netdev = |i: usize| {
@@ -380,7 +395,7 @@ fn the_daemons_nri_attach_gives_a_claims_vf_to_the_pod_and_back() {
     assert!(addrs.contains("\"local\":\"10.77.0.5\""), "{addrs}");
     assert!(has_link(&netns, "eth0"), "the pod network is there too");
     // The ADD's config is kept for the DELs.
-    let kept = dir.join(format!("dra/nri/{id}_sriov1.json"));
+    let kept = dir.join(format!("dra/nri/{id}@sriov1.json"));
     let kept_conf: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&kept).unwrap()).unwrap();
     assert_eq!(kept_conf["ipam"]["type"], "static");

@@ -54,7 +54,7 @@ pub const DEFAULT_ESWITCH_MODE: &str = "legacy";
 pub const TAINT_EFFECT: &str = "NoSchedule";
 
 /// A device attribute's value, as `resource.k8s.io/v1` writes it (`{"string": "8086"}`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum AttributeValue {
     String(String),
@@ -64,7 +64,7 @@ pub enum AttributeValue {
 }
 
 /// A device taint, as `resource.k8s.io/v1` writes it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceTaint {
     pub key: String,
@@ -78,7 +78,7 @@ pub struct DeviceTaint {
 }
 
 /// One device of a ResourceSlice (the fields we publish of `resource.k8s.io/v1` Device).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DraDevice {
     pub name: String,
     pub attributes: BTreeMap<String, AttributeValue>,
@@ -87,7 +87,7 @@ pub struct DraDevice {
 }
 
 /// What the daemon hands to the sidecar: the node-local DRA devices file.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct DraDevices {
     /// The DRA driver name (`spec.driver` of every slice).

@@ -398,9 +398,24 @@ pub struct NriAttach {
     confs: Option<OwnedDir>,
 }
 
-/// The file keeping an attachment's config: `<sandbox>_<ifname>.json` (both checked names).
+/// The file keeping an attachment's config: `<sandbox>@<ifname>.json` (both checked names; a
+/// sandbox ID holds no `@`, so the sandbox of a file is the part before the first one).
 fn conf_file(sandbox: &str, a: &Attachment) -> String {
-    format!("{sandbox}_{}.json", a.ifname)
+    format!("{sandbox}@{}.json", a.ifname)
+}
+
+/// The sandbox a kept config belongs to (`None`: not one of ours).
+fn conf_sandbox(file: &str) -> Option<&str> {
+    file.strip_suffix(".json")?.split_once('@').map(|(s, _)| s)
+}
+
+/// The kept configs of sandboxes the runtime no longer has (removed while the daemon was away:
+/// no RemovePodSandbox will come for them).
+fn stale_confs(files: Vec<String>, live: &std::collections::HashSet<&str>) -> Vec<String> {
+    files
+        .into_iter()
+        .filter(|f| conf_sandbox(f).is_some_and(|s| !live.contains(s)))
+        .collect()
 }
 
 impl NriAttach {
@@ -478,9 +493,8 @@ impl NriAttach {
         let (Some(dir), Ok(ids)) = (&self.confs, PodIds::of(pod)) else {
             return;
         };
-        let prefix = format!("{}_", ids.sandbox);
         for name in dir.names().unwrap_or_default() {
-            if name.starts_with(&prefix) && name.ends_with(".json") {
+            if conf_sandbox(&name) == Some(ids.sandbox) {
                 let _ = dir.remove(&name);
             }
         }
@@ -613,6 +627,25 @@ impl PodEvents for NriAttach {
             version = %runtime.runtime_version,
             "NRI: registered with the runtime"
         );
+    }
+
+    async fn synchronize(&self, pods: Vec<PodSandbox>) -> Result<(), String> {
+        let Some(dir) = &self.confs else {
+            return Ok(());
+        };
+        let live: std::collections::HashSet<&str> = pods.iter().map(|p| p.id.as_str()).collect();
+        for name in stale_confs(dir.names().unwrap_or_default(), &live) {
+            match dir.remove(&name) {
+                Ok(_) => tracing::info!(
+                    file = %name,
+                    "NRI: removed the kept CNI config of a sandbox the runtime no longer has"
+                ),
+                Err(e) => {
+                    tracing::warn!(file = %name, "NRI: removing a stale kept CNI config: {e}")
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn run_pod_sandbox(&self, pod: PodSandbox) -> Result<(), String> {
@@ -906,6 +939,27 @@ mod tests {
             network_data(&Value::Null, "net1"),
             json!({"interfaceName": "net1"})
         );
+    }
+
+    #[test]
+    fn kept_configs_of_gone_sandboxes_are_stale() {
+        let live: std::collections::HashSet<&str> = ["abc", "abc_def"].into_iter().collect();
+        let files = [
+            "abc@net1.json",
+            "abc_def@net1.json",
+            "abc_d@net1.json",
+            "gone@sriov1.json",
+            "other.tmp",
+            "x.json",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            stale_confs(files, &live),
+            ["abc_d@net1.json", "gone@sriov1.json"]
+        );
+        assert_eq!(conf_sandbox("abc_def@net_1.json"), Some("abc_def"));
+        assert_eq!(conf_sandbox("abc_def_net1.json"), None);
     }
 
     #[test]
