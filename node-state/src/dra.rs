@@ -294,32 +294,58 @@ pub fn build_devices(
     topology: &PfTopology,
     opts: &DraOptions,
 ) -> DraDevices {
-    let mut out: BTreeMap<PciAddress, DraDevice> = BTreeMap::new();
+    let mut devices = vec![];
     let mut warnings = vec![];
-    for pool in &pools.pools {
-        // Auxiliary devices share their parent's PCI address; DRA names devices by it.
-        for d in pool.devices.iter().filter(|d| d.aux().is_none()) {
-            let pf = node.device(&d.pf_pci);
-            let vf = d.vf_index.and_then(|_| node.vf(&d.pci)).map(|(_, vf)| vf);
-            let (dev, w) = device(pool, d, pf, vf, health.get(&d.pci), topology, opts);
-            warnings.extend(w);
-            if dev.attributes.len() > MAX_ATTRIBUTES {
-                // Cannot happen with the attributes above (at most 18); guards future additions.
-                warnings.push(format!(
-                    "device {}: {} attributes exceed the API's {MAX_ATTRIBUTES}: not published",
-                    dev.name,
-                    dev.attributes.len()
-                ));
-                continue;
-            }
-            out.insert(d.pci, dev);
-        }
-    }
+    for_each_device(node, pools, health, topology, opts, |dev, w| {
+        devices.extend(dev);
+        warnings.extend(w);
+    });
     DraDevices {
         driver: opts.driver.clone(),
         taints: opts.taints,
-        devices: out.into_values().collect(),
+        devices,
         warnings,
+    }
+}
+
+/// [`build_devices`] one device at a time, in PCI order, without holding the list (the daemon
+/// digests and writes 1,024 devices this way): `f` gets each device with its warnings, or only
+/// the warnings of a device that cannot be published.
+pub fn for_each_device(
+    node: &Node,
+    pools: &Pools,
+    health: &BTreeMap<PciAddress, Health>,
+    topology: &PfTopology,
+    opts: &DraOptions,
+    mut f: impl FnMut(Option<DraDevice>, Vec<String>),
+) {
+    // Which pool's entry names each device (a later pool's wins), in PCI order.
+    let mut order: BTreeMap<PciAddress, (usize, usize)> = BTreeMap::new();
+    for (p, pool) in pools.pools.iter().enumerate() {
+        // Auxiliary devices share their parent's PCI address; DRA names devices by it.
+        for (i, d) in pool.devices.iter().enumerate() {
+            if d.aux().is_none() {
+                order.insert(d.pci, (p, i));
+            }
+        }
+    }
+    for (p, i) in order.into_values() {
+        let pool = &pools.pools[p];
+        let d = &pool.devices[i];
+        let pf = node.device(&d.pf_pci);
+        let vf = d.vf_index.and_then(|_| node.vf(&d.pci)).map(|(_, vf)| vf);
+        let (dev, mut w) = device(pool, d, pf, vf, health.get(&d.pci), topology, opts);
+        if dev.attributes.len() > MAX_ATTRIBUTES {
+            // Cannot happen with the attributes above (at most 18); guards future additions.
+            w.push(format!(
+                "device {}: {} attributes exceed the API's {MAX_ATTRIBUTES}: not published",
+                dev.name,
+                dev.attributes.len()
+            ));
+            f(None, w);
+            continue;
+        }
+        f(Some(dev), w);
     }
 }
 

@@ -58,6 +58,16 @@ pub fn write_json<T: serde::Serialize>(
     value: &T,
     what: &'static str,
 ) -> Result<(), StatusFileError> {
+    let body = serde_json::to_vec(value).map_err(|source| StatusFileError::Parse {
+        path: path.to_path_buf(),
+        what,
+        source,
+    })?;
+    write_bytes(path, &body)
+}
+
+/// [`write_json`] for a body already serialized.
+pub fn write_bytes(path: &Path, body: &[u8]) -> Result<(), StatusFileError> {
     use sriov::owned_dir::{Access, OwnedDir};
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
         return Err(StatusFileError::Io {
@@ -65,15 +75,10 @@ pub fn write_json<T: serde::Serialize>(
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
         });
     };
-    let body = serde_json::to_vec(value).map_err(|source| StatusFileError::Parse {
-        path: path.to_path_buf(),
-        what,
-        source,
-    })?;
     let folder = OwnedDir::open(dir, Access::Shared, true)?;
     // A previous daemon (containers restart as pid 1) may have died mid-write.
     let _ = folder.remove_stale_temps();
-    folder.write_atomic(name, &body, 0o644)?;
+    folder.write_atomic(name, body, 0o644)?;
     Ok(())
 }
 

@@ -207,14 +207,12 @@ impl Daemon {
     pub(super) fn write_dra_devices(&mut self) {
         let Some(rt) = &mut self.dra else { return };
         let snapshots: Vec<_> = self.pools.values().map(|p| p.shared.current()).collect();
-        let Some(devices) = rt
+        match rt
             .devices_file
-            .pending(&self.node, snapshots.iter().map(|s| &**s))
-        else {
-            return;
-        };
-        match rt.devices_file.write(devices) {
-            Ok(()) => {
+            .sync(&self.node, snapshots.iter().map(|s| &**s))
+        {
+            Ok(false) => {}
+            Ok(true) => {
                 self.sched.finish(&Job::DraDevices, true);
                 self.problems.clear("dra devices");
             }
