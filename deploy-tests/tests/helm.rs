@@ -590,6 +590,18 @@ fn dra_mode_serves_the_driver_with_node_confined_rbac_and_device_classes() {
     assert!(!selects("sriov-vf", other));
 }
 
+/// `helm template --set set` fails, saying `message`.
+fn assert_refused(set: &str, message: &str) {
+    let out = std::process::Command::new(common::helm::helm())
+        .args(["template", "sriov-rs", CHART, "--set", set])
+        .current_dir(common::repo_root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{set} renders");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(message), "{set}: {err}");
+}
+
 #[test]
 fn dra_mode_needs_the_sidecar_and_a_known_mode() {
     for (set, message) in [
@@ -602,14 +614,7 @@ fn dra_mode_needs_the_sidecar_and_a_known_mode() {
             "must be device-plugin, dra or both, not \"drab\"",
         ),
     ] {
-        let out = std::process::Command::new(common::helm::helm())
-            .args(["template", "sriov-rs", CHART, "--set", set])
-            .current_dir(common::repo_root())
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{set} renders");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(message), "{set}: {err}");
+        assert_refused(set, message);
     }
     // The default is the device plugin alone: no DRA object, flag or mount.
     let objs = template_with("cdi.enabled=false");
@@ -892,13 +897,6 @@ fn dra_nri_needs_dra_mode_and_checked_values() {
             "cniSettings.logDir \"/var/run/nri\": with dra.nri.enabled the daemon's container must see it at that path",
         ),
     ] {
-        let out = std::process::Command::new(common::helm::helm())
-            .args(["template", "sriov-rs", CHART, "--set", set])
-            .current_dir(common::repo_root())
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{set} renders");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(message), "{set}: {err}");
+        assert_refused(set, message);
     }
 }

@@ -413,57 +413,41 @@ fn the_daemons_nri_attach_gives_a_claims_vf_to_the_pod_and_back() {
     assert_eq!(entry["conditions"][0]["type"], "Ready");
     assert_eq!(entry["conditions"][0]["status"], "True");
 
-    // A claim whose settings the VF cannot take: the sandbox fails, the VF is untouched.
-    let bad_uid = w.claim(
-        "db-vf",
-        json!([result("vf", &bad_pci)]),
-        json!([vf_config(
-            "FromClaim",
-            &[],
-            json!({"apiVersion": api_version, "kind": "VfConfig", "mtu": 65000})
-        )]),
-        &["db"],
-    );
-    let r = w
-        .kubelet
-        .prepare(DRIVER, vec![claim("default", "db-vf", &bad_uid)])
-        .unwrap();
-    assert_eq!(r.claims[&bad_uid].error, "");
-    let err = c
-        .run_pod(cri::pod_sandbox_config(
-            "db",
+    // Pod `pod`'s claim of VF `pci` with `settings`, prepared; its sandbox's error.
+    let mut refused_sandbox = |pod: &str, pci: &str, settings: serde_json::Value| {
+        let name = format!("{pod}-vf");
+        let mut params = json!({"apiVersion": api_version, "kind": "VfConfig"});
+        params
+            .as_object_mut()
+            .unwrap()
+            .extend(settings.as_object().unwrap().clone());
+        let uid = w.claim(
+            &name,
+            json!([result("vf", pci)]),
+            json!([vf_config("FromClaim", &[], params)]),
+            &[pod],
+        );
+        let r = w
+            .kubelet
+            .prepare(DRIVER, vec![claim("default", &name, &uid)])
+            .unwrap();
+        assert_eq!(r.claims[&uid].error, "");
+        c.run_pod(cri::pod_sandbox_config(
+            pod,
             "default",
-            "uid-db",
+            &format!("uid-{pod}"),
             &std::env::temp_dir(),
         ))
-        .expect_err("a sandbox whose VF cannot be attached fails");
+        .expect_err("the sandbox fails")
+    };
+
+    // A claim whose settings the VF cannot take: the sandbox fails, the VF is untouched.
+    let err = refused_sandbox("db", &bad_pci, json!({"mtu": 65000}));
     assert!(err.contains("mtu"), "{err}");
     assert_eq!(link_state(&node, &bad_vf), bad_before, "untouched");
 
     // A claim naming a NAD that does not exist: the sandbox fails naming it, the VF untouched.
-    let nad_uid = w.claim(
-        "cache-vf",
-        json!([result("vf", &nad_pci)]),
-        json!([vf_config(
-            "FromClaim",
-            &[],
-            json!({"apiVersion": api_version, "kind": "VfConfig", "netAttachDefName": "gone"})
-        )]),
-        &["cache"],
-    );
-    let r = w
-        .kubelet
-        .prepare(DRIVER, vec![claim("default", "cache-vf", &nad_uid)])
-        .unwrap();
-    assert_eq!(r.claims[&nad_uid].error, "");
-    let err = c
-        .run_pod(cri::pod_sandbox_config(
-            "cache",
-            "default",
-            "uid-cache",
-            &std::env::temp_dir(),
-        ))
-        .expect_err("a sandbox whose NAD is missing fails");
+    let err = refused_sandbox("cache", &nad_pci, json!({"netAttachDefName": "gone"}));
     assert!(
         err.contains("NetworkAttachmentDefinition default/gone not found"),
         "{err}"
