@@ -67,34 +67,31 @@ async fn answer(stream: UnixStream, client: Client) {
         Ok(_) => {
             let request: Value = serde_json::from_str(line.trim()).unwrap_or(Value::Null);
             if let Some(nad) = request.get("nad") {
-                let reply = match nad_config(&client, nad).await {
+                match nad_config(&client, nad).await {
                     Ok(config) => json!({ "config": config }),
                     Err(e) => {
                         tracing::warn!("claim service: {e}");
                         json!({ "error": e })
                     }
-                };
-                let mut body = reply.to_string();
-                body.push('\n');
-                let _ = write.write_all(body.as_bytes()).await;
-                return;
-            }
-            match serde_json::from_value::<ClaimRef>(request.clone()) {
-                Ok(claim) => {
-                    let result = match request.get("report") {
-                        Some(devices) => report(&client, &claim, devices)
-                            .await
-                            .map(|()| json!({ "ok": true })),
-                        None => lookup(&client, &claim)
-                            .await
-                            .map(|status| json!({ "status": status })),
-                    };
-                    result.unwrap_or_else(|e| {
-                        tracing::warn!(claim = %claim.label(), "claim service: {e}");
-                        json!({ "error": e })
-                    })
                 }
-                Err(e) => json!({ "error": format!("bad request: {e}") }),
+            } else {
+                match serde_json::from_value::<ClaimRef>(request.clone()) {
+                    Ok(claim) => {
+                        let result = match request.get("report") {
+                            Some(devices) => report(&client, &claim, devices)
+                                .await
+                                .map(|()| json!({ "ok": true })),
+                            None => lookup(&client, &claim)
+                                .await
+                                .map(|status| json!({ "status": status })),
+                        };
+                        result.unwrap_or_else(|e| {
+                            tracing::warn!(claim = %claim.label(), "claim service: {e}");
+                            json!({ "error": e })
+                        })
+                    }
+                    Err(e) => json!({ "error": format!("bad request: {e}") }),
+                }
             }
         }
         Err(e) => json!({ "error": format!("bad request: {e}") }),
