@@ -33,8 +33,7 @@ const MAX_REQUEST: usize = 256 * 1024;
 pub const FIELD_MANAGER: &str = "sriov-rs-dra";
 /// How long one request may take, API call included.
 const TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest NetworkAttachmentDefinition `spec.config` handed to the daemon.
-pub const MAX_NAD_CONFIG: usize = 64 * 1024;
+pub use sriov::dra_claim::MAX_NAD_CONFIG;
 
 /// Serves the claim service on `listener` until the task is dropped.
 pub async fn serve(listener: UnixListener, client: Client) {

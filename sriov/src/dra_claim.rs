@@ -24,6 +24,9 @@ use serde_json::Value;
 pub const UPSTREAM_CONFIG_GROUP: &str = "sriovnetwork.k8snetworkplumbingwg.io";
 pub const CONFIG_VERSION: &str = "v1alpha1";
 pub const CONFIG_KIND: &str = "VfConfig";
+/// The longest NetworkAttachmentDefinition `spec.config` a `netAttachDefName` brings in (the
+/// sidecar refuses to hand over more, the daemon to take more).
+pub const MAX_NAD_CONFIG: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClaimError {

@@ -26,8 +26,9 @@
 //! On `StopPodSandbox` (and again, idempotently, on `RemovePodSandbox`) the same attachments get
 //! a CNI DEL, which restores the VF and releases its IPAM, and `networkData` is removed. The DEL
 //! gets the config the ADD got (as CNI requires, so IPAM releases what it gave even when the NAD
-//! changed or went away): it is kept in `<dra-state-dir>/nri/<sandbox>_<ifname>.json`, written
-//! before the ADD, removed after the DEL at `RemovePodSandbox`. VFs of `driver: vfio-pci`
+//! changed or went away): it is kept in `<dra-state-dir>/nri/<sandbox>@<ifname>.json`, written
+//! before the ADD, removed after the DEL at `RemovePodSandbox` (or at the runtime's next
+//! `Synchronize` when the sandbox went while the daemon was away). VFs of `driver: vfio-pci`
 //! configs have no netdev and are skipped.
 //!
 //! Every value that reaches the CNI's environment is checked first: the sandbox ID as a CNI
@@ -68,8 +69,7 @@ pub struct NriOptions {
     pub cni: CniRunner,
 }
 
-/// The longest NAD `spec.config` taken (the sidecar has the same limit).
-pub const MAX_NAD_CONFIG: usize = 64 * 1024;
+pub use sriov::dra_claim::MAX_NAD_CONFIG;
 
 /// One VF to attach to a pod.
 #[derive(Debug, Clone, PartialEq)]
