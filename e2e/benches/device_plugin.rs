@@ -58,9 +58,12 @@ fn start(bin: &Path, lab: &SimNode) -> Run {
         KubeletEmulator::start(&kubelet_dir, RegistrationMode::KubeletSocket).expect("kubelet");
     let config = tmp.path().join("config.json");
     std::fs::write(&config, CONFIG).expect("config");
-    // As deployed: metrics served, the node-state file written.
+    // As deployed: metrics served, the node-state file written, the device-information files
+    // on a tmpfs (a node's /run; the lab's root is one, the benchmark's temporary folder may
+    // not be).
     let args = DaemonArgs {
         metrics_address: Some(sriov_e2e::local::unused_local_addr()),
+        devinfo_dir: lab.paths().root().join("devinfo"),
         extra: vec![
             "--node-state-file".into(),
             tmp.path().join("node-state.json").display().to_string(),

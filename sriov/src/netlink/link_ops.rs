@@ -77,8 +77,14 @@ pub(crate) fn get_link_by_name_with(name: &str, ext_mask: &[LinkExtentMask]) -> 
     Request::get(RouteNetlinkMessage::GetLink(link_message(0, attrs)))
 }
 
+/// Every link of the namespace, without their counters: nothing here reads them, and on a node
+/// with a thousand VF netdevs the kernel's time filling and our time parsing a dump is mostly
+/// theirs (`RTEXT_FILTER_SKIP_STATS`, Linux 4.20; older kernels ignore the bit).
 pub(crate) fn dump_links_request() -> Request {
-    Request::dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
+    Request::dump(RouteNetlinkMessage::GetLink(link_message(
+        0,
+        vec![LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats])],
+    )))
 }
 
 /// Change only the flags in `mask` to the values in `flags`.
@@ -497,12 +503,15 @@ mod tests {
     }
 
     #[test]
-    fn dump_request_is_a_bare_header() {
+    fn dump_request_skips_the_counters() {
         let req = dump_links_request();
         assert!(req.is_dump());
         let RouteNetlinkMessage::GetLink(msg) = &req.message else {
             panic!("not a GetLink");
         };
-        assert_eq!(msg.buffer_len(), 16);
+        assert_eq!(
+            msg.attributes,
+            [LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats])]
+        );
     }
 }
