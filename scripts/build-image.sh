@@ -30,22 +30,19 @@ else
 fi
 
 if $prebuilt; then
-    host="$(rustc -vV | sed -n 's/^host: //p')"
     # The Containerfile's context excludes target/ except target/image.
     out=target/image/bin
-    target_dir="${CARGO_TARGET_DIR:-target}"
-    RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$target_dir" \
-        cargo build --release --locked --target "$host" \
-        -p sriov-device-plugin -p sriov-node-state -p sriov-cni -p sriov-deploy-tests \
-        --bin sriov-device-plugin --bin sriov-node-state --bin sriov --bin sriov-install-cni
-    rm -rf "$out" && mkdir -p "$out"
+    scripts/build-static.sh "$out"
     for b in sriov-device-plugin sriov-node-state sriov sriov-install-cni; do
-        cp "$target_dir/$host/release/$b" "$out/"
         if ldd "$out/$b" 2>&1 | grep -q '=>'; then
             echo "build-image.sh: $b is not static" >&2
             exit 1
         fi
     done
+    if ! readelf -h "$out/sriov" | grep -q 'Type: *EXEC'; then
+        echo "build-image.sh: the CNI plugin is position-independent (see build-static.sh)" >&2
+        exit 1
+    fi
     # The privileged daemon holds no Kubernetes client (the sidecar does): check that the linker
     # kept it out even though both are built in one cargo call.
     if grep -qa -e rustls -e kube_client "$out/sriov-device-plugin"; then

@@ -80,6 +80,8 @@ impl Samples {
 struct Call {
     took: f64,
     moves: Option<f64>,
+    /// The time our plugin spent in `main` (the rest is exec, loading and exit).
+    in_main: Option<f64>,
 }
 
 /// Runs one plugin call.
@@ -112,11 +114,18 @@ fn call(bin: &Path, cmd: &str, cid: &str, netns: &str, conf: &[u8]) -> Call {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let moves = String::from_utf8_lossy(&out.stderr)
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("netns_move_us="))
-        .map(|us| us.parse::<f64>().expect("netns_move_us") / 1e6);
-    Call { took, moves }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let reported = |key: &str| {
+        stderr
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+            .map(|us| us.parse::<f64>().expect(key) / 1e6)
+    };
+    Call {
+        took,
+        moves: reported("netns_move_us"),
+        in_main: reported("main_us"),
+    }
 }
 
 /// The kernel's move of a netdev into a namespace and back, measured through the same netlink
@@ -166,6 +175,8 @@ struct Rounds {
     /// Our calls minus the moves within them.
     ours_add_outside: Vec<f64>,
     ours_del_outside: Vec<f64>,
+    /// Our calls minus their time in `main`: exec, loading, exit.
+    ours_process: Vec<f64>,
     theirs_add: Vec<f64>,
     theirs_del: Vec<f64>,
     moves: Vec<f64>,
@@ -196,6 +207,10 @@ fn scenario(
             let outside = |c: &Call| c.took - c.moves.expect("the plugin reports its moves");
             r.ours_add_outside.push(outside(&add));
             r.ours_del_outside.push(outside(&del));
+            for c in [&add, &del] {
+                r.ours_process
+                    .push(c.took - c.in_main.expect("the plugin reports its time in main"));
+            }
             r.ours_add.push(add.took);
             r.theirs_add.push(their_add);
             r.moves.push(moved);
@@ -238,6 +253,10 @@ fn scenario(
         del_outside.show(),
         their_add_outside.show(),
         their_del_outside.show()
+    );
+    println!(
+        "  of ours outside the move, exec + loading + exit (not in main): {}",
+        Samples::new(r.ours_process.clone()).show()
     );
     (
         add_ratio.median(),
@@ -288,6 +307,19 @@ fn main() {
     nix::sched::setns(&node_ns, nix::sched::CloneFlags::CLONE_NEWNET)
         .expect("enter the node netns");
     let mut mover = Mover::new(&sriov_e2e::sim::vf_netdev(0, 2), &pod_c);
+
+    // The floor: a VERSION call does no work, so it is exec, loading and exit alone.
+    let version = br#"{"cniVersion": "1.0.0"}"#;
+    let (mut ours_v, mut theirs_v) = (vec![], vec![]);
+    for i in 0..rounds() {
+        ours_v.push(call(&ours, "VERSION", &format!("v{i}"), &pod_a, version).took);
+        theirs_v.push(call(&host_device, "VERSION", &format!("v{i}"), &pod_b, version).took);
+    }
+    println!(
+        "cni VERSION (exec to exit, no work): sriov {} | host-device {}",
+        Samples::new(ours_v).show(),
+        Samples::new(theirs_v).show()
+    );
 
     let ours_conf = |ipam: Option<Value>| {
         let mut c = json!({"cniVersion": "1.0.0", "name": "bench", "type": "sriov",
