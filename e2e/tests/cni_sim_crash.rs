@@ -28,7 +28,9 @@ const ADD_STEPS: &[&str] = &[
     "result",
 ];
 
-/// Every point where DEL can die on a simulated node, in order.
+/// Every point where DEL can die on a simulated node, in order. The first two are passed only
+/// when the node holds the VF's original name (it then leaves the pod under a temporary name):
+/// the test gives the node such a link for them.
 const DEL_STEPS: &[&str] = &[
     "restore-pod-down",
     "restore-pod-rename",
@@ -132,9 +134,23 @@ fn kill_9_at_each_step_of_add_then_del_restores_everything() {
 fn kill_9_at_each_step_of_del_then_del_restores_everything() {
     let (lab, conf, before) = setup("cni-kill-del");
     let links_before = node_link_count(&lab);
+    let node = lab.node.netns_name().to_string();
+    // A link of the node that has taken the VF's name while the VF was in the pod.
+    let block = |on: bool| {
+        if on {
+            CniLab::ip(&node, &["link", "add", "ens1f0v0", "type", "bridge"]);
+        }
+    };
+    let unblock = |on: bool| {
+        if on {
+            CniLab::ip(&node, &["link", "del", "ens1f0v0"]);
+        }
+    };
     for (i, step) in DEL_STEPS.iter().enumerate() {
+        let blocked = step.starts_with("restore-pod-");
         let pod = lab.pod(&format!("k{i}"));
         lab.call("ADD", "c1", "net1", &pod, &conf).ok();
+        block(blocked);
         let c = lab.call_env(
             "DEL",
             "c1",
@@ -144,6 +160,7 @@ fn kill_9_at_each_step_of_del_then_del_restores_everything() {
             &[("SRIOV_CNI_FAULT", step)],
         );
         assert_eq!(c.signal, Some(9), "{step}: not killed: {c:?}");
+        unblock(blocked);
         lab.call("DEL", "c1", "net1", &pod, &conf).ok();
         assert_restored(
             &lab,
@@ -155,6 +172,7 @@ fn kill_9_at_each_step_of_del_then_del_restores_everything() {
         // Killed at the same step again on the retry (if the retry gets that far), then a DEL
         // that finishes.
         lab.call("ADD", "c1", "net1", &pod, &conf).ok();
+        block(blocked);
         for _ in 0..2 {
             lab.call_env(
                 "DEL",
@@ -165,6 +183,7 @@ fn kill_9_at_each_step_of_del_then_del_restores_everything() {
                 &[("SRIOV_CNI_FAULT", step)],
             );
         }
+        unblock(blocked);
         lab.call("DEL", "c1", "net1", &pod, &conf).ok();
         assert_restored(&lab, &pod, &before, links_before, &format!("{step}: twice"));
     }

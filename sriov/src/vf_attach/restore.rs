@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 /// in tests, tracing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestoreStep {
-    /// The pod's interface set down.
+    /// The pod's interface set down (only when the node holds its original name: the usual
+    /// move out needs neither this nor [`RestoreStep::PodRename`]).
     PodDown,
-    /// The pod's interface renamed (to its original name, or the temporary one).
+    /// The pod's interface renamed to the temporary name (same condition).
     PodRename,
     /// Moved back to the node.
     MoveOut,
@@ -410,52 +411,41 @@ fn out_of_pod(
     let Some(link) = find(&mut pod, &names, record, tmp) else {
         return Ok(None);
     };
+    let host_ns = Netns::current().map_err(AttachError::netlink("open the node's namespace"))?;
+    // The usual case, the original name free on the node: one request moves the VF and names it
+    // there (the kernel closes the device for the move and renames it on arrival), with no
+    // moment for a kill between a rename and the move. Should the node take the name meanwhile,
+    // the VF arrives under its pod name and the caller finds it by its PCI parent.
+    if let Some(o) = original.filter(|o| host.link_by_name(o).is_err()) {
+        pod.move_to_netns_as(link.index, &host_ns, o)
+            .map_err(AttachError::netlink("move back to the node's namespace"))?;
+        checkpoint(RestoreStep::MoveOut);
+        return host
+            .link_by_name(o)
+            .map(Some)
+            .map_err(AttachError::netlink("find the VF back on the node"));
+    }
+    // The node has another link of that name: leave under the temporary name (renamed in the
+    // pod, which needs the link down) and let the restore name it once the name is free.
     if link.up {
         pod.set_down(link.index)
             .map_err(AttachError::netlink("set the pod interface down"))?;
     }
     checkpoint(RestoreStep::PodDown);
-    // Leave under the original name when the pod has no other link of that name: no rename is
-    // then needed on the node after the move, where RTNL is often still busy with the move's
-    // aftermath (linkwatch). If the node took that name meanwhile, the move fails with EEXIST
-    // and the VF leaves under the temporary name instead.
-    let mut targets: Vec<&str> = Vec::new();
-    if let Some(o) = original {
-        let free = match pod.link_by_name(o) {
-            Ok(other) => other.index == link.index,
-            Err(_) => true,
-        };
-        if free {
-            targets.push(o);
-        }
+    if link.name != tmp {
+        pod.rename(link.index, tmp)
+            .map_err(AttachError::netlink(format!(
+                "rename {} to {tmp} in the pod",
+                link.name
+            )))?;
     }
-    targets.push(tmp);
-    let host_ns = Netns::current().map_err(AttachError::netlink("open the node's namespace"))?;
-    let mut current = link.name.clone();
-    for (i, name) in targets.iter().enumerate() {
-        if current != *name {
-            pod.rename(link.index, name)
-                .map_err(AttachError::netlink(format!(
-                    "rename {current} to {name} in the pod"
-                )))?;
-            current = name.to_string();
-        }
-        checkpoint(RestoreStep::PodRename);
-        match pod.move_to_netns(link.index, &host_ns) {
-            Ok(()) => {
-                checkpoint(RestoreStep::MoveOut);
-                return host
-                    .link_by_name(name)
-                    .map(Some)
-                    .map_err(AttachError::netlink("find the VF back on the node"));
-            }
-            Err(e) if e.errno() == Some(crate::netlink::Errno::EEXIST) && i + 1 < targets.len() => {
-                continue
-            }
-            Err(e) => return Err(AttachError::netlink("move back to the node's namespace")(e)),
-        }
-    }
-    unreachable!("the temporary name is always tried last")
+    checkpoint(RestoreStep::PodRename);
+    pod.move_to_netns(link.index, &host_ns)
+        .map_err(AttachError::netlink("move back to the node's namespace"))?;
+    checkpoint(RestoreStep::MoveOut);
+    host.link_by_name(tmp)
+        .map(Some)
+        .map_err(AttachError::netlink("find the VF back on the node"))
 }
 
 fn restore_pf_side(
