@@ -394,7 +394,7 @@ impl NetlinkSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_core::{Emitable, NetlinkBuffer};
+    use netlink_packet_core::NetlinkBuffer;
 
     /// The RTM payload (ifinfomsg + attributes) of a request.
     fn payload(req: &Request) -> (u16, Vec<u8>) {
