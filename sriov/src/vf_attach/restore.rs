@@ -416,34 +416,32 @@ fn out_of_pod(
     // there (the kernel closes the device for the move and renames it on arrival), with no
     // moment for a kill between a rename and the move. Should the node take the name meanwhile,
     // the VF arrives under its pod name and the caller finds it by its PCI parent.
-    if let Some(o) = original.filter(|o| host.link_by_name(o).is_err()) {
-        pod.move_to_netns_as(link.index, &host_ns, o)
-            .map_err(AttachError::netlink("move back to the node's namespace"))?;
-        checkpoint(RestoreStep::MoveOut);
-        return host
-            .link_by_name(o)
-            .map(Some)
-            .map_err(AttachError::netlink("find the VF back on the node"));
-    }
-    // The node has another link of that name: leave under the temporary name (renamed in the
-    // pod, which needs the link down) and let the restore name it once the name is free.
-    if link.up {
-        pod.set_down(link.index)
-            .map_err(AttachError::netlink("set the pod interface down"))?;
-    }
-    checkpoint(RestoreStep::PodDown);
-    if link.name != tmp {
-        pod.rename(link.index, tmp)
-            .map_err(AttachError::netlink(format!(
-                "rename {} to {tmp} in the pod",
-                link.name
-            )))?;
-    }
-    checkpoint(RestoreStep::PodRename);
-    pod.move_to_netns(link.index, &host_ns)
+    let leaves_as = match original.filter(|o| host.link_by_name(o).is_err()) {
+        Some(o) => o,
+        None => {
+            // The node has another link of that name: leave under the temporary name (renamed
+            // in the pod, which needs the link down) and let the restore name it once the name
+            // is free.
+            if link.up {
+                pod.set_down(link.index)
+                    .map_err(AttachError::netlink("set the pod interface down"))?;
+            }
+            checkpoint(RestoreStep::PodDown);
+            if link.name != tmp {
+                pod.rename(link.index, tmp)
+                    .map_err(AttachError::netlink(format!(
+                        "rename {} to {tmp} in the pod",
+                        link.name
+                    )))?;
+            }
+            checkpoint(RestoreStep::PodRename);
+            tmp
+        }
+    };
+    pod.move_to_netns_as(link.index, &host_ns, leaves_as)
         .map_err(AttachError::netlink("move back to the node's namespace"))?;
     checkpoint(RestoreStep::MoveOut);
-    host.link_by_name(tmp)
+    host.link_by_name(leaves_as)
         .map(Some)
         .map_err(AttachError::netlink("find the VF back on the node"))
 }
