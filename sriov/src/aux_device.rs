@@ -175,6 +175,7 @@ pub(crate) fn discover(sysfs: &Sysfs, node: &mut Node) {
         }
     }
     let mut found = Vec::new();
+    let links = crate::discovery::LinkTargets::default();
     for p in parents {
         let dir = sysfs.pci_device(&p.pci);
         // sriovnet GetAuxNetDevicesFromPci: only network functions (a `net/` folder).
@@ -203,7 +204,7 @@ pub(crate) fn discover(sysfs: &Sysfs, node: &mut Node) {
                     continue;
                 }
             };
-            let netdevs = match read_netdevs(sysfs, &aux_dir, false) {
+            let netdevs = match read_netdevs(sysfs, &aux_dir, false, &links) {
                 Ok(n) => n,
                 Err(e) => {
                     node.warnings.push(format!("{e}; auxiliary device skipped"));

@@ -11,8 +11,8 @@
 use crate::names::PciAddress;
 use crate::sysfs::{Sysfs, SysfsError};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 
 /// Discovery failed as a whole (the tree itself is unusable).
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +209,7 @@ impl Node {
         // A VF's routing ID is its PF's plus a non-zero offset, so in address order every VF
         // comes after its PF: VFs met through virtfnN links are skipped without a syscall.
         let mut known_vfs = std::collections::HashSet::new();
+        let links = LinkTargets::default();
         for name in &names {
             let Ok(pci) = PciAddress::parse(name) else {
                 node.warnings.push(format!(
@@ -230,7 +231,7 @@ impl Node {
             {
                 continue;
             }
-            match Self::read_physical(sysfs, opts, pci, &path, &mut node.warnings) {
+            match Self::read_physical(sysfs, opts, pci, &path, &links, &mut node.warnings) {
                 Ok(Some(dev)) => {
                     known_vfs.extend(dev.vfs.iter().map(|v| v.pci));
                     node.devices.push(dev)
@@ -317,6 +318,7 @@ impl Node {
         opts: &DiscoveryOptions,
         pci: PciAddress,
         path: &Path,
+        links: &LinkTargets,
         warnings: &mut Vec<String>,
     ) -> Result<Option<PciNetDevice>, SysfsError> {
         let class = sysfs.read_hex(&path.join("class"))?;
@@ -327,7 +329,7 @@ impl Node {
         let device = read_id(sysfs, &path.join("device"))?;
         let driver = sysfs.link_name(&path.join("driver"))?;
         let numa_node = read_numa(sysfs, path, warnings);
-        let netdevs = read_netdevs(sysfs, path, true)?;
+        let netdevs = read_netdevs(sysfs, path, true, &LinkTargets::default())?;
         let sriov = match sysfs.read_opt(&path.join("sriov_totalvfs"))? {
             None => SriovStatus::NotSupported,
             Some(t) => {
@@ -357,7 +359,7 @@ impl Node {
             dev.acpi_index = sysfs.read_int(&path.join("acpi_index")).ok();
         }
         if let SriovStatus::Enabled { .. } = sriov {
-            dev.vfs = read_vfs(sysfs, opts, &dev, path, warnings)?;
+            dev.vfs = read_vfs(sysfs, opts, &dev, path, links, warnings)?;
         }
         Ok(Some(dev))
     }
@@ -392,32 +394,93 @@ pub(crate) fn read_numa(sysfs: &Sysfs, path: &Path, warnings: &mut Vec<String>) 
     }
 }
 
+/// Whether the targets of symlinked `net/` entries exist, for one discovery pass.
+///
+/// Real sysfs has folders in a device's `net/`; simulated trees link each entry to the
+/// netdev's folder in the sysfs of a network namespace, and the link dangles once the netdev
+/// moved to another namespace. A pass asks about hundreds of links into the same folder: the
+/// first question about a folder is answered with one lookup, later ones from a single listing
+/// of that folder, so a pass does not walk a path per netdev.
+#[derive(Default)]
+pub(crate) struct LinkTargets {
+    folders: std::cell::RefCell<HashMap<PathBuf, Folder>>,
+}
+
+enum Folder {
+    /// Asked about once: answered with a lookup.
+    Seen,
+    /// Listed: each entry's name and whether it is a symlink itself. `None`: no such folder.
+    Listed(Option<HashMap<String, bool>>),
+}
+
+impl LinkTargets {
+    /// Whether the link `dir/name`, pointing to `target`, can be followed.
+    fn exists(&self, sysfs: &Sysfs, dir: &Path, name: &str, target: &Path) -> bool {
+        let full = dir.join(target);
+        let (Some(folder), Some(file)) = (full.parent(), full.file_name()) else {
+            return sysfs.exists(&dir.join(name));
+        };
+        let mut folders = self.folders.borrow_mut();
+        let listing = match folders.get(folder) {
+            None => {
+                folders.insert(folder.to_path_buf(), Folder::Seen);
+                return sysfs.exists(&dir.join(name));
+            }
+            Some(Folder::Seen) => {
+                let listed = sysfs.list_entries(folder).ok().flatten();
+                let listed = listed.map(|entries| entries.into_iter().collect());
+                folders.insert(folder.to_path_buf(), Folder::Listed(listed));
+                match folders.get(folder) {
+                    Some(Folder::Listed(l)) => l,
+                    _ => return sysfs.exists(&dir.join(name)),
+                }
+            }
+            Some(Folder::Listed(l)) => l,
+        };
+        match listing
+            .as_ref()
+            .and_then(|l| l.get(file.to_string_lossy().as_ref()))
+        {
+            None => false,
+            Some(false) => true,
+            // A link to a link: follow the whole chain.
+            Some(true) => sysfs.exists(&dir.join(name)),
+        }
+    }
+}
+
 /// Reads the device's `net/` folder. An entry that cannot be followed (the netdev moved to
 /// another network namespace) is not a netdev of this namespace.
 pub(crate) fn read_netdevs(
     sysfs: &Sysfs,
     path: &Path,
     details: bool,
+    links: &LinkTargets,
 ) -> Result<Vec<Netdev>, SysfsError> {
     let net = path.join("net");
-    let Some(entries) = sysfs.list_entries(&net)? else {
+    if details {
+        let Some(entries) = sysfs.list(&net)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for name in entries {
+            if crate::names::validate_ifname(&name).is_ok() {
+                if let Some(n) = read_netdev(sysfs, &net.join(&name), name)? {
+                    out.push(n);
+                }
+            }
+        }
+        return Ok(out);
+    }
+    let Some(entries) = sysfs.list_link_targets(&net)? else {
         return Ok(Vec::new());
     };
     let mut out = Vec::with_capacity(entries.len());
-    for (name, is_link) in entries {
+    for (name, target) in entries {
         if crate::names::validate_ifname(&name).is_err() {
             continue;
         }
-        let dir = net.join(&name);
-        if details {
-            match read_netdev(sysfs, &dir, name) {
-                Ok(Some(n)) => out.push(n),
-                Ok(None) => {}
-                Err(e) => return Err(e),
-            }
-        } else if !is_link || sysfs.exists(&dir) {
-            // Real sysfs has folders here; a symlink (simulated trees) may dangle once the
-            // netdev moved to another network namespace.
+        if target.is_none_or(|t| links.exists(sysfs, &net, &name, &t)) {
             out.push(Netdev {
                 name,
                 mac: None,
@@ -468,6 +531,7 @@ fn read_vfs(
     opts: &DiscoveryOptions,
     pf: &PciNetDevice,
     pf_path: &Path,
+    links: &LinkTargets,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Vf>, SysfsError> {
     let entries = sysfs.list(pf_path)?.unwrap_or_default();
@@ -510,7 +574,11 @@ fn read_vfs(
             continue;
         };
         let path = devices.join(&target);
-        match read_vf(sysfs, opts, pf, &path, pci, index, vf_ids) {
+        let vf = read_vf(sysfs, opts, pf, &path, pci, index, vf_ids).and_then(|mut vf| {
+            read_vf_netdev(sysfs, opts, &mut vf, &path, links)?;
+            Ok(vf)
+        });
+        match vf {
             Ok(mut vf) => {
                 if opts.vdpa {
                     vf.vdpa = crate::vdpa::read(sysfs, &path, warnings);
@@ -574,17 +642,30 @@ fn read_vf(
                 expected: "a link to an IOMMU group number",
             })?);
         }
-    } else {
-        let mut netdevs = read_netdevs(sysfs, path, opts.vf_netdev_details)?;
-        if !netdevs.is_empty() {
-            let first = netdevs.swap_remove(0);
-            vf.netdev = Some(first.name.clone());
-            if opts.vf_netdev_details {
-                vf.netdev_details = Some(first);
-            }
-        }
     }
     Ok(vf)
+}
+
+/// The netdev of a VF bound to a kernel driver.
+fn read_vf_netdev(
+    sysfs: &Sysfs,
+    opts: &DiscoveryOptions,
+    vf: &mut Vf,
+    path: &Path,
+    links: &LinkTargets,
+) -> Result<(), SysfsError> {
+    if vf.is_userspace() {
+        return Ok(());
+    }
+    let mut netdevs = read_netdevs(sysfs, path, opts.vf_netdev_details, links)?;
+    if !netdevs.is_empty() {
+        let first = netdevs.swap_remove(0);
+        vf.netdev = Some(first.name.clone());
+        if opts.vf_netdev_details {
+            vf.netdev_details = Some(first);
+        }
+    }
+    Ok(())
 }
 
 /// Why the node's uplinks could not be determined.
@@ -663,5 +744,66 @@ mod tests {
         );
         assert_eq!(link_type_name(1), "ether");
         assert_eq!(link_type_name(32), "infiniband");
+    }
+
+    /// Symlinked `net/` entries (simulated trees) count only when their target exists, also
+    /// when answered from the listing of the target folder, and a whole pass reads that folder
+    /// once instead of following each link.
+    #[test]
+    fn linked_netdevs_count_only_when_their_target_exists() {
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().unwrap();
+        let live = tmp.path().join("netns/net");
+        std::fs::create_dir_all(&live).unwrap();
+        let dev = |i: u32| tmp.path().join(format!("dev{i}"));
+        for i in 0..40 {
+            std::fs::create_dir_all(dev(i).join("net")).unwrap();
+            let name = format!("eth{i}");
+            // Every third netdev "moved away": its folder is gone, the link dangles. Some
+            // targets are links themselves: to a folder, or dangling.
+            match i {
+                _ if i % 3 == 0 => {}
+                _ if i % 5 == 0 => {
+                    std::fs::create_dir(live.join(format!("real{i}"))).unwrap();
+                    symlink(format!("real{i}"), live.join(&name)).unwrap();
+                }
+                _ if i % 7 == 0 => symlink("nowhere", live.join(&name)).unwrap(),
+                _ => std::fs::create_dir(live.join(&name)).unwrap(),
+            }
+            // Absolute targets (as the lab makes them), and relative ones for a few devices.
+            let target = if i % 4 != 1 {
+                live.join(&name)
+            } else {
+                PathBuf::from("../../netns/net").join(&name)
+            };
+            symlink(&target, dev(i).join("net").join(&name)).unwrap();
+        }
+        // A folder entry is a netdev without a lookup.
+        std::fs::create_dir_all(dev(40).join("net/eth40")).unwrap();
+        let sysfs = Sysfs::new(tmp.path());
+        let links = LinkTargets::default();
+        let mut present = 0;
+        for i in 0..=40 {
+            let found = read_netdevs(&sysfs, &dev(i), false, &links).unwrap();
+            let names: Vec<_> = found.iter().map(|n| n.name.as_str()).collect();
+            let name = format!("eth{i}");
+            let exists = dev(i).join("net").join(&name).exists();
+            let expected = i == 40 || (i % 3 != 0 && (i % 5 == 0 || i % 7 != 0));
+            assert_eq!(exists, expected, "test tree, {name}");
+            assert_eq!(
+                names,
+                if exists { vec![name.as_str()] } else { vec![] },
+                "{name}"
+            );
+            present += usize::from(exists);
+        }
+        assert_eq!(present, 24);
+        // Per device the listing of `net/` and one readlink. The absolute target folder is
+        // listed once (after one lookup); relative forms are looked up, and so is each link to
+        // a link.
+        let lookups = (0..40)
+            .filter(|i| i % 4 == 1 || (i % 3 != 0 && (i % 5 == 0 || i % 7 == 0)))
+            .count() as u64;
+        assert_eq!(sysfs.reads(), 41 + 40 + 2 + lookups);
     }
 }

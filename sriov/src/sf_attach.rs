@@ -68,7 +68,7 @@ pub fn locate(sysfs: &Sysfs, name: &str) -> Result<SfLocation, SfError> {
             dir.display()
         )));
     }
-    let netdev = crate::discovery::read_netdevs(sysfs, &dir, false)
+    let netdev = crate::discovery::read_netdevs(sysfs, &dir, false, &Default::default())
         .ok()
         .and_then(|n| n.into_iter().next())
         .map(|n| n.name)

@@ -246,6 +246,59 @@ impl Sysfs {
         Ok(Some(out))
     }
 
+    /// Entries of a folder, sorted, each with where it points when it is a symlink (read
+    /// relative to the open folder: one name to look up, not the whole path again); `None`
+    /// when the folder does not exist.
+    pub fn list_link_targets(&self, path: &Path) -> Result<Option<Vec<(String, Option<PathBuf>)>>> {
+        use nix::dir::{Dir, Type};
+        use nix::fcntl::OFlag;
+        use nix::sys::stat::Mode;
+        use std::os::unix::ffi::OsStrExt;
+        self.count();
+        let err = |errno: nix::errno::Errno| SysfsError::Io {
+            path: path.to_path_buf(),
+            source: errno.into(),
+        };
+        let mut dir = match Dir::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(d) => d,
+            Err(nix::errno::Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(err(e)),
+        };
+        let mut links = Vec::new();
+        let mut out = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry.map_err(err)?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let name = std::ffi::OsStr::from_bytes(name).to_os_string();
+            // d_type from getdents: no extra syscall.
+            if entry.file_type() == Some(Type::Symlink) {
+                links.push(name);
+            } else {
+                out.push((name.to_string_lossy().into_owned(), None));
+            }
+        }
+        for name in links {
+            self.count();
+            let target = match nix::fcntl::readlinkat(&dir, name.as_os_str()) {
+                Ok(t) => Some(PathBuf::from(t)),
+                // Replaced by something else, or removed, since the listing.
+                Err(nix::errno::Errno::EINVAL) => None,
+                Err(nix::errno::Errno::ENOENT) => continue,
+                Err(e) => return Err(err(e)),
+            };
+            out.push((name.to_string_lossy().into_owned(), target));
+        }
+        out.sort();
+        Ok(Some(out))
+    }
+
     /// Whether a path exists (following links; a dangling link does not exist).
     pub fn exists(&self, path: &Path) -> bool {
         self.count();

@@ -174,10 +174,15 @@ pub fn read(sysfs: &Sysfs, vf_dir: &Path, warnings: &mut Vec<String>) -> Option<
                 })
                 .cloned();
             if let Some(v) = &dev.virtio {
-                dev.virtio_netdev = crate::discovery::read_netdevs(sysfs, &vf_dir.join(v), false)
-                    .ok()
-                    .and_then(|n| n.into_iter().next())
-                    .map(|n| n.name);
+                dev.virtio_netdev = crate::discovery::read_netdevs(
+                    sysfs,
+                    &vf_dir.join(v),
+                    false,
+                    &crate::discovery::LinkTargets::default(),
+                )
+                .ok()
+                .and_then(|n| n.into_iter().next())
+                .map(|n| n.name);
             }
         }
         _ => {}
