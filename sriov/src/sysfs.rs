@@ -45,6 +45,22 @@ pub type Result<T, E = SysfsError> = std::result::Result<T, E>;
 /// Longest attribute we read; real sysfs attributes are at most a page.
 const MAX_ATTR_LEN: u64 = 4096;
 
+/// A folder's entries, sorted, each with where it points when it is a symlink.
+pub type LinkEntries = Vec<(String, Option<PathBuf>)>;
+
+/// A folder of the tree held open ([`Sysfs::open_dir`]); `path` names it in errors.
+#[derive(Debug)]
+pub struct OpenDir {
+    fd: std::os::fd::OwnedFd,
+    path: PathBuf,
+}
+
+impl OpenDir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// A sysfs tree rooted at `root` (normally `/sys`).
 #[derive(Debug)]
 pub struct Sysfs {
@@ -246,21 +262,78 @@ impl Sysfs {
         Ok(Some(out))
     }
 
+    /// Holds the folder `path` open, so that names under it are looked up from there instead of
+    /// walking the whole path again (a discovery pass reads three names under each of a PF's
+    /// `virtfnN` links).
+    pub fn open_dir(&self, path: &Path) -> Result<OpenDir> {
+        use nix::fcntl::{open, OFlag};
+        self.count();
+        let fd = open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| SysfsError::Io {
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
+        Ok(OpenDir {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// [`Sysfs::link_name`] of `rel` under an open folder.
+    pub fn link_name_in(&self, dir: &OpenDir, rel: &str) -> Result<Option<String>> {
+        self.count();
+        match nix::fcntl::readlinkat(&dir.fd, rel) {
+            Ok(target) => Ok(Path::new(&target)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())),
+            Err(nix::errno::Errno::ENOENT) => Ok(None),
+            Err(e) => Err(SysfsError::Io {
+                path: dir.path.join(rel),
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// [`Sysfs::exists`] of `rel` under an open folder.
+    pub fn exists_in(&self, dir: &OpenDir, rel: &str) -> bool {
+        self.count();
+        nix::sys::stat::fstatat(&dir.fd, rel, nix::fcntl::AtFlags::empty()).is_ok()
+    }
+
     /// Entries of a folder, sorted, each with where it points when it is a symlink (read
     /// relative to the open folder: one name to look up, not the whole path again); `None`
     /// when the folder does not exist.
-    pub fn list_link_targets(&self, path: &Path) -> Result<Option<Vec<(String, Option<PathBuf>)>>> {
+    pub fn list_link_targets(&self, path: &Path) -> Result<Option<LinkEntries>> {
+        self.list_link_targets_at(nix::fcntl::AT_FDCWD, path.as_os_str(), path)
+    }
+
+    /// [`Sysfs::list_link_targets`] of `rel` under an open folder.
+    pub fn list_link_targets_in(&self, dir: &OpenDir, rel: &str) -> Result<Option<LinkEntries>> {
+        self.list_link_targets_at(&dir.fd, rel.as_ref(), &dir.path.join(rel))
+    }
+
+    fn list_link_targets_at(
+        &self,
+        at: impl std::os::fd::AsFd,
+        rel: &std::ffi::OsStr,
+        shown: &Path,
+    ) -> Result<Option<LinkEntries>> {
         use nix::dir::{Dir, Type};
         use nix::fcntl::OFlag;
         use nix::sys::stat::Mode;
         use std::os::unix::ffi::OsStrExt;
         self.count();
         let err = |errno: nix::errno::Errno| SysfsError::Io {
-            path: path.to_path_buf(),
+            path: shown.to_path_buf(),
             source: errno.into(),
         };
-        let mut dir = match Dir::open(
-            path,
+        let mut dir = match Dir::openat(
+            at,
+            rel,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         ) {
