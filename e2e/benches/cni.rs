@@ -8,8 +8,10 @@
 //! (no nsenter in the measurement).
 //!
 //! The kernel's netns move of a netdev costs most of either plugin's time and varies a lot
-//! between runs (an `rcu_barrier`), so every round interleaves, back to back: our ADD, their ADD,
-//! the move alone (in this process, the same netlink request), our DEL, their DEL. Each figure is
+//! between runs (an `rcu_barrier`), so every round interleaves, back to back: both ADDs, the move
+//! alone (in this process, the same netlink request), both DELs; which plugin goes first
+//! alternates between rounds (the call right after a move pays more of the kernel's deferred
+//! work). Each figure is
 //! then reported with its spread (p10-p90), the ratio both as the ratio of medians and as the
 //! median of the per-round ratios (each round's pair saw the same machine). Our time outside the
 //! move is exact per call: exec to exit minus the move inside that very call, which the plugin
@@ -199,11 +201,22 @@ fn scenario(
     let mut r = Rounds::default();
     for i in 0..n + 20 {
         let cid = format!("bench{i}");
-        let add = call(ours.0, "ADD", &cid, pods.0, &ours_conf);
-        let their_add = call(theirs.0, "ADD", &cid, pods.1, &theirs_conf).took;
+        // Which plugin goes first alternates: the call right after a move pays more of the
+        // kernel's deferred work, so a fixed order would favour one of them.
+        let pair = |command: &str| {
+            let our_call = || call(ours.0, command, &cid, pods.0, &ours_conf);
+            let their_call = || call(theirs.0, command, &cid, pods.1, &theirs_conf).took;
+            if i % 2 == 0 {
+                let a = our_call();
+                (a, their_call())
+            } else {
+                let b = their_call();
+                (our_call(), b)
+            }
+        };
+        let (add, their_add) = pair("ADD");
         let moved = mover.once();
-        let del = call(ours.0, "DEL", &cid, pods.0, &ours_conf);
-        let their_del = call(theirs.0, "DEL", &cid, pods.1, &theirs_conf).took;
+        let (del, their_del) = pair("DEL");
         // The first rounds warm caches (page cache, dentries) for both.
         if i >= 20 {
             let outside = |c: &Call| c.took - c.moves.expect("the plugin reports its moves");
