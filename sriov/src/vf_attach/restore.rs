@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 /// in tests, tracing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestoreStep {
-    /// The pod's interface set down (only when the node holds its original name: the usual
-    /// move out needs neither this nor [`RestoreStep::PodRename`]).
+    /// The pod's interface set down, before the move out.
     PodDown,
-    /// The pod's interface renamed to the temporary name (same condition).
+    /// The pod's interface renamed to the temporary name (only when the node holds its
+    /// original name: the usual move out names it on arrival).
     PodRename,
     /// Moved back to the node.
     MoveOut,
@@ -412,21 +412,23 @@ fn out_of_pod(
         return Ok(None);
     };
     let host_ns = Netns::current().map_err(AttachError::netlink("open the node's namespace"))?;
+    // Down first, in its own request: the kernel would close the device inside the move, but a
+    // move of a device already down is the cheaper of the two by more than the extra request
+    // (veth here: 22 against 24 ms, median of 30 each), as ADD does it.
+    if link.up {
+        pod.set_down(link.index)
+            .map_err(AttachError::netlink("set the pod interface down"))?;
+    }
+    checkpoint(RestoreStep::PodDown);
     // The usual case, the original name free on the node: one request moves the VF and names it
-    // there (the kernel closes the device for the move and renames it on arrival), with no
-    // moment for a kill between a rename and the move. Should the node take the name meanwhile,
-    // the VF arrives under its pod name and the caller finds it by its PCI parent.
+    // there (renamed on arrival), with no moment for a kill between a rename and the move.
+    // Should the node take the name meanwhile, the VF arrives under its pod name and the caller
+    // finds it by its PCI parent.
     let leaves_as = match original.filter(|o| host.link_by_name(o).is_err()) {
         Some(o) => o,
         None => {
             // The node has another link of that name: leave under the temporary name (renamed
-            // in the pod, which needs the link down) and let the restore name it once the name
-            // is free.
-            if link.up {
-                pod.set_down(link.index)
-                    .map_err(AttachError::netlink("set the pod interface down"))?;
-            }
-            checkpoint(RestoreStep::PodDown);
+            // in the pod) and let the restore name it once the name is free.
             if link.name != tmp {
                 pod.rename(link.index, tmp)
                     .map_err(AttachError::netlink(format!(
