@@ -11,15 +11,14 @@
 //! between runs (an `rcu_barrier`), so every round interleaves, back to back: both ADDs, the move
 //! alone (in this process, the same netlink request), both DELs; which plugin goes first
 //! alternates between rounds (the call right after a move pays more of the kernel's deferred
-//! work). Each figure is
-//! then reported with its spread (p10-p90), the ratio both as the ratio of medians and as the
-//! median of the per-round ratios (each round's pair saw the same machine). Our time outside the
-//! move is exact per call: exec to exit minus the move inside that very call, which the plugin
-//! reports on stderr with `SRIOV_CNI_TIMINGS=1`; host-device's can only be estimated, as its
-//! call minus the separate move of the same round. The floor, a VERSION call (exec to exit, no
-//! work), is measured both alone and right after a move, since every ADD and DEL runs in the
-//! wake of a move the kernel has not finished paying for. Targets: ours outside the move under 1 ms for
-//! ADD and DEL, and a ratio of at most 1.0.
+//! work). Each figure is then reported with its spread (p10-p90), the ratio both as the ratio of
+//! medians and as the median of the per-round ratios (each round's pair saw the same machine).
+//! Our time outside the move is exact per call: exec to exit minus the move inside that very
+//! call, which the plugin reports on stderr with `SRIOV_CNI_TIMINGS=1`; host-device's can only be
+//! estimated, as its call minus the separate move of the same round. The floor, a VERSION call
+//! (exec to exit, no work), is measured both alone and right after a move, since every ADD and
+//! DEL runs in the wake of a move the kernel has not finished paying for. Targets: ours outside
+//! the move under 1 ms for ADD and DEL, and a ratio of at most 1.0.
 
 use serde_json::{json, Value};
 use sriov::netlink::{NetlinkSocket, Netns};

@@ -493,19 +493,21 @@ pub(crate) fn read_netdevs(
         }
         return Ok(out);
     }
-    let Some(entries) = sysfs.list_link_targets(&net)? else {
-        return Ok(Vec::new());
-    };
+    let entries = sysfs.list_link_targets(&net)?;
     Ok(netdev_names(sysfs, &net, entries, links))
 }
 
-/// The netdevs of a `net/` folder listed with [`Sysfs::list_link_targets`].
+/// The netdevs of a `net/` folder listed with [`Sysfs::list_link_targets`] (none when there
+/// is no such folder).
 fn netdev_names(
     sysfs: &Sysfs,
     net: &Path,
-    entries: crate::sysfs::LinkEntries,
+    entries: Option<crate::sysfs::LinkEntries>,
     links: &LinkTargets,
 ) -> Vec<Netdev> {
+    let Some(entries) = entries else {
+        return Vec::new();
+    };
     let mut out = Vec::with_capacity(entries.len());
     for (name, target) in entries {
         if crate::names::validate_ifname(&name).is_err() {
@@ -580,7 +582,7 @@ fn read_vfs(
             }
         }
     }
-    let devices = sysfs.pci_devices_dir();
+    let devices = pass.devices.path();
     // Per the SR-IOV spec a VF has its PF's vendor ID and the device ID of the PF's SR-IOV
     // capability (`sriov_vf_device`): one read per PF instead of two per VF.
     let vf_ids = read_id(sysfs, &pf_path.join("sriov_vf_device"))
@@ -592,7 +594,6 @@ fn read_vfs(
         .map_or_else(|| pf.pci.to_string(), |n| n.to_string_lossy().into_owned());
     let mut vfs = Vec::with_capacity(indexes.len());
     for index in indexes {
-        let link = pf_path.join(format!("virtfn{index}"));
         let target = match sysfs.link_name_in(&pass.devices, &format!("{pf_name}/virtfn{index}")) {
             Ok(Some(t)) => t,
             Ok(None) => continue,
@@ -604,7 +605,7 @@ fn read_vfs(
         let Ok(pci) = PciAddress::parse(&target) else {
             warnings.push(format!(
                 "{}: points to {target:?}, not a PCI address; VF skipped",
-                link.display()
+                pf_path.join(format!("virtfn{index}")).display()
             ));
             continue;
         };
@@ -701,11 +702,8 @@ fn read_vf_netdev(
     let mut netdevs = if opts.vf_netdev_details {
         read_netdevs(sysfs, at.path, true, &pass.links)?
     } else {
-        let rel = format!("{}/net", at.name);
-        match sysfs.list_link_targets_in(&pass.devices, &rel)? {
-            Some(entries) => netdev_names(sysfs, &at.path.join("net"), entries, &pass.links),
-            None => Vec::new(),
-        }
+        let entries = sysfs.list_link_targets_in(&pass.devices, &format!("{}/net", at.name))?;
+        netdev_names(sysfs, &at.path.join("net"), entries, &pass.links)
     };
     if !netdevs.is_empty() {
         let first = netdevs.swap_remove(0);

@@ -168,15 +168,7 @@ impl Sysfs {
     /// The file name a symlink points to (`driver` -> `.../drivers/iavf` gives `iavf`);
     /// `None` when the link does not exist.
     pub fn link_name(&self, path: &Path) -> Result<Option<String>> {
-        self.count();
-        match fs::read_link(path) {
-            Ok(target) => Ok(target.file_name().map(|n| n.to_string_lossy().into_owned())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(SysfsError::Io {
-                path: path.to_path_buf(),
-                source,
-            }),
-        }
+        self.link_name_at(nix::fcntl::AT_FDCWD, path.as_os_str(), path)
     }
 
     /// Where the symlink `path` points, resolved against its folder without following any link
@@ -285,14 +277,23 @@ impl Sysfs {
 
     /// [`Sysfs::link_name`] of `rel` under an open folder.
     pub fn link_name_in(&self, dir: &OpenDir, rel: &str) -> Result<Option<String>> {
+        self.link_name_at(&dir.fd, rel.as_ref(), &dir.path.join(rel))
+    }
+
+    fn link_name_at(
+        &self,
+        at: impl std::os::fd::AsFd,
+        rel: &std::ffi::OsStr,
+        shown: &Path,
+    ) -> Result<Option<String>> {
         self.count();
-        match nix::fcntl::readlinkat(&dir.fd, rel) {
+        match nix::fcntl::readlinkat(at, rel) {
             Ok(target) => Ok(Path::new(&target)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())),
             Err(nix::errno::Errno::ENOENT) => Ok(None),
             Err(e) => Err(SysfsError::Io {
-                path: dir.path.join(rel),
+                path: shown.to_path_buf(),
                 source: e.into(),
             }),
         }
@@ -300,8 +301,12 @@ impl Sysfs {
 
     /// [`Sysfs::exists`] of `rel` under an open folder.
     pub fn exists_in(&self, dir: &OpenDir, rel: &str) -> bool {
+        self.exists_at(&dir.fd, rel.as_ref())
+    }
+
+    fn exists_at(&self, at: impl std::os::fd::AsFd, rel: &std::ffi::OsStr) -> bool {
         self.count();
-        nix::sys::stat::fstatat(&dir.fd, rel, nix::fcntl::AtFlags::empty()).is_ok()
+        nix::sys::stat::fstatat(at, rel, nix::fcntl::AtFlags::empty()).is_ok()
     }
 
     /// Entries of a folder, sorted, each with where it points when it is a symlink (read
@@ -374,8 +379,7 @@ impl Sysfs {
 
     /// Whether a path exists (following links; a dangling link does not exist).
     pub fn exists(&self, path: &Path) -> bool {
-        self.count();
-        path.exists()
+        self.exists_at(nix::fcntl::AT_FDCWD, path.as_os_str())
     }
 
     /// Writes an attribute (as `echo VALUE > path`).
